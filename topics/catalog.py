@@ -1,0 +1,111 @@
+"""The topic catalog: the only place a topic name is spelled.
+
+Every logical topic has a payload type, the partition key (always ``conversation_id``), and
+two siblings: ``T.retry`` (delayed retries) and ``T.dlq`` (dead letters). Names get the
+deployment's optional prefix (``AGENTSTREAM_TOPIC_PREFIX``, e.g. ``prod.``) so one cluster
+can hold several deployments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from schemas import AgentResponse, Envelope, MemoryCall, ToolCall, ToolResult, UserRequest
+from topics.bus import TopicDescription
+
+__all__ = ["Catalog", "Kind", "Topic", "TopicSpec"]
+
+
+class Topic(StrEnum):
+    """The logical topics of the pipeline."""
+
+    USER_REQUEST = "user_request"
+    TOOL_CALL = "tool_call"
+    MEMORY_CALL = "memory_call"
+    TOOL_RESULT = "tool_result"
+    AGENT_RESPONSE = "agent_response"
+
+
+class Kind(StrEnum):
+    MAIN = ""
+    RETRY = ".retry"
+    DLQ = ".dlq"
+
+
+_PAYLOADS: dict[Topic, type[Envelope[Any]]] = {
+    Topic.USER_REQUEST: UserRequest,
+    Topic.TOOL_CALL: ToolCall,
+    Topic.MEMORY_CALL: MemoryCall,
+    Topic.TOOL_RESULT: ToolResult,
+    Topic.AGENT_RESPONSE: AgentResponse,
+}
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One physical topic: its full name and how it is created."""
+
+    topic: Topic
+    kind: Kind
+    name: str
+    event_type: type[Envelope[Any]]
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+    key: str = "conversation_id"
+
+    def description(self) -> TopicDescription:
+        configs = {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": "delete",
+        }
+        if self.replication_factor > 1:
+            configs["min.insync.replicas"] = str(min(2, self.replication_factor))
+        return TopicDescription(self.name, self.partitions, self.replication_factor, configs)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The topics of one deployment.
+
+    ``dlq_retention_ms`` is longer than the main retention by default: dead letters wait
+    for an operator, who may come back after a long weekend.
+    """
+
+    prefix: str = ""
+    partitions: int = 12
+    replication_factor: int = 1
+    retention_ms: int = _WEEK_MS
+    dlq_retention_ms: int = 4 * _WEEK_MS
+
+    def name(self, topic: Topic, kind: Kind = Kind.MAIN) -> str:
+        return f"{self.prefix}{topic.value}{kind.value}"
+
+    def spec(self, topic: Topic, kind: Kind = Kind.MAIN) -> TopicSpec:
+        return TopicSpec(
+            topic=topic,
+            kind=kind,
+            name=self.name(topic, kind),
+            event_type=_PAYLOADS[topic],
+            partitions=self.partitions,
+            replication_factor=self.replication_factor,
+            retention_ms=self.dlq_retention_ms if kind is Kind.DLQ else self.retention_ms,
+        )
+
+    def specs(self) -> Iterator[TopicSpec]:
+        """Every physical topic: each logical topic with its retry and dead-letter sibling."""
+        for topic in Topic:
+            for kind in Kind:
+                yield self.spec(topic, kind)
+
+    def resolve(self, name: str) -> TopicSpec | None:
+        """The spec of a physical topic name of this deployment, None when it is not ours."""
+        for spec in self.specs():
+            if spec.name == name:
+                return spec
+        return None
