@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.envelope import Envelope
+from schemas.envelope import WIRE_REQUIRED, Envelope
 from schemas.errors import SchemaError
 from schemas.events import EVENT_TYPES
 
@@ -99,6 +99,9 @@ def decode(
     if cls is None:
         known = ", ".join(sorted(EVENT_TYPES))
         raise fail(f"unknown event type {event_type!r} (known: {known})")
+    absent = [name for name in WIRE_REQUIRED if name not in raw]
+    if absent:
+        raise fail(f"{event_type} lacks required field(s): {', '.join(absent)}")
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:

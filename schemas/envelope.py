@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ID_NAMESPACE",
+    "WIRE_REQUIRED",
     "Envelope",
     "Payload",
     "derive_id",
@@ -52,6 +53,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: Fields a producer must put on the wire even though our constructors fill them in: an
+#: event without its own ``id`` could not be deduplicated after a redelivery.
+WIRE_REQUIRED = ("id", "type", "source", "time", "request_id", "conversation_id", "data")
+
+
+def _wire_schema(schema: dict[str, Any]) -> None:
+    required = list(schema.get("required", []))
+    schema["required"] = [*required, *(f for f in WIRE_REQUIRED if f not in required)]
+
+
 class Payload(BaseModel):
     """Base of every ``data`` payload. Unknown fields are kept, never an error."""
 
@@ -69,7 +80,7 @@ class Envelope(BaseModel, Generic[PayloadT]):
     :mod:`schemas.events`.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra=_wire_schema)
 
     TYPE: ClassVar[str] = ""
 

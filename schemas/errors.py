@@ -80,5 +80,5 @@ class TopicMissing(PermanentError):
     """A topic the worker needs does not exist and may not be created automatically."""
 
 
-class SkipEvent(AgentstreamError):  # noqa: N818 - a signal, not a failure
+class SkipEvent(AgentstreamError):
     """Raised by a handler to acknowledge an event without any effect."""

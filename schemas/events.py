@@ -15,8 +15,8 @@ from pydantic import Field, JsonValue
 from schemas.envelope import Envelope, Payload
 
 __all__ = [
-    "TERMINAL_STATUSES",
     "EVENT_TYPES",
+    "TERMINAL_STATUSES",
     "AgentResponse",
     "AgentResponseData",
     "MemoryCall",
@@ -65,6 +65,11 @@ class ToolCallData(Payload):
     tool: str = Field(min_length=1, max_length=200)
     arguments: dict[str, JsonValue] = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0)
+    user: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Whom the call acts for (memory scope); set by the agent, never the model.",
+    )
 
 
 class ToolResultData(Payload):

@@ -43,6 +43,8 @@ _PAYLOADS: dict[Topic, type[Envelope[Any]]] = {
     Topic.AGENT_RESPONSE: AgentResponse,
 }
 
+_BY_TYPE: dict[str, Topic] = {cls.TYPE: topic for topic, cls in _PAYLOADS.items()}
+
 _WEEK_MS = 7 * 24 * 3600 * 1000
 
 
@@ -102,6 +104,10 @@ class Catalog:
         for topic in Topic:
             for kind in Kind:
                 yield self.spec(topic, kind)
+
+    def topic_of(self, event: Envelope[Any]) -> str:
+        """The main topic an event of this type is published to."""
+        return self.name(_BY_TYPE[event.type])
 
     def resolve(self, name: str) -> TopicSpec | None:
         """The spec of a physical topic name of this deployment, None when it is not ours."""

@@ -1,0 +1,146 @@
+"""Running workers in a process: build their handlers, start, stop on SIGTERM.
+
+``agentstream worker agent|tool|memory`` runs one kind per process against Kafka and Redis
+(run several processes per consumer group to scale); ``agentstream up`` runs every kind
+plus the ingress in one process on the embedded default. A worker process also serves
+``/healthz``, ``/readyz`` and ``/metrics`` on ``AGENTSTREAM_METRICS_PORT`` when set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agents import OfflineModel, OpenAIModel, ToolRegistry, builtin_registry, memory_tool_specs
+from agents.model import Model, ModelPrice
+from agents.routing import ModelRouter
+from agentstream.settings import Settings
+from agentstream.wiring import runtime_config
+from handlers.agent import AgentConfig, AgentHandlers, DeadlineSweeper
+from handlers.memory import MemoryHandlers
+from handlers.metrics import Metrics
+from handlers.runtime import Worker
+from handlers.store import StateStore
+from handlers.tool import ToolHandlers
+from topics import Bus, Topic
+
+__all__ = ["WORKER_KINDS", "WorkerKind", "WorkerSet", "build_model", "build_workers", "install_signals"]
+
+log = logging.getLogger(__name__)
+
+WorkerKind = Literal["agent", "tool", "memory"]
+WORKER_KINDS: tuple[WorkerKind, ...] = ("agent", "tool", "memory")
+
+
+def build_model(settings: Settings) -> ModelRouter:
+    m = settings.model
+    price = ModelPrice(
+        prompt_per_1k=m.prompt_price_per_1k, completion_per_1k=m.completion_price_per_1k
+    )
+    small: Model
+    large: Model | None = None
+    if m.provider == "openai":
+        if not m.base_url and m.api_key is None:
+            from schemas.errors import ConfigError
+
+            raise ConfigError(
+                "AGENTSTREAM_MODEL__PROVIDER=openai needs AGENTSTREAM_MODEL__BASE_URL "
+                "or AGENTSTREAM_MODEL__API_KEY"
+            )
+        key = m.api_key.get_secret_value() if m.api_key else "unused"
+        small = OpenAIModel(
+            base_url=m.base_url, api_key=key, model=m.model, timeout_s=m.timeout_s,
+            price=price, stream=m.stream,
+        )
+        if m.large_model:
+            large = OpenAIModel(
+                base_url=m.base_url, api_key=key, model=m.large_model, timeout_s=m.timeout_s,
+                price=price, stream=m.stream,
+            )
+    else:
+        small = OfflineModel(latency_s=m.offline_latency_s)
+    return ModelRouter(small=small, large=large, route_above_tokens=m.route_above_tokens)
+
+
+def tool_registry() -> ToolRegistry:
+    return builtin_registry()
+
+
+@dataclass
+class WorkerSet:
+    """Workers of one process and the background tasks that go with them."""
+
+    workers: list[Worker] = field(default_factory=list)
+    extras: list[Coroutine[Any, Any, None]] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [asyncio.create_task(w.run(stop), name=w.config.group_id) for w in self.workers]
+        tasks += [asyncio.create_task(c) for c in self.extras]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    stop.set()
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def build_workers(
+    kinds: Sequence[WorkerKind],
+    settings: Settings,
+    bus: Bus,
+    store: StateStore,
+    metrics: Metrics,
+    stop: asyncio.Event,
+) -> WorkerSet:
+    catalog = settings.catalog()
+    result = WorkerSet()
+    registry = tool_registry()
+    for kind in kinds:
+        config = runtime_config(settings, f"agentstream-{kind}", f"{kind}-worker")
+        if kind == "agent":
+            a = settings.agent
+            handlers = AgentHandlers(
+                build_model(settings),
+                [*registry.specs(), *memory_tool_specs()],
+                AgentConfig(
+                    system_prompt=a.system_prompt,
+                    max_steps=a.max_steps,
+                    deadline_s=a.deadline_s,
+                    history_budget_tokens=a.history_budget_tokens,
+                    cache=settings.model.cache,
+                    cache_ttl_s=settings.model.cache_ttl_s,
+                ),
+                metrics,
+            )
+            worker = Worker(bus, store, catalog, handlers.routes(), config, metrics=metrics)
+            sweeper = DeadlineSweeper(
+                worker, handlers, settings.namespace, catalog.name(Topic.USER_REQUEST)
+            )
+            result.extras.append(sweeper.run(stop))
+        elif kind == "tool":
+            worker = Worker(
+                bus, store, catalog, ToolHandlers(registry, metrics).routes(), config,
+                metrics=metrics,
+            )
+        else:
+            worker = Worker(
+                bus, store, catalog, MemoryHandlers(metrics).routes(), config, metrics=metrics
+            )
+        result.workers.append(worker)
+    return result
+
+
+def install_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: stop fetching, drain, commit, leave the group."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,384 @@
+"""The agent worker's handlers: ``user_request`` and ``tool_result`` drive the tool loop.
+
+Run state lives in the store, so any instance continues any request:
+
+- ``conv:<id>``: the conversation's short-term history, the request being answered, and the
+  requests waiting their turn. Turns of one conversation run one after another, in arrival
+  order, so every turn sees the history of the turns before it.
+- ``run:<request_id>``: the :class:`agents.RunState` of one request.
+- ``deadlines:<partition>``: active runs by deadline, for the sweeper that ends runs whose
+  tools never answered (:class:`DeadlineSweeper`).
+
+Every request ends in exactly one terminal ``agent_response``: its id is derived from the
+request id alone, and it is emitted only by the step that moves the run to a terminal state.
+Model calls are recorded under ``request_id`` + step (:meth:`Context.once`), so a redelivered
+event reuses the reply instead of calling the model again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agents import (
+    MEMORY_TOOLS,
+    CallTools,
+    Fail,
+    Finish,
+    Message,
+    Model,
+    ModelReply,
+    RunState,
+    ToolSpec,
+    apply_reply,
+    apply_tool_result,
+    history_after,
+    start_run,
+)
+from agents.routing import ModelRouter, cache_key
+from handlers.context import Context
+from handlers.metrics import Metrics
+from handlers.route import Job, Route
+from handlers.runtime import Worker
+from schemas import (
+    AgentResponse,
+    AgentResponseData,
+    Envelope,
+    MemoryCall,
+    ResponseStatus,
+    ToolCall,
+    ToolCallData,
+    ToolResult,
+    UserRequest,
+    Usage,
+    derive_id,
+)
+from topics import Topic
+
+__all__ = ["AgentConfig", "AgentHandlers", "ConversationState", "DeadlineSweeper"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "agent-worker"
+
+
+class ConversationState(BaseModel):
+    history: list[Message] = Field(default_factory=list)
+    active: str | None = None
+    waiting: list[UserRequest] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    system_prompt: str
+    max_steps: int = 8
+    deadline_s: float = 120.0
+    history_budget_tokens: int = 2000
+    cache: bool = True
+    cache_ttl_s: int = 24 * 3600
+    run_ttl_s: int = 7 * 24 * 3600
+
+
+class AgentHandlers:
+    """The routes of the agent worker, bound to a model router and the tools it may offer."""
+
+    def __init__(
+        self,
+        router: ModelRouter,
+        tools: Sequence[ToolSpec],
+        config: AgentConfig,
+        metrics: Metrics,
+    ) -> None:
+        self.router = router
+        self.tools = list(tools)
+        self.config = config
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(Topic.USER_REQUEST, self.on_user_request, "agent.user_request",
+                  on_dead_letter=self.on_dead_letter),
+            Route(Topic.TOOL_RESULT, self.on_tool_result, "agent.tool_result",
+                  on_dead_letter=self.on_dead_letter),
+        ]
+
+    # -- events -------------------------------------------------------------------------
+
+    async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        if await ctx.load(ctx.key("run", event.request_id), RunState) is not None:
+            log.info("request %s already started; duplicate user_request ignored", event.request_id)
+            return []
+        conv_key = ctx.key("conv", event.conversation_id)
+        conv = await ctx.load(conv_key, ConversationState) or ConversationState()
+        if conv.active is not None and conv.active != event.request_id:
+            if all(w.request_id != event.request_id for w in conv.waiting):
+                conv.waiting.append(event)
+                ctx.save(conv_key, conv, self.config.run_ttl_s)
+            return []
+        return await self._start(event, conv, ctx)
+
+    async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
+        run_key = ctx.key("run", event.request_id)
+        state = await ctx.load(run_key, RunState)
+        if state is None or state.status != "running":
+            return []  # a late result of a finished run
+        d = event.data
+        state, complete = apply_tool_result(state, d.call_id, d.ok, d.output, d.error)
+        ctx.save(run_key, state, self.config.run_ttl_s)
+        if not complete:
+            return []
+        return await self._step(state, ctx)
+
+    async def on_dead_letter(
+        self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
+    ) -> list[Envelope[Any]]:
+        """A request whose processing failed for good still gets its terminal answer."""
+        if event is None:
+            return []
+        state = await ctx.load(ctx.key("run", event.request_id), RunState)
+        if state is not None and state.status != "running":
+            return []
+        status: ResponseStatus = "rejected" if isinstance(event, UserRequest) and state is None else "failed"
+        reason = f"{type(error).__name__}: {error}"
+        if state is None:
+            return [self._response(event, status, None, reason, Usage(), steps=0, tools=[])]
+        return await self._finish(state, status, None, reason, ctx)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    async def _start(
+        self, event: UserRequest, conv: ConversationState, ctx: Context
+    ) -> list[Envelope[Any]]:
+        state = start_run(
+            event,
+            conv.history,
+            system_prompt=self.config.system_prompt,
+            max_steps=event.data.max_steps or self.config.max_steps,
+            default_deadline_s=self.config.deadline_s,
+            history_budget_tokens=self.config.history_budget_tokens,
+        )
+        state = state.model_copy(update={"partition": ctx.origin.partition})
+        conv.active = event.request_id
+        conv.waiting = [w for w in conv.waiting if w.request_id != event.request_id]
+        ctx.save(ctx.key("conv", event.conversation_id), conv, self.config.run_ttl_s)
+        if state.deadline is not None:
+            ctx.index_add(
+                ctx.key("deadlines", str(ctx.origin.partition)),
+                f"{state.request_id}|{state.conversation_id}",
+                state.deadline.timestamp(),
+            )
+        return await self._step(state, ctx)
+
+    async def _step(self, state: RunState, ctx: Context) -> list[Envelope[Any]]:
+        if state.deadline is not None and ctx.now() >= state.deadline:
+            return await self._finish(state, "timed_out", None, "deadline passed", ctx)
+        reply = await self._complete(state, ctx)
+        state, decision = apply_reply(state, reply, ctx.now())
+        if isinstance(decision, CallTools):
+            ctx.save(ctx.key("run", state.request_id), state, self.config.run_ttl_s)
+            return [self._call(state, inv, i) for i, inv in enumerate(decision.invocations)]
+        if isinstance(decision, Finish):
+            return await self._finish(state, "completed", decision.text, None, ctx)
+        assert isinstance(decision, Fail)
+        return await self._finish(state, decision.status, None, decision.reason, ctx)
+
+    async def _complete(self, state: RunState, ctx: Context) -> ModelReply:
+        model = self.router.choose(state)
+        key = f"model:{state.request_id}:{state.step}"
+
+        async def call() -> ModelReply:
+            return await self._cached_call(model, state, ctx)
+
+        reply, replayed = await ctx.once(key, ModelReply, call)
+        if not replayed and not reply.usage.cached_calls:
+            self._count(reply, state.tenant)
+        return reply
+
+    async def _cached_call(self, model: Model, state: RunState, ctx: Context) -> ModelReply:
+        if not self.config.cache:
+            return await model.complete(state.messages, self.tools)
+        ck = ctx.key("cache", cache_key(model.name, state.messages, self.tools))
+        cached = await ctx.store.fetch(ck)
+        if cached is not None:
+            reply = ModelReply.model_validate_json(cached)
+            usage = reply.usage.model_copy(
+                update={"cost_usd": 0.0, "cached_calls": 1, "model_calls": 0}
+            )
+            return reply.model_copy(update={"usage": usage})
+        try:
+            reply = await model.complete(state.messages, self.tools)
+        except Exception:
+            self.metrics.llm_calls.labels(model.name, "error").inc()
+            raise
+        await ctx.store.put(ck, reply.model_dump_json().encode(), self.config.cache_ttl_s)
+        return reply
+
+    def _count(self, reply: ModelReply, tenant: str) -> None:
+        u = reply.usage
+        self.metrics.llm_calls.labels(reply.model, "ok").inc()
+        self.metrics.llm_tokens.labels(reply.model, "prompt", tenant).inc(u.prompt_tokens)
+        self.metrics.llm_tokens.labels(reply.model, "completion", tenant).inc(u.completion_tokens)
+        self.metrics.llm_cost.labels(reply.model, tenant).inc(u.cost_usd)
+
+    def _call(self, state: RunState, invocation: Any, index: int) -> Envelope[Any]:
+        cls: type[ToolCall] | type[MemoryCall] = (
+            MemoryCall if invocation.name in MEMORY_TOOLS else ToolCall
+        )
+        data = ToolCallData(
+            call_id=invocation.id,
+            step=state.step,
+            tool=invocation.name,
+            arguments=invocation.arguments,
+            user=state.user,
+        )
+        return cls(
+            id=derive_id(state.request_id, f"call:{state.step}", index),
+            type=cls.TYPE,
+            source=SOURCE,
+            request_id=state.request_id,
+            conversation_id=state.conversation_id,
+            causation_id=state.request_id,
+            tenant=state.tenant,
+            traceparent=state.traceparent,
+            data=data,
+        )
+
+    async def _finish(
+        self,
+        state: RunState,
+        status: ResponseStatus,
+        text: str | None,
+        error: str | None,
+        ctx: Context,
+    ) -> list[Envelope[Any]]:
+        done = state.model_copy(update={"status": status})
+        ctx.save(ctx.key("run", state.request_id), done, self.config.run_ttl_s)
+        ctx.index_remove(
+            ctx.key("deadlines", str(state.partition)),
+            f"{state.request_id}|{state.conversation_id}",
+        )
+        self.metrics.responses.labels(status, state.tenant).inc()
+        outputs: list[Envelope[Any]] = [
+            self._response(state, status, text, error, state.usage, state.step, state.tool_calls_made)
+        ]
+        conv_key = ctx.key("conv", state.conversation_id)
+        conv = await ctx.load(conv_key, ConversationState) or ConversationState()
+        if status == "completed" and text is not None:
+            conv.history = history_after(done, text)
+        if conv.active == state.request_id:
+            conv.active = None
+        if conv.waiting:
+            following = conv.waiting.pop(0)
+            outputs += await self._start(following, conv, ctx)
+        else:
+            ctx.save(conv_key, conv, self.config.run_ttl_s)
+        return outputs
+
+    def _response(
+        self,
+        origin: RunState | Envelope[Any],
+        status: ResponseStatus,
+        text: str | None,
+        error: str | None,
+        usage: Usage,
+        steps: int,
+        tools: list[str],
+    ) -> AgentResponse:
+        return AgentResponse(
+            id=derive_id(origin.request_id, "response"),
+            type=AgentResponse.TYPE,
+            source=SOURCE,
+            request_id=origin.request_id,
+            conversation_id=origin.conversation_id,
+            causation_id=origin.request_id,
+            tenant=origin.tenant,
+            traceparent=origin.traceparent,
+            data=AgentResponseData(
+                status=status,
+                text=text,
+                error=error,
+                steps=steps,
+                model=self.router.default_name,
+                usage=usage,
+                tool_calls=list(tools),
+            ),
+        )
+
+    # -- deadlines ----------------------------------------------------------------------
+
+    async def expire(self, request_id: str, ctx: Context) -> list[Envelope[Any]]:
+        state = await ctx.load(ctx.key("run", request_id), RunState)
+        if state is None or state.status != "running":
+            return []
+        if state.deadline is None or ctx.now() < state.deadline:
+            return []
+        return await self._finish(state, "timed_out", None, "deadline passed", ctx)
+
+
+class DeadlineSweeper:
+    """Ends runs whose deadline passed while they waited for tools.
+
+    Every ``interval_s`` it looks up the expired runs of the partitions this worker owns and
+    submits a job into the conversation's lane, so the expiry is ordered with that
+    conversation's events and committed like one (its mark makes it happen once).
+    """
+
+    def __init__(
+        self, worker: Worker, handlers: AgentHandlers, namespace: str, topic_name: str,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.worker = worker
+        self.handlers = handlers
+        self.namespace = namespace
+        self.topic_name = topic_name
+        self.interval_s = interval_s
+        self._submitted: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.worker.started.wait()
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Exception as exc:  # the store may be down for a while
+                log.warning("deadline sweep failed: %r", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def sweep(self) -> None:
+        now = self.worker.now().timestamp()
+        expired: set[str] = set()
+        for partition in self.worker.owned_partitions(self.topic_name):
+            index = f"{self.namespace}:deadlines:{partition}"
+            for member, _ in await self.worker.store.index_range(index, max_score=now):
+                expired.add(member)
+                if member in self._submitted:
+                    continue
+                request_id, _, conversation_id = member.partition("|")
+                self._submitted.add(member)
+                self.worker.submit_job(
+                    Job(
+                        key=conversation_id.encode(),
+                        partition=partition,
+                        mark_id=f"deadline:{request_id}",
+                        name="agent.deadline",
+                        run=self._expiry(request_id, member),
+                    )
+                )
+        # Forget jobs that were abandoned on a rebalance, so they are submitted again.
+        self._submitted &= expired
+
+    def _expiry(self, request_id: str, member: str) -> Any:
+        async def run(ctx: Context) -> Sequence[Envelope[Any]]:
+            try:
+                return await self.handlers.expire(request_id, ctx)
+            finally:
+                self._submitted.discard(member)
+
+        return run

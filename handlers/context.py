@@ -1,0 +1,98 @@
+"""What a handler gets besides its event: reads and staged writes of run state, and
+recorded side effects.
+
+A handler never writes the store directly. It ``load``s state (the version it saw is
+remembered) and ``save``s new state (staged); the runtime commits the staged writes together
+with the event's dedup mark and its outputs, atomically, after the handler returns. If
+anything it read changed meanwhile, the commit is refused and the event runs again.
+
+Side effects outside Kafka (an LLM call, a tool run) go through :meth:`Context.once`: the
+first run records the result under an idempotency key (``request_id`` + step, or the tool
+call id), a redelivered event gets the recorded result back instead of calling again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from handlers.store import Delete, IndexAdd, IndexRemove, Op, Put, StateStore
+
+__all__ = ["Context", "Origin"]
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the event being handled came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    group: str
+    attempt: int = 1
+
+
+@dataclass
+class Context:
+    store: StateStore
+    origin: Origin
+    namespace: str
+    now: Callable[[], datetime]
+    effect_ttl_s: int = 7 * 24 * 3600
+    reads: dict[str, int] = field(default_factory=dict)
+    ops: list[Op] = field(default_factory=list)
+    _staged: dict[str, bytes | None] = field(default_factory=dict)
+
+    def key(self, *parts: str) -> str:
+        """A store key in this deployment's namespace."""
+        return ":".join((self.namespace, *parts))
+
+    async def load(self, key: str, model: type[ModelT]) -> ModelT | None:
+        """The state at ``key`` as ``model`` (staged writes of this handler included)."""
+        if key in self._staged:
+            raw = self._staged[key]
+        else:
+            current = await self.store.get(key)
+            self.reads.setdefault(key, current.version)
+            raw = current.value
+        return None if raw is None else model.model_validate_json(raw)
+
+    def save(self, key: str, value: BaseModel, ttl_s: int | None = None) -> None:
+        data = value.model_dump_json().encode()
+        self._staged[key] = data
+        self.ops.append(Put(key, data, ttl_s))
+
+    def delete(self, key: str) -> None:
+        self._staged[key] = None
+        self.ops.append(Delete(key))
+
+    def index_add(self, key: str, member: str, score: float) -> None:
+        self.ops.append(IndexAdd(key, member, score))
+
+    def index_remove(self, key: str, member: str) -> None:
+        self.ops.append(IndexRemove(key, member))
+
+    async def once(
+        self,
+        key: str,
+        model: type[ModelT],
+        call: Callable[[], Awaitable[ModelT]],
+    ) -> tuple[ModelT, bool]:
+        """Run the side effect ``call`` once per idempotency ``key``; returns the result and
+        whether it was recorded before (True: not called again)."""
+        stored = await self.store.fetch(self.key("effect", key))
+        if stored is not None:
+            return model.model_validate_json(stored), True
+        result = await call()
+        await self.store.put(
+            self.key("effect", key), result.model_dump_json().encode(), self.effect_ttl_s
+        )
+        return result, False

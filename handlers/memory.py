@@ -1,0 +1,186 @@
+"""The memory worker: serves the memory tools and keeps long-term memory from the stream.
+
+- ``memory_call`` (``remember``, ``recall``): answered with a ``tool_result``, reading and
+  writing the :class:`agents.MemoryBook` of the caller's scope (tenant, and the request's
+  ``user`` when given).
+- ``user_request`` and ``agent_response``: a per-conversation summary, a projection of the
+  stream.
+
+Memory is derived only from events, so :func:`rebuild` recomputes it by replaying the
+retained topics (``agentstream memory rebuild``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents import ConversationSummary, MemoryBook
+from handlers.context import Context
+from handlers.metrics import Metrics
+from handlers.route import Route
+from handlers.store import StateStore
+from handlers.tool import ToolOutcome, tool_result
+from schemas import (
+    AgentResponse,
+    Envelope,
+    MemoryCall,
+    SchemaError,
+    UserRequest,
+    decode,
+)
+from topics import Bus, Catalog, Topic
+
+__all__ = ["MemoryHandlers", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "memory-worker"
+_PENDING_TTL_S = 24 * 3600
+
+
+class _PendingTurn(BaseModel):
+    text: str
+    user: str | None = None
+
+
+def scope_of(tenant: str, user: str | None) -> str:
+    return f"{tenant}/{user or '-'}"
+
+
+class MemoryHandlers:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(Topic.MEMORY_CALL, self.on_memory_call, "memory.memory_call",
+                  on_dead_letter=self.on_dead_letter),
+            Route(Topic.USER_REQUEST, self.on_user_request, "memory.user_request"),
+            Route(Topic.AGENT_RESPONSE, self.on_agent_response, "memory.agent_response"),
+        ]
+
+    async def on_memory_call(self, event: MemoryCall, ctx: Context) -> list[Envelope[Any]]:
+        key = ctx.key("memory", scope_of(event.tenant, event.data.user))
+        book = await ctx.load(key, MemoryBook) or MemoryBook()
+        args = event.data.arguments
+        tool = event.data.tool
+        if tool == "remember":
+            fact = str(args.get("fact", "")).strip()
+            if not fact:
+                outcome = ToolOutcome(ok=False, error="remember needs a non-empty 'fact'",
+                                      error_class="ToolRejected")
+            else:
+                stored = book.remember(fact, request_id=event.request_id, now=ctx.now())
+                ctx.save(key, book)
+                outcome = ToolOutcome(ok=True, output=stored.model_dump(mode="json"))
+        elif tool == "recall":
+            facts = book.recall(str(args.get("query", "")))
+            outcome = ToolOutcome(ok=True, output=[f.model_dump(mode="json") for f in facts])
+        else:
+            outcome = ToolOutcome(ok=False, error=f"unknown memory tool {tool!r}",
+                                  error_class="ToolRejected")
+        return [tool_result(event, outcome, SOURCE)]
+
+    async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        ctx.save(
+            ctx.key("memturn", event.request_id),
+            _PendingTurn(text=event.data.text, user=event.data.user),
+            _PENDING_TTL_S,
+        )
+        return []
+
+    async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
+        pending = await ctx.load(ctx.key("memturn", event.request_id), _PendingTurn)
+        key = ctx.key("summary", event.tenant, event.conversation_id)
+        summary = await ctx.load(key, ConversationSummary) or ConversationSummary(
+            conversation_id=event.conversation_id
+        )
+        summary.update(pending.text if pending else "", event.data.text or "")
+        ctx.save(key, summary)
+        return []
+
+    async def on_dead_letter(
+        self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
+    ) -> list[Envelope[Any]]:
+        if not isinstance(event, MemoryCall):
+            return []
+        outcome = ToolOutcome(ok=False, error=f"memory failed: {error}",
+                              error_class=type(error).__name__)
+        return [tool_result(event, outcome, SOURCE)]
+
+
+async def rebuild(bus: Bus, store: StateStore, catalog: Catalog, namespace: str) -> dict[str, int]:
+    """Recompute long-term memory and summaries by replaying the retained topics.
+
+    Reads ``user_request``, ``memory_call`` and ``agent_response`` from the beginning, applies
+    them in offset order per partition (a conversation's events share a partition, so its
+    order is kept), and overwrites the stored memory of every scope and conversation seen.
+    """
+    turns: dict[str, _PendingTurn] = {}
+    books: dict[str, MemoryBook] = {}
+    summaries: dict[str, ConversationSummary] = {}
+    counts = {"user_request": 0, "memory_call": 0, "agent_response": 0, "skipped": 0}
+    streams = {
+        t: await bus.read(catalog.name(t))
+        for t in (Topic.USER_REQUEST, Topic.MEMORY_CALL, Topic.AGENT_RESPONSE)
+    }
+    for record in streams[Topic.USER_REQUEST]:
+        try:
+            event = decode(record.value)
+        except SchemaError:
+            counts["skipped"] += 1
+            continue
+        if isinstance(event, UserRequest):
+            turns[event.request_id] = _PendingTurn(text=event.data.text, user=event.data.user)
+            counts["user_request"] += 1
+    seen: set[str] = set()
+    for record in sorted(streams[Topic.MEMORY_CALL], key=lambda r: (r.partition, r.offset)):
+        try:
+            event = decode(record.value)
+        except SchemaError:
+            counts["skipped"] += 1
+            continue
+        if not isinstance(event, MemoryCall) or event.id in seen or event.data.tool != "remember":
+            continue
+        seen.add(event.id)
+        scope = scope_of(event.tenant, event.data.user)
+        fact = str(event.data.arguments.get("fact", "")).strip()
+        if fact:
+            books.setdefault(scope, MemoryBook()).remember(
+                fact, request_id=event.request_id, now=event.time
+            )
+            counts["memory_call"] += 1
+    for record in sorted(streams[Topic.AGENT_RESPONSE], key=lambda r: (r.partition, r.offset)):
+        try:
+            event = decode(record.value)
+        except SchemaError:
+            counts["skipped"] += 1
+            continue
+        if not isinstance(event, AgentResponse) or event.id in seen:
+            continue
+        seen.add(event.id)
+        key = f"{event.tenant}/{event.conversation_id}"
+        summary = summaries.setdefault(
+            key, ConversationSummary(conversation_id=event.conversation_id)
+        )
+        turn = turns.get(event.request_id)
+        summary.update(turn.text if turn else "", event.data.text or "")
+        counts["agent_response"] += 1
+    from handlers.store import Put
+
+    ops: list[Any] = [
+        Put(f"{namespace}:memory:{scope}", book.model_dump_json().encode())
+        for scope, book in books.items()
+    ]
+    ops += [
+        Put(f"{namespace}:summary:{key.replace('/', ':', 1)}", s.model_dump_json().encode())
+        for key, s in summaries.items()
+    ]
+    if ops:
+        await store.commit(expect={}, ops=ops)
+    counts["scopes"] = len(books)
+    counts["conversations"] = len(summaries)
+    return counts

@@ -1,0 +1,50 @@
+"""Which offset of a partition may be committed: the lowest one not yet finished.
+
+Events of one partition finish out of order (different conversations run concurrently), so
+the committable offset is not "the last one done" but "everything below the lowest offset
+still in flight". Committing further would lose the unfinished event on a crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+__all__ = ["PartitionOffsets"]
+
+
+class PartitionOffsets:
+    """In-flight offsets of one partition."""
+
+    def __init__(self) -> None:
+        self._pending: set[int] = set()
+        self._heap: list[int] = []
+        self._highest_seen = -1
+        self.committed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def begin(self, offset: int) -> None:
+        self._pending.add(offset)
+        heapq.heappush(self._heap, offset)
+        self._highest_seen = max(self._highest_seen, offset)
+
+    def finish(self, offset: int) -> None:
+        self._pending.discard(offset)
+        while self._heap and self._heap[0] not in self._pending:
+            heapq.heappop(self._heap)
+
+    def committable(self) -> int | None:
+        """The next offset to commit (Kafka semantics: the first one not yet done)."""
+        if self._heap:
+            return self._heap[0]
+        if self._highest_seen < 0:
+            return None
+        return self._highest_seen + 1
+
+    def to_commit(self) -> int | None:
+        """The committable offset if it moved since the last commit, else None."""
+        offset = self.committable()
+        if offset is None or offset == self.committed:
+            return None
+        return offset

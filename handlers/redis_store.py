@@ -1,0 +1,172 @@
+"""The state store on Redis (``REDIS_URL``): what makes workers stateless.
+
+Versioned values are hashes ``{v: version, d: data}``; :meth:`RedisStore.commit` is one Lua
+script, so the version checks, the dedup mark and the writes happen atomically on the server
+(no connection is held while a handler awaits its LLM, unlike WATCH/MULTI). Connection
+failures become ``RetryableError``: the runtime retries the event, it is never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from handlers.store import Delete, IndexAdd, Op, Put, Versioned
+from schemas.errors import RetryableError
+
+__all__ = ["RedisStore"]
+
+# KEYS: [mark?, expect..., op keys...]; ARGV: has_mark, mark_value, mark_ttl, n_expect,
+# versions..., then per op: kind, a, b.
+_COMMIT = """
+local has_mark = ARGV[1] == '1'
+local n_expect = tonumber(ARGV[4])
+local k = 1
+if has_mark then
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+  k = 2
+end
+for i = 1, n_expect do
+  local v = tonumber(redis.call('HGET', KEYS[k], 'v') or '0')
+  if v ~= tonumber(ARGV[4 + i]) then return 0 end
+  k = k + 1
+end
+local a = 5 + n_expect
+while a <= #ARGV do
+  local kind, x, y = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local key = KEYS[k]
+  if kind == 'put' then
+    redis.call('HINCRBY', key, 'v', 1)
+    redis.call('HSET', key, 'd', x)
+    if tonumber(y) > 0 then redis.call('EXPIRE', key, tonumber(y))
+    else redis.call('PERSIST', key) end
+  elseif kind == 'del' then
+    redis.call('DEL', key)
+  elseif kind == 'zadd' then
+    redis.call('ZADD', key, y, x)
+  else
+    redis.call('ZREM', key, x)
+  end
+  k = k + 1
+  a = a + 3
+end
+if has_mark then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+end
+return 1
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str, *, socket_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            health_check_interval=15,
+            max_connections=512,
+        )
+        self._commit = self._redis.register_script(_COMMIT)
+
+    async def _call(self, awaitable: Any) -> Any:
+        try:
+            return await awaitable
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RetryableError(f"Redis unreachable at {self._safe_url()}: {exc}") from exc
+
+    def _safe_url(self) -> str:
+        # Never print a password that may be in the URL.
+        _, sep, tail = self.url.rpartition("@")
+        return f"redis://***@{tail}" if sep else self.url
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def get(self, key: str) -> Versioned:
+        version, data = await self._call(self._redis.hmget(key, ["v", "d"]))
+        if version is None:
+            return Versioned(None, 0)
+        return Versioned(data, int(version))
+
+    async def commit(
+        self,
+        *,
+        expect: dict[str, int],
+        ops: Sequence[Op],
+        mark: tuple[str, bytes, int] | None = None,
+    ) -> bool:
+        keys: list[str] = []
+        args: list[Any] = []
+        if mark is not None:
+            keys.append(mark[0])
+            args += ["1", mark[1], max(1, mark[2])]
+        else:
+            args += ["0", "", 0]
+        args.append(len(expect))
+        for key, version in expect.items():
+            keys.append(key)
+            args.append(version)
+        for op in ops:
+            keys.append(op.key)
+            if isinstance(op, Put):
+                args += ["put", op.value, op.ttl_s or 0]
+            elif isinstance(op, Delete):
+                args += ["del", "", 0]
+            elif isinstance(op, IndexAdd):
+                args += ["zadd", op.member, repr(op.score)]
+            else:
+                args += ["zrem", op.member, 0]
+        result = await self._call(self._commit(keys=keys, args=args))
+        return bool(result)
+
+    async def fetch(self, key: str) -> bytes | None:
+        value: bytes | None = await self._call(self._redis.get(key))
+        return value
+
+    async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._call(self._redis.set(key, value, px=_ms(ttl_s)))
+
+    async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
+        return bool(await self._call(self._redis.set(key, value, px=_ms(ttl_s), nx=True)))
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._redis.delete(key))
+
+    async def index_add(self, key: str, member: str, score: float) -> None:
+        await self._call(self._redis.zadd(key, {member: score}))
+
+    async def index_remove(self, key: str, member: str) -> None:
+        await self._call(self._redis.zrem(key, member))
+
+    async def index_range(
+        self, key: str, max_score: float = float("inf"), limit: int = 1000
+    ) -> list[tuple[str, float]]:
+        upper = "+inf" if max_score == float("inf") else repr(max_score)
+        rows = await self._call(
+            self._redis.zrangebyscore(key, "-inf", upper, start=0, num=limit, withscores=True)
+        )
+        return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in rows]
+
+    async def append(self, key: str, value: bytes, ttl_s: float | None = None) -> int:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, value)
+            if ttl_s:
+                pipe.expire(key, int(ttl_s))
+            results = await self._call(pipe.execute())
+        return int(results[0])
+
+    async def list_range(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
+        items: list[bytes] = await self._call(self._redis.lrange(key, start, end))
+        return items
+
+
+def _ms(ttl_s: float | None) -> int | None:
+    return None if ttl_s is None else max(1, int(ttl_s * 1000))

@@ -1,0 +1,573 @@
+"""The handler runtime: consume, schedule per key, run handlers, commit, retry, dead-letter.
+
+One :class:`Worker` is one consumer-group member running a set of routes. What it
+guarantees, and how:
+
+- *Many in flight, ordered per key*: every record goes to the lane of its key
+  (``conversation_id``); lanes run concurrently, a lane runs its records one at a time.
+- *Bounded*: at most ``max_in_flight`` records are held; fetching pauses when the budget is
+  full and resumes below three quarters of it.
+- *Commit only what is done*: per partition, offsets are committed up to the lowest offset
+  still in flight (:mod:`handlers.offsets`), every ``commit_interval_s``.
+- *Alive while handlers are slow*: the fetch loop keeps calling the consumer even while all
+  partitions are paused, so slow LLM calls never trip ``max.poll.interval.ms``.
+- *Rebalance*: revoked partitions get ``drain_timeout_s`` to finish, then their remaining
+  work is abandoned (it will be redelivered to the new owner) and what finished is committed.
+- *Idempotent*: an event's dedup mark holds its outputs (an outbox); the mark, the handler's
+  state writes and the outputs are committed atomically, then published. A redelivered event
+  whose mark exists republishes the recorded outputs, byte for byte the same.
+- *Retries that keep order*: see :mod:`handlers.retries`; while an event of a key waits in
+  the ``.retry`` topic, later events of that key are parked behind it there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.context import Context, Origin
+from handlers.lanes import Lanes
+from handlers.metrics import Metrics
+from handlers.offsets import PartitionOffsets
+from handlers.retries import RetryPolicy, Verdict
+from handlers.route import Job, Route
+from handlers.store import IndexAdd, StateStore
+from schemas import (
+    EVENT_TYPES,
+    DeadLetter,
+    Envelope,
+    RetryableError,
+    SchemaError,
+    SkipEvent,
+    dead_letter_headers,
+    decode,
+    encode,
+    header,
+)
+from topics import Bus, Catalog, Consumer, Kind, OutgoingRecord, Record, TopicPartition
+
+__all__ = ["RuntimeConfig", "Worker"]
+
+log = logging.getLogger(__name__)
+
+_ATTEMPT = "x-retry-attempt"
+_DUE = "x-retry-due"
+_ORIGIN_TOPIC = "x-retry-origin-topic"
+_ORIGIN_PARTITION = "x-retry-origin-partition"
+_ORIGIN_OFFSET = "x-retry-origin-offset"
+_ORIGIN_TIMESTAMP = "x-retry-origin-timestamp"
+_RETRY_HEADERS = (
+    _ATTEMPT,
+    _DUE,
+    _ORIGIN_TOPIC,
+    _ORIGIN_PARTITION,
+    _ORIGIN_OFFSET,
+    _ORIGIN_TIMESTAMP,
+)
+
+
+class _CommitConflict(RetryableError):
+    """The state the handler read changed, or another member handled the event first."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    group_id: str
+    source: str
+    namespace: str = "agentstream"
+    max_in_flight: int = 256
+    max_batch: int = 500
+    drain_timeout_s: float = 20.0
+    commit_interval_s: float = 0.2
+    dedup_ttl_s: int = 7 * 24 * 3600
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    use_retry_topic: bool = True
+    read_committed: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    route: Route | None
+    record: Record | None = None
+    job: Job | None = None
+
+    @property
+    def tp(self) -> TopicPartition | None:
+        return self.record.tp if self.record is not None else None
+
+
+class Worker:
+    """One consumer-group member running ``routes`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        store: StateStore,
+        catalog: Catalog,
+        routes: Sequence[Route],
+        config: RuntimeConfig,
+        *,
+        metrics: Metrics | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.catalog = catalog
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.now = now
+        self._routes: dict[str, Route] = {}
+        for route in routes:
+            self._routes[catalog.name(route.topic)] = route
+            self._routes[catalog.name(route.topic, Kind.RETRY)] = route
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._lanes: Lanes[_Item] = Lanes(self._run_item)
+        self._jobs_held = 0
+        self._consumer: Consumer | None = None
+        self._paused_for_budget = False
+        self._stopping = False
+        self.started = asyncio.Event()
+
+    # -- public -------------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        return sum(len(o) for o in self._offsets.values()) + self._jobs_held
+
+    def owned_partitions(self, topic_name: str) -> set[int]:
+        if self._consumer is None:
+            return set()
+        return {tp.partition for tp in self._consumer.assignment() if tp.topic == topic_name}
+
+    def submit_job(self, job: Job) -> None:
+        """Run ``job`` in the lane of its key, after the events already queued there."""
+        self._jobs_held += 1
+        self._lanes.submit(job.key, _Item(route=None, job=job))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then drain, commit and leave the group."""
+        consumer = self.bus.consumer(
+            self.config.group_id,
+            sorted(self._routes),
+            on_revoke=self._on_revoke,
+            read_committed=self.config.read_committed,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        self.started.set()
+        committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
+        try:
+            while not stop.is_set():
+                self._apply_backpressure(consumer)
+                room = max(1, self.config.max_in_flight - self.held)
+                records = await consumer.getmany(
+                    timeout_ms=100, max_records=min(room, self.config.max_batch)
+                )
+                for record in records:
+                    self._accept(record)
+        finally:
+            self._stopping = True
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            await self._shutdown(consumer)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def _apply_backpressure(self, consumer: Consumer) -> None:
+        held = self.held
+        if not self._paused_for_budget and held >= self.config.max_in_flight:
+            consumer.pause(*consumer.assignment())
+            self._paused_for_budget = True
+        elif self._paused_for_budget and held < self.config.max_in_flight * 3 // 4:
+            consumer.resume(*consumer.assignment())
+            self._paused_for_budget = False
+
+    def _accept(self, record: Record) -> None:
+        route = self._routes.get(record.topic)
+        if route is None:
+            log.warning("record of unexpected topic %s dropped", record.topic)
+            return
+        self.metrics.consumed.labels(record.topic, self.config.group_id).inc()
+        self._offsets.setdefault(record.tp, PartitionOffsets()).begin(record.offset)
+        key = (
+            record.key
+            if record.key
+            else f"{record.topic}/{record.partition}/{record.offset}".encode()
+        )
+        self._lanes.submit(key, _Item(route=route, record=record))
+
+    async def _run_item(self, item: _Item) -> None:
+        try:
+            if item.job is not None:
+                await self._run_job(item.job)
+            elif item.record is not None and item.route is not None:
+                await self._process(item.record, item.route)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # _process handles every failure of the event itself; this is a bug or an
+            # infrastructure failure while dead-lettering. The offset stays uncommitted.
+            log.exception("unhandled failure while processing; the event will be redelivered")
+            if item.record is not None:
+                self._stall(item.record.tp)
+                return
+        finally:
+            if item.job is not None:
+                self._jobs_held -= 1
+        if item.record is not None:
+            offsets = self._offsets.get(item.record.tp)
+            if offsets is not None:
+                offsets.finish(item.record.offset)
+
+    def _stall(self, tp: TopicPartition) -> None:
+        # Leaving the offset in flight blocks commits past it; the record is redelivered
+        # after the next rebalance or restart. Better than committing past a lost event.
+        log.error("partition %s stalls behind an event that could not be settled", tp)
+
+    # -- one record ---------------------------------------------------------------------
+
+    async def _process(self, record: Record, route: Route) -> None:
+        started = time.perf_counter()
+        from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
+        attempt = int(header(record.headers, _ATTEMPT) or 0)
+        if from_retry:
+            await self._wait_until_due(record)
+        try:
+            event = decode(
+                record.value, topic=record.topic, partition=record.partition, offset=record.offset
+            )
+        except SchemaError as exc:
+            await self._dead_letter(record, route, exc, attempt + 1, None)
+            self._observe(route, "dead_letter", started)
+            return
+        parked_key = self._parked_key(record)
+        if not from_retry and await self._is_parked(parked_key):
+            await self._to_retry(record, route, event, attempt, delay_s=0.0, parked_key=parked_key)
+            self._observe(route, "parked", started)
+            return
+        outcome = "ok"
+        while True:
+            attempt += 1
+            try:
+                await self._settle(
+                    event.id, route.name, record, attempt, lambda ctx: route.handler(event, ctx)
+                )
+                break
+            except Exception as exc:
+                verdict = self.config.retry.verdict(exc, attempt)
+                if verdict is Verdict.RETRY_IN_PLACE or (
+                    verdict is Verdict.RETRY_LATER and not self.config.use_retry_topic
+                ):
+                    self.metrics.retries.labels(record.topic, route.name, "in_place").inc()
+                    log.warning(
+                        "%s failed (attempt %d), retrying: %r",
+                        route.name,
+                        attempt,
+                        exc,
+                        extra=_fields(record, event),
+                    )
+                    await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
+                    continue
+                if verdict is Verdict.RETRY_LATER:
+                    delay = self.config.retry.delay(exc, attempt, in_place=False)
+                    await self._to_retry(record, route, event, attempt, delay, parked_key)
+                    outcome = "retry_later"
+                    break
+                await self._dead_letter(record, route, exc, attempt, event)
+                outcome = "dead_letter"
+                break
+        if from_retry:
+            await self.store.index_remove(parked_key, event.id)
+        self._observe(route, outcome, started)
+
+    def _observe(self, route: Route, outcome: str, started: float) -> None:
+        self.metrics.handler_seconds.labels(route.name, outcome).observe(
+            time.perf_counter() - started
+        )
+
+    async def _settle(
+        self,
+        mark_id: str,
+        handler_name: str,
+        record: Record | None,
+        attempt: int,
+        produce: Callable[[Context], Any],
+        partition: int = -1,
+    ) -> None:
+        """Run ``produce`` once per ``mark_id``: commit its writes with its outbox, publish."""
+        mark_key = self._mark_key(mark_id)
+        stored = await self.store.fetch(mark_key)
+        if stored is not None:
+            self.metrics.duplicates.labels(handler_name).inc()
+            await self._publish(_outbox_events(stored))
+            return
+        ctx = self._context(record, attempt, partition)
+        try:
+            outputs = list(await produce(ctx))
+        except SkipEvent:
+            outputs = []
+        outbox = _outbox_bytes(outputs)
+        committed = await self.store.commit(
+            expect=ctx.reads, ops=ctx.ops, mark=(mark_key, outbox, self.config.dedup_ttl_s)
+        )
+        if not committed:
+            raise _CommitConflict(f"state changed while handling {mark_id}; handling again")
+        await self._publish(outputs)
+
+    def _context(self, record: Record | None, attempt: int, partition: int = -1) -> Context:
+        origin = Origin(
+            topic=record.topic if record else "",
+            partition=record.partition if record else partition,
+            offset=record.offset if record else -1,
+            group=self.config.group_id,
+            attempt=attempt,
+        )
+        return Context(self.store, origin, self.config.namespace, self.now)
+
+    async def _publish(self, events: Sequence[Envelope[Any]]) -> None:
+        if not events:
+            return
+        records = []
+        for event in events:
+            key, value, headers = encode(event)
+            topic = self.catalog.topic_of(event)
+            records.append(OutgoingRecord(topic, value, key, tuple(headers)))
+            self.metrics.produced.labels(topic).inc()
+        await self.bus.publish_many(records)
+
+    async def _run_job(self, job: Job) -> None:
+        for attempt in range(1, 1000):
+            try:
+                await self._settle(job.mark_id, job.name, None, attempt, job.run, job.partition)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("job %s failed (attempt %d): %r", job.name, attempt, exc)
+                await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
+
+    # -- retries and dead letters -------------------------------------------------------
+
+    def _mark_key(self, mark_id: str) -> str:
+        return f"{self.config.namespace}:done:{self.config.group_id}:{mark_id}"
+
+    def _parked_key(self, record: Record) -> str:
+        key = (record.key or b"").decode(errors="replace")
+        return f"{self.config.namespace}:parked:{self.config.group_id}:{key}"
+
+    async def _is_parked(self, parked_key: str) -> bool:
+        return bool(await self.store.index_range(parked_key, limit=1))
+
+    async def _wait_until_due(self, record: Record) -> None:
+        due_ms = int(header(record.headers, _DUE) or 0)
+        delay = due_ms / 1000 - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _to_retry(
+        self,
+        record: Record,
+        route: Route,
+        event: Envelope[Any],
+        attempt: int,
+        delay_s: float,
+        parked_key: str,
+    ) -> None:
+        """Move the event to the ``.retry`` topic, parking its key until it is settled."""
+        origin = _origin(record)
+        headers = [(k, v) for k, v in record.headers if k not in _RETRY_HEADERS]
+        headers += [
+            (_ATTEMPT, str(attempt).encode()),
+            (_DUE, str(int((time.time() + delay_s) * 1000)).encode()),
+            (_ORIGIN_TOPIC, origin[0].encode()),
+            (_ORIGIN_PARTITION, str(origin[1]).encode()),
+            (_ORIGIN_OFFSET, str(origin[2]).encode()),
+            (_ORIGIN_TIMESTAMP, str(origin[3]).encode()),
+        ]
+        # Park first: if we crash after publishing, the key is parked anyway (safe); the
+        # other way round a later event could overtake this one.
+        await self.store.commit(
+            expect={}, ops=[IndexAdd(parked_key, event.id, time.time())], mark=None
+        )
+        retry_topic = self.catalog.name(route.topic, Kind.RETRY)
+        await self.bus.publish(
+            OutgoingRecord(retry_topic, record.value, record.key, tuple(headers))
+        )
+        self.metrics.retries.labels(record.topic, route.name, "retry_topic").inc()
+        log.info(
+            "%s moved to %s (attempt %d, delay %.1fs)",
+            event.id,
+            retry_topic,
+            attempt,
+            delay_s,
+            extra=_fields(record, event),
+        )
+
+    async def _dead_letter(
+        self,
+        record: Record,
+        route: Route,
+        error: BaseException,
+        attempts: int,
+        event: Envelope[Any] | None,
+    ) -> None:
+        topic, partition, offset, timestamp = _origin(record)
+        info = DeadLetter(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp=timestamp,
+            group=self.config.group_id,
+            error_class=type(error).__name__,
+            error_message=str(error)[:2000],
+            stacktrace="".join(traceback.format_exception(error)),
+            attempts=attempts,
+            handler=route.name,
+            failed_at=datetime.now(UTC),
+        )
+        original = [(k, v) for k, v in record.headers if k not in _RETRY_HEADERS]
+        dlq = self.catalog.name(route.topic, Kind.DLQ)
+        await self.bus.publish(
+            OutgoingRecord(
+                dlq, record.value, record.key, tuple(dead_letter_headers(original, info))
+            )
+        )
+        self.metrics.dead_letters.labels(topic, route.name, info.error_class).inc()
+        log.error(
+            "dead letter: %s[%d]@%d to %s after %d attempt(s): %s: %s",
+            topic,
+            partition,
+            offset,
+            dlq,
+            attempts,
+            info.error_class,
+            info.error_message,
+            extra=_fields(record, event),
+        )
+        hook = route.on_dead_letter
+        if hook is None:
+            return
+        mark_id = f"dead-letter:{event.id if event else f'{topic}/{partition}/{offset}'}"
+        for attempt in range(1, 20):
+            try:
+                await self._settle(
+                    mark_id,
+                    route.name,
+                    record,
+                    attempt,
+                    lambda ctx: hook(event, record.value, error, ctx),
+                )
+                return
+            except Exception as exc:
+                log.warning(
+                    "dead-letter hook of %s failed (attempt %d): %r", route.name, attempt, exc
+                )
+                await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
+
+    # -- commits, rebalance, shutdown ---------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.commit_interval_s)
+            await self._commit(set(self._offsets))
+
+    async def _commit(self, tps: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        offsets = {}
+        for tp in tps:
+            tracker = self._offsets.get(tp)
+            if tracker is not None and (offset := tracker.to_commit()) is not None:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except RetryableError as exc:
+            log.warning("commit failed, will retry: %s", exc)
+            return
+        for tp, offset in offsets.items():
+            tracker = self._offsets.get(tp)
+            if tracker is not None:
+                tracker.committed = offset
+
+    async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while loop.time() < deadline and any(len(self._offsets.get(tp, ())) for tp in revoked):
+            await asyncio.sleep(0.02)
+        revoked_partitions = {(tp.topic, tp.partition) for tp in revoked}
+        dropped = await self._lanes.abandon(
+            lambda item: (
+                (item.tp is not None and item.tp in revoked)
+                or (item.job is not None and self._job_revoked(item.job, revoked_partitions))
+            )
+        )
+        if dropped:
+            log.warning("abandoned %d in-flight item(s) of revoked partitions", len(dropped))
+        self._jobs_held -= sum(
+            1 for item in dropped if item.job is not None and item.record is None
+        )
+        await self._commit(revoked)
+        for tp in revoked:
+            self._offsets.pop(tp, None)
+
+    def _job_revoked(self, job: Job, revoked: set[tuple[str, int]]) -> bool:
+        return any(p == job.partition for _, p in revoked)
+
+    async def _shutdown(self, consumer: Consumer) -> None:
+        with contextlib.suppress(Exception):
+            consumer.pause(*consumer.assignment())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while self.held and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        dropped = await self._lanes.abandon(lambda item: True)
+        if dropped:
+            log.warning("shutdown deadline: abandoned %d in-flight item(s)", len(dropped))
+        with contextlib.suppress(Exception):
+            await self._commit(set(self._offsets))
+        await consumer.stop()
+        self._consumer = None
+
+
+def _origin(record: Record) -> tuple[str, int, int, int]:
+    """The original topic, partition, offset and timestamp (through retry hops)."""
+    topic = header(record.headers, _ORIGIN_TOPIC)
+    if topic is None:
+        return record.topic, record.partition, record.offset, record.timestamp_ms
+    return (
+        topic,
+        int(header(record.headers, _ORIGIN_PARTITION) or -1),
+        int(header(record.headers, _ORIGIN_OFFSET) or -1),
+        int(header(record.headers, _ORIGIN_TIMESTAMP) or 0),
+    )
+
+
+def _fields(record: Record, event: Envelope[Any] | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
+    if event is not None:
+        fields["request_id"] = event.request_id
+    return fields
+
+
+def _outbox_bytes(events: Sequence[Envelope[Any]]) -> bytes:
+    return b"[" + b",".join(e.model_dump_json(exclude_none=True).encode() for e in events) + b"]"
+
+
+def _outbox_events(raw: bytes) -> list[Envelope[Any]]:
+    return [EVENT_TYPES[item["type"]].model_validate(item) for item in json.loads(raw)]

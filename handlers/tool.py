@@ -1,0 +1,116 @@
+"""The tool worker's handler: one ``tool_call`` in, one ``tool_result`` out.
+
+The tool runs through the registry (arguments validated first, a timeout and a circuit
+breaker per tool) and its outcome is recorded under the call id, so a redelivered call
+returns the recorded result instead of running the tool twice. A call that can never work
+(unknown tool, invalid arguments) is answered with a failed result at once; the model sees
+the error and can recover. Passing failures (timeouts, an open circuit) are retried by the
+runtime; if they persist until the budget is spent, the dead-letter hook still answers with
+a failed result, so the agent's run goes on instead of waiting for its deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, JsonValue
+
+from agents import ToolRegistry
+from handlers.context import Context
+from handlers.metrics import Metrics
+from handlers.route import Route
+from schemas import (
+    Envelope,
+    PermanentError,
+    ToolCall,
+    ToolResult,
+    ToolResultData,
+)
+from topics import Topic
+
+__all__ = ["ToolHandlers", "ToolOutcome", "tool_result"]
+
+SOURCE = "tool-worker"
+
+
+class ToolOutcome(BaseModel):
+    ok: bool
+    output: JsonValue = None
+    error: str | None = None
+    error_class: str | None = None
+    duration_ms: float = 0.0
+
+
+def tool_result(event: Envelope[Any], outcome: ToolOutcome, source: str) -> ToolResult:
+    """The ``tool_result`` answering the tool or memory call ``event``."""
+    data = event.data
+    return event.derive(
+        ToolResult,
+        ToolResultData(
+            call_id=data.call_id,
+            step=data.step,
+            tool=data.tool,
+            ok=outcome.ok,
+            output=outcome.output,
+            error=outcome.error,
+            error_class=outcome.error_class,
+            duration_ms=outcome.duration_ms,
+        ),
+        step="result",
+        source=source,
+    )
+
+
+class ToolHandlers:
+    def __init__(self, registry: ToolRegistry, metrics: Metrics) -> None:
+        self.registry = registry
+        self.metrics = metrics
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(Topic.TOOL_CALL, self.on_tool_call, "tool.tool_call",
+                  on_dead_letter=self.on_dead_letter)
+        ]
+
+    async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
+        outcome, _ = await ctx.once(
+            f"tool:{event.data.call_id}", ToolOutcome, lambda: self._run(event)
+        )
+        return [tool_result(event, outcome, SOURCE)]
+
+    async def _run(self, event: ToolCall) -> ToolOutcome:
+        name = event.data.tool
+        started = time.perf_counter()
+        try:
+            output = await self.registry.call(name, dict(event.data.arguments))
+        except PermanentError as exc:
+            elapsed = time.perf_counter() - started
+            self.metrics.tool_seconds.labels(name, "rejected").observe(elapsed)
+            self.metrics.tool_errors.labels(name, type(exc).__name__).inc()
+            return ToolOutcome(
+                ok=False, error=str(exc), error_class=type(exc).__name__,
+                duration_ms=elapsed * 1000,
+            )
+        except Exception as exc:
+            self.metrics.tool_seconds.labels(name, "error").observe(time.perf_counter() - started)
+            self.metrics.tool_errors.labels(name, type(exc).__name__).inc()
+            raise
+        finally:
+            for breaker_name, state in self.registry.circuit_states().items():
+                self.metrics.circuit_state.labels(f"tool:{breaker_name}").set(state)
+        elapsed = time.perf_counter() - started
+        self.metrics.tool_seconds.labels(name, "ok").observe(elapsed)
+        return ToolOutcome(ok=True, output=output, duration_ms=elapsed * 1000)
+
+    async def on_dead_letter(
+        self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
+    ) -> list[Envelope[Any]]:
+        if not isinstance(event, ToolCall):
+            return []
+        outcome = ToolOutcome(
+            ok=False,
+            error=f"tool failed after retries: {type(error).__name__}: {error}",
+            error_class=type(error).__name__,
+        )
+        return [tool_result(event, outcome, SOURCE)]

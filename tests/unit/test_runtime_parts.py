@@ -1,0 +1,124 @@
+"""The runtime's building blocks: commit offsets, per-key lanes, retry verdicts, store commits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from handlers.lanes import Lanes
+from handlers.offsets import PartitionOffsets
+from handlers.retries import RetryPolicy, Verdict
+from handlers.store import Delete, IndexAdd, InProcessStore, Put
+from schemas import RetryableError, SchemaError
+
+
+def test_committable_offset_is_lowest_unfinished() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.committable() is None
+    for o in (10, 11, 12, 13):
+        offsets.begin(o)
+    offsets.finish(11)
+    offsets.finish(13)
+    assert offsets.committable() == 10
+    offsets.finish(10)
+    assert offsets.committable() == 12
+    offsets.finish(12)
+    assert offsets.committable() == 14
+    assert offsets.to_commit() == 14
+    offsets.committed = 14
+    assert offsets.to_commit() is None
+
+
+async def test_lanes_serialise_one_key_and_overlap_keys() -> None:
+    running: dict[bytes, int] = {}
+    max_same_key = 0
+    overlap = 0
+    order: list[tuple[bytes, int]] = []
+
+    async def run(item: tuple[bytes, int]) -> None:
+        nonlocal max_same_key, overlap
+        key, n = item
+        running[key] = running.get(key, 0) + 1
+        max_same_key = max(max_same_key, running[key])
+        overlap = max(overlap, sum(1 for v in running.values() if v))
+        await asyncio.sleep(0.01)
+        order.append(item)
+        running[key] -= 1
+
+    lanes: Lanes[tuple[bytes, int]] = Lanes(run)
+    for n in range(5):
+        for key in (b"a", b"b", b"c"):
+            lanes.submit(key, (key, n))
+    while len(lanes):
+        await asyncio.sleep(0.01)
+    assert max_same_key == 1
+    assert overlap == 3
+    for key in (b"a", b"b", b"c"):
+        assert [n for k, n in order if k == key] == [0, 1, 2, 3, 4]
+
+
+async def test_lanes_abandon_cancels_matching_and_keeps_the_rest() -> None:
+    done: list[int] = []
+    gate = asyncio.Event()
+
+    async def run(item: int) -> None:
+        if item == 1:
+            await gate.wait()
+        done.append(item)
+
+    lanes: Lanes[int] = Lanes(run)
+    lanes.submit(b"k", 1)
+    lanes.submit(b"k", 2)
+    lanes.submit(b"k", 3)
+    await asyncio.sleep(0.01)
+    dropped = await lanes.abandon(lambda i: i in (1, 2))
+    assert sorted(dropped) == [1, 2]
+    while len(lanes):
+        await asyncio.sleep(0.01)
+    assert done == [3]
+
+
+def test_retry_verdicts() -> None:
+    policy = RetryPolicy(in_place_attempts=3, max_attempts=6)
+    transient = RetryableError("503")
+    assert policy.verdict(transient, 1) is Verdict.RETRY_IN_PLACE
+    assert policy.verdict(transient, 2) is Verdict.RETRY_IN_PLACE
+    assert policy.verdict(transient, 3) is Verdict.RETRY_LATER
+    assert policy.verdict(transient, 6) is Verdict.DEAD_LETTER
+    assert policy.verdict(SchemaError("bad"), 1) is Verdict.DEAD_LETTER
+    assert policy.verdict(ValueError("bug"), 1) is Verdict.RETRY_IN_PLACE
+
+
+def test_retry_after_sets_the_delay() -> None:
+    policy = RetryPolicy()
+    assert policy.delay(RetryableError("429", retry_after=7.0), 3, in_place=False) == 7.0
+    backoff = [policy.delay(ValueError(), n, in_place=True) for n in (1, 2, 3)]
+    assert backoff[0] < backoff[2]
+
+
+@pytest.fixture
+def store() -> InProcessStore:
+    return InProcessStore()
+
+
+async def test_commit_is_refused_when_a_read_version_changed(store: InProcessStore) -> None:
+    assert await store.commit(expect={"k": 0}, ops=[Put("k", b"1")])
+    assert (await store.get("k")).version == 1
+    assert not await store.commit(expect={"k": 0}, ops=[Put("k", b"2")])
+    assert (await store.get("k")).value == b"1"
+
+
+async def test_commit_is_refused_when_the_mark_exists(store: InProcessStore) -> None:
+    assert await store.commit(expect={}, ops=[Put("k", b"1")], mark=("m", b"out", 60))
+    assert not await store.commit(expect={}, ops=[Put("k", b"2")], mark=("m", b"out2", 60))
+    assert await store.fetch("m") == b"out"
+    assert (await store.get("k")).value == b"1"
+
+
+async def test_commit_index_and_delete(store: InProcessStore) -> None:
+    await store.commit(expect={}, ops=[IndexAdd("i", "a", 2.0), IndexAdd("i", "b", 1.0)])
+    assert await store.index_range("i") == [("b", 1.0), ("a", 2.0)]
+    assert await store.index_range("i", max_score=1.5) == [("b", 1.0)]
+    await store.commit(expect={}, ops=[Put("x", b"1"), Delete("x")])
+    assert (await store.get("x")).value is None
