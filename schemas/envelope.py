@@ -12,6 +12,7 @@ additions unchanged: within a version, evolution is additive only.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -111,7 +112,7 @@ class Envelope(BaseModel, Generic[PayloadT]):
 
     def derive(
         self,
-        event_cls: type[EventT],
+        event_cls: builtins.type[EventT],
         data: Payload,
         *,
         step: str | int,

@@ -13,6 +13,10 @@ check them on both):
 - A member that leaves (or dies) without committing has its uncommitted records delivered
   again to whichever member gets the partition next.
 - ``pause`` stops fetching from partitions without leaving the group; ``resume`` restarts it.
+- ``on_revoke`` gets at least the partitions being lost (on Kafka, with the eager protocol,
+  all of them) while the member still owns them: commits made inside it succeed. After the
+  handover, ``commit`` for a lost partition raises :class:`RebalanceInProgress`, so a zombie
+  cannot move the group's offsets. ``stop`` does not call ``on_revoke``.
 """
 
 from __future__ import annotations
@@ -21,19 +25,31 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from schemas.errors import PermanentError, RetryableError
+
 __all__ = [
     "Bus",
     "Consumer",
     "Headers",
     "OutgoingRecord",
+    "RebalanceInProgress",
     "Record",
     "RecordMetadata",
+    "RecordTooLarge",
     "RevokeCallback",
     "TopicDescription",
     "TopicPartition",
 ]
 
 Headers = tuple[tuple[str, bytes], ...]
+
+
+class RebalanceInProgress(RetryableError):
+    """A commit for partitions this member no longer owns: the group moved on without it."""
+
+
+class RecordTooLarge(PermanentError):
+    """A record bigger than the broker accepts; large payloads go aside (claim check)."""
 
 
 class TopicPartition(NamedTuple):

@@ -5,7 +5,10 @@ in-sync replica and a retried send never writes twice. Consumers: manual commits
 (``enable_auto_commit=False``), ``auto_offset_reset="earliest"`` so a new group misses
 nothing, and a rebalance listener that hands revoked partitions to the runtime before they
 move. Broker errors that may pass (unreachable, timeouts) become ``RetryableError``; a topic
-that does not exist becomes ``TopicMissing`` at once instead of a long metadata wait.
+that does not exist becomes ``TopicMissing`` at once instead of a long metadata wait. Wrong
+SASL credentials and missing ACLs become a ``ConfigError`` that names the user and what it
+may not do: retrying cannot fix them, and "cannot reach Kafka" would send operators the wrong
+way.
 """
 
 from __future__ import annotations
@@ -19,24 +22,34 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    ClusterAuthorizationFailedError,
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NodeNotReadyError,
     RequestTimedOutError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
     UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from schemas.errors import RetryableError, TopicMissing
+from schemas.errors import ConfigError, RetryableError, TopicMissing
 from topics.bus import (
     OutgoingRecord,
+    RebalanceInProgress,
     Record,
     RecordMetadata,
+    RecordTooLarge,
     RevokeCallback,
     TopicDescription,
     TopicPartition,
@@ -50,6 +63,14 @@ log = logging.getLogger(__name__)
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _TRANSIENT = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+_TOPIC_AUTHORIZATION_FAILED = 29
+_CLUSTER_AUTHORIZATION_FAILED = 31
+_NOT_AUTHORIZED = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 
 async def _stop_standalone(consumer: AIOKafkaConsumer) -> None:
@@ -63,15 +84,55 @@ async def _stop_standalone(consumer: AIOKafkaConsumer) -> None:
             raise
 
 
-class RebalanceInProgress(RetryableError):
-    """A commit for partitions this member no longer owns: the group moved on without it."""
-
-
 def _missing(topic: str) -> TopicMissing:
     return TopicMissing(
         f"topic {topic!r} does not exist; create it with `agentstream topics create` "
         "(workers never rely on broker auto-creation)"
     )
+
+
+def _not_authorized(config: KafkaConfig, action: str, exc: object = None) -> ConfigError:
+    user = config.sasl_username or "ANONYMOUS"
+    detail = f" ({type(exc).__name__})" if isinstance(exc, Exception) else ""
+    return ConfigError(
+        f"Kafka user {user!r} is not authorized to {action}{detail}: grant it the ACLs "
+        "(kafka-acls --add --allow-principal User:...) or connect as another user"
+    )
+
+
+async def _authentication_failure(config: KafkaConfig) -> ConfigError | None:
+    """After a failed bootstrap: a ``ConfigError`` when the SASL credentials were refused.
+
+    aiokafka logs the broker's SASL refusal and raises only "unable to bootstrap"; one direct
+    connection brings the real cause back, and costs nothing on the success path.
+    """
+    if not config.security_protocol.startswith("SASL"):
+        return None
+    options = config.client_options()
+    for address in config.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            conn = await create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id=options["client_id"],
+                request_timeout_ms=options["request_timeout_ms"],
+                ssl_context=options.get("ssl_context"),
+                security_protocol=options["security_protocol"],
+                sasl_mechanism=options["sasl_mechanism"],
+                sasl_plain_username=options["sasl_plain_username"],
+                sasl_plain_password=options["sasl_plain_password"],
+            )
+        except (SaslAuthenticationFailed, AuthenticationFailedError):
+            return ConfigError(
+                f"Kafka authentication failed for user {config.sasl_username!r} "
+                f"({config.sasl_mechanism or 'PLAIN'}): check "
+                "AGENTSTREAM_KAFKA__SASL_USERNAME/PASSWORD"
+            )
+        except (OSError, ValueError, KafkaError, TimeoutError):
+            continue
+        conn.close()
+    return None
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -122,18 +183,31 @@ class KafkaConsumer:
         )
 
     async def start(self) -> None:
-        await self._bus.require_topics(self._topics)
+        try:
+            await self._bus.require_topics(self._topics)
+        except BaseException:
+            await self._consumer.stop()
+            raise
         try:
             await self._consumer.start()
         except _TRANSIENT as exc:
             await self._consumer.stop()
-            raise RetryableError(
+            raise await _authentication_failure(self._bus.config) or RetryableError(
                 f"cannot reach Kafka to join group {self.group_id!r}: {exc}"
             ) from exc
+        except _NOT_AUTHORIZED as exc:
+            await self._consumer.stop()
+            raise _not_authorized(self._bus.config, f"join group {self.group_id!r}", exc) from exc
         self._consumer.subscribe(self._topics, listener=_Listener(self))
 
     async def getmany(self, timeout_ms: int = 100, max_records: int = 500) -> list[Record]:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except _NOT_AUTHORIZED as exc:
+            # Joining the group happens here, not in start(): a missing group ACL shows now.
+            raise _not_authorized(
+                self._bus.config, f"read as group {self.group_id!r}", exc
+            ) from exc
         records: list[Record] = []
         for tp, messages in batches.items():
             for m in messages:
@@ -159,6 +233,10 @@ class KafkaConsumer:
             )
         except (CommitFailedError, IllegalStateError) as exc:
             raise RebalanceInProgress(f"commit refused, partitions were reassigned: {exc}") from exc
+        except _NOT_AUTHORIZED as exc:
+            raise _not_authorized(
+                self._bus.config, f"commit offsets of group {self.group_id!r}", exc
+            ) from exc
         except _TRANSIENT as exc:
             raise RetryableError(f"commit failed, Kafka unreachable: {exc}") from exc
 
@@ -196,25 +274,39 @@ class KafkaBus:
         self._known_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        producer = AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self.config.linger_ms,
-            max_request_size=1024 * 1024,
-            **self.config.client_options(),
+    async def start(self, *, produce: bool = True) -> None:
+        """Connect. ``produce=False`` starts no producer (``status``, ``tail``): read-only
+        credentials then suffice, as the idempotent producer needs WRITE on some topic."""
+        producer = (
+            AIOKafkaProducer(
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=self.config.linger_ms,
+                max_request_size=1024 * 1024,
+                **self.config.client_options(),
+            )
+            if produce
+            else None
         )
         admin = AIOKafkaAdminClient(**self.config.client_options())
         try:
-            await producer.start()
+            if producer is not None:
+                await producer.start()
             await admin.start()
-        except _TRANSIENT as exc:
-            await producer.stop()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                if producer is not None:
+                    await producer.stop()
             with contextlib.suppress(Exception):
                 await admin.close()
-            raise RetryableError(
-                f"cannot reach Kafka at {self.config.bootstrap_servers}: {exc}"
-            ) from exc
+            if isinstance(exc, _TRANSIENT):
+                raise await _authentication_failure(self.config) or RetryableError(
+                    f"cannot reach Kafka at {self.config.bootstrap_servers}: {exc}"
+                ) from exc
+            if isinstance(exc, _NOT_AUTHORIZED):
+                # The idempotent producer needs WRITE on some topic (or IDEMPOTENT_WRITE).
+                raise _not_authorized(self.config, "produce (idempotent producer)", exc) from exc
+            raise
         self._producer, self._admin = producer, admin
 
     async def stop(self) -> None:
@@ -270,9 +362,16 @@ class KafkaBus:
                 for r in records
             ]
             results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except MessageSizeTooLargeError as exc:
+            raise RecordTooLarge(
+                f"a record for {records[0].topic!r} exceeds the broker's size limit: {exc}"
+            ) from exc
         except UnknownTopicOrPartitionError:
             self._known_topics.difference_update(r.topic for r in records)
             raise _missing(records[0].topic) from None
+        except _NOT_AUTHORIZED as exc:
+            topics = ", ".join(sorted({r.topic for r in records}))
+            raise _not_authorized(self.config, f"write to topic {topics}", exc) from exc
         except (TimeoutError, *_TRANSIENT) as exc:
             raise RetryableError(
                 f"Kafka did not acknowledge {len(records)} record(s) within {timeout:.0f}s: {exc!r}"
@@ -315,6 +414,8 @@ class KafkaBus:
         for name, code, *rest in response.topic_errors:
             if code == 0:
                 created.append(name)
+            elif code in (_TOPIC_AUTHORIZATION_FAILED, _CLUSTER_AUTHORIZATION_FAILED):
+                raise _not_authorized(self.config, f"create topic {name!r}")
             elif code != _TOPIC_ALREADY_EXISTS:
                 message = rest[0] if rest else ""
                 raise RuntimeError(f"cannot create topic {name!r}: error {code} {message}")
@@ -343,6 +444,8 @@ class KafkaBus:
             raise RetryableError(f"cannot reach Kafka to describe topics: {exc}") from exc
         found: dict[str, TopicDescription] = {}
         for topic in raw:
+            if topic["error_code"] == _TOPIC_AUTHORIZATION_FAILED:
+                raise _not_authorized(self.config, f"describe topic {topic['topic']!r}")
             if topic["error_code"] != 0 or not topic["partitions"]:
                 continue
             replicas = max(len(p["replicas"]) for p in topic["partitions"])
