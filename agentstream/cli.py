@@ -12,7 +12,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("agentstream")
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 #: Modules that add commands: each has ``register(subparsers) -> dict[str, Command]``.
 _EXTENSIONS = ("agentstream.status", "agentstream.tail", "agentstream.dlq")
@@ -129,11 +129,11 @@ async def _cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     paths = export_json_schemas(args.directory)
     extra: list[Path] = []
     try:
-        from agentstream.asyncapi import write_asyncapi
-    except ImportError:
+        asyncapi = importlib.import_module("agentstream.asyncapi")
+    except ModuleNotFoundError:
         pass
     else:
-        extra.append(write_asyncapi(args.directory, settings.catalog()))
+        extra.append(asyncapi.write_asyncapi(args.directory, settings.catalog()))
     written = [str(p) for p in [*paths, *extra]]
     _emit(args, {"written": written}, "\n".join(f"wrote {p}" for p in written))
     return 0
@@ -152,8 +152,12 @@ async def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
             _emit(
                 args,
                 {"created": created, "existing": len(specs) - len(created)},
-                "\n".join([*(f"created {n}" for n in created),
-                           f"{len(specs) - len(created)} already existed"]),
+                "\n".join(
+                    [
+                        *(f"created {n}" for n in created),
+                        f"{len(specs) - len(created)} already existed",
+                    ]
+                ),
             )
             return 0
         found = await bus.describe_topics([s.name for s in specs])
@@ -181,7 +185,7 @@ async def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: bool) -> int:
-    from agentstream.process import build_workers, install_signals
+    from agentstream.process import build_workers, install_signals, until
     from agentstream.wiring import build_bus, build_store, ensure_topics
     from handlers.metrics import Metrics
 
@@ -196,9 +200,14 @@ async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: 
         metrics = Metrics()
         workers = build_workers(kinds, settings, bus, store, metrics, stop)  # type: ignore[arg-type]
         if with_ingress:
+            from agentstream.wiring import runtime_config
+            from handlers.projection import PROJECTION_GROUP
             from ingress.server import serve
 
-            workers.extras.append(serve(settings, bus, store, metrics=metrics, stop=stop))
+            projection = runtime_config(settings, PROJECTION_GROUP, "ingress")
+            workers.extras.append(
+                until(stop, serve(settings, bus, store, metrics=metrics, projection=projection))
+            )
         elif settings.metrics_port:
             from agentstream.health import serve_health
 
@@ -239,8 +248,9 @@ async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _cmd_ingress(args: argparse.Namespace, settings: Settings) -> int:
     if settings.bus != "kafka":
-        print("error: `agentstream ingress` needs Kafka: set KAFKA_BOOTSTRAP_SERVERS",
-              file=sys.stderr)
+        print(
+            "error: `agentstream ingress` needs Kafka: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr
+        )
         return 2
     return await _run_services(settings, [], with_ingress=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -25,9 +26,18 @@ from topics import Bus
 if TYPE_CHECKING:
     from agentstream.process import WorkerSet
 
-__all__ = ["health_app", "serve_health"]
+__all__ = ["QuietServer", "health_app", "serve_health"]
 
 log = logging.getLogger(__name__)
+
+
+class QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signals alone: the process's own SIGTERM handler
+    drains the workers first and then stops the server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def health_app(
@@ -77,13 +87,12 @@ async def serve_health(
 ) -> None:
     config = uvicorn.Config(
         health_app(settings, bus, store, metrics, workers),
-        host="0.0.0.0",  # noqa: S104 - probes come from the kubelet
+        host="0.0.0.0",
         port=settings.metrics_port,
         log_level="warning",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = QuietServer(config)
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True

@@ -29,7 +29,14 @@ from handlers.store import StateStore
 from handlers.tool import ToolHandlers
 from topics import Bus, Topic
 
-__all__ = ["WORKER_KINDS", "WorkerKind", "WorkerSet", "build_model", "build_workers", "install_signals"]
+__all__ = [
+    "WORKER_KINDS",
+    "WorkerKind",
+    "WorkerSet",
+    "build_model",
+    "build_workers",
+    "install_signals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +61,25 @@ def build_model(settings: Settings) -> ModelRouter:
             )
         key = m.api_key.get_secret_value() if m.api_key else "unused"
         small = OpenAIModel(
-            base_url=m.base_url, api_key=key, model=m.model, timeout_s=m.timeout_s,
-            price=price, stream=m.stream,
+            model=m.model,
+            base_url=m.base_url,
+            api_key=key,
+            timeout_s=m.timeout_s,
+            price=price,
+            stream=m.stream,
         )
         if m.large_model:
             large = OpenAIModel(
-                base_url=m.base_url, api_key=key, model=m.large_model, timeout_s=m.timeout_s,
-                price=price, stream=m.stream,
+                model=m.large_model,
+                base_url=m.base_url,
+                api_key=key,
+                timeout_s=m.timeout_s,
+                price=price,
+                stream=m.stream,
             )
     else:
         small = OfflineModel(latency_s=m.offline_latency_s)
-    return ModelRouter(small=small, large=large, route_above_tokens=m.route_above_tokens)
+    return ModelRouter(small, large, large_prompt_tokens=m.route_above_tokens)
 
 
 def tool_registry() -> ToolRegistry:
@@ -127,7 +142,11 @@ def build_workers(
             result.extras.append(sweeper.run(stop))
         elif kind == "tool":
             worker = Worker(
-                bus, store, catalog, ToolHandlers(registry, metrics).routes(), config,
+                bus,
+                store,
+                catalog,
+                ToolHandlers(registry, metrics).routes(),
+                config,
                 metrics=metrics,
             )
         else:
@@ -136,6 +155,20 @@ def build_workers(
             )
         result.workers.append(worker)
     return result
+
+
+async def until(stop: asyncio.Event, coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` (a server that runs until cancelled) until ``stop`` is set."""
+    task = asyncio.create_task(coro)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
+        task.result()
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def install_signals(stop: asyncio.Event) -> None:

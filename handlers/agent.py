@@ -18,6 +18,7 @@ event reuses the reply instead of calling the model again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,8 +55,8 @@ from schemas import (
     ToolCall,
     ToolCallData,
     ToolResult,
-    UserRequest,
     Usage,
+    UserRequest,
     derive_id,
 )
 from topics import Topic
@@ -101,10 +102,18 @@ class AgentHandlers:
 
     def routes(self) -> list[Route]:
         return [
-            Route(Topic.USER_REQUEST, self.on_user_request, "agent.user_request",
-                  on_dead_letter=self.on_dead_letter),
-            Route(Topic.TOOL_RESULT, self.on_tool_result, "agent.tool_result",
-                  on_dead_letter=self.on_dead_letter),
+            Route(
+                Topic.USER_REQUEST,
+                self.on_user_request,
+                "agent.user_request",
+                on_dead_letter=self.on_dead_letter,
+            ),
+            Route(
+                Topic.TOOL_RESULT,
+                self.on_tool_result,
+                "agent.tool_result",
+                on_dead_letter=self.on_dead_letter,
+            ),
         ]
 
     # -- events -------------------------------------------------------------------------
@@ -143,7 +152,9 @@ class AgentHandlers:
         state = await ctx.load(ctx.key("run", event.request_id), RunState)
         if state is not None and state.status != "running":
             return []
-        status: ResponseStatus = "rejected" if isinstance(event, UserRequest) and state is None else "failed"
+        status: ResponseStatus = (
+            "rejected" if isinstance(event, UserRequest) and state is None else "failed"
+        )
         reason = f"{type(error).__name__}: {error}"
         if state is None:
             return [self._response(event, status, None, reason, Usage(), steps=0, tools=[])]
@@ -238,7 +249,6 @@ class AgentHandlers:
         )
         return cls(
             id=derive_id(state.request_id, f"call:{state.step}", index),
-            type=cls.TYPE,
             source=SOURCE,
             request_id=state.request_id,
             conversation_id=state.conversation_id,
@@ -264,7 +274,9 @@ class AgentHandlers:
         )
         self.metrics.responses.labels(status, state.tenant).inc()
         outputs: list[Envelope[Any]] = [
-            self._response(state, status, text, error, state.usage, state.step, state.tool_calls_made)
+            self._response(
+                state, status, text, error, state.usage, state.step, state.tool_calls_made
+            )
         ]
         conv_key = ctx.key("conv", state.conversation_id)
         conv = await ctx.load(conv_key, ConversationState) or ConversationState()
@@ -291,7 +303,6 @@ class AgentHandlers:
     ) -> AgentResponse:
         return AgentResponse(
             id=derive_id(origin.request_id, "response"),
-            type=AgentResponse.TYPE,
             source=SOURCE,
             request_id=origin.request_id,
             conversation_id=origin.conversation_id,
@@ -303,7 +314,7 @@ class AgentHandlers:
                 text=text,
                 error=error,
                 steps=steps,
-                model=self.router.default_name,
+                model=origin.model if isinstance(origin, RunState) else None,
                 usage=usage,
                 tool_calls=list(tools),
             ),
@@ -329,7 +340,11 @@ class DeadlineSweeper:
     """
 
     def __init__(
-        self, worker: Worker, handlers: AgentHandlers, namespace: str, topic_name: str,
+        self,
+        worker: Worker,
+        handlers: AgentHandlers,
+        namespace: str,
+        topic_name: str,
         interval_s: float = 1.0,
     ) -> None:
         self.worker = worker
@@ -346,10 +361,8 @@ class DeadlineSweeper:
                 await self.sweep()
             except Exception as exc:  # the store may be down for a while
                 log.warning("deadline sweep failed: %r", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
 
     async def sweep(self) -> None:
         now = self.worker.now().timestamp()

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents import ConversationSummary, MemoryBook
+from agents import ConversationSummary, MemoryBook, apply_memory_call, memory_scope
 from handlers.context import Context
 from handlers.metrics import Metrics
 from handlers.route import Route
@@ -28,6 +28,7 @@ from schemas import (
     Envelope,
     MemoryCall,
     SchemaError,
+    ToolRejected,
     UserRequest,
     decode,
 )
@@ -46,42 +47,41 @@ class _PendingTurn(BaseModel):
     user: str | None = None
 
 
-def scope_of(tenant: str, user: str | None) -> str:
-    return f"{tenant}/{user or '-'}"
-
-
 class MemoryHandlers:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def routes(self) -> list[Route]:
         return [
-            Route(Topic.MEMORY_CALL, self.on_memory_call, "memory.memory_call",
-                  on_dead_letter=self.on_dead_letter),
+            Route(
+                Topic.MEMORY_CALL,
+                self.on_memory_call,
+                "memory.memory_call",
+                on_dead_letter=self.on_dead_letter,
+            ),
             Route(Topic.USER_REQUEST, self.on_user_request, "memory.user_request"),
             Route(Topic.AGENT_RESPONSE, self.on_agent_response, "memory.agent_response"),
         ]
 
     async def on_memory_call(self, event: MemoryCall, ctx: Context) -> list[Envelope[Any]]:
-        key = ctx.key("memory", scope_of(event.tenant, event.data.user))
-        book = await ctx.load(key, MemoryBook) or MemoryBook()
-        args = event.data.arguments
-        tool = event.data.tool
-        if tool == "remember":
-            fact = str(args.get("fact", "")).strip()
-            if not fact:
-                outcome = ToolOutcome(ok=False, error="remember needs a non-empty 'fact'",
-                                      error_class="ToolRejected")
-            else:
-                stored = book.remember(fact, request_id=event.request_id, now=ctx.now())
-                ctx.save(key, book)
-                outcome = ToolOutcome(ok=True, output=stored.model_dump(mode="json"))
-        elif tool == "recall":
-            facts = book.recall(str(args.get("query", "")))
-            outcome = ToolOutcome(ok=True, output=[f.model_dump(mode="json") for f in facts])
+        key = ctx.key("memory", memory_scope(event.tenant, event.data.user))
+        book = await ctx.load(key, MemoryBook) or MemoryBook(
+            tenant=event.tenant, user=event.data.user
+        )
+        try:
+            output = apply_memory_call(
+                book,
+                event.data.tool,
+                event.data.arguments,
+                now=ctx.now(),
+                request_id=event.request_id,
+            )
+        except ToolRejected as exc:
+            outcome = ToolOutcome(ok=False, error=str(exc), error_class=type(exc).__name__)
         else:
-            outcome = ToolOutcome(ok=False, error=f"unknown memory tool {tool!r}",
-                                  error_class="ToolRejected")
+            if event.data.tool == "remember":
+                ctx.save(key, book)
+            outcome = ToolOutcome(ok=True, output=output)
         return [tool_result(event, outcome, SOURCE)]
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
@@ -98,7 +98,12 @@ class MemoryHandlers:
         summary = await ctx.load(key, ConversationSummary) or ConversationSummary(
             conversation_id=event.conversation_id
         )
-        summary.update(pending.text if pending else "", event.data.text or "")
+        summary.update(
+            pending.text if pending else "",
+            event.data.text,
+            request_id=event.request_id,
+            now=ctx.now(),
+        )
         ctx.save(key, summary)
         return []
 
@@ -107,8 +112,9 @@ class MemoryHandlers:
     ) -> list[Envelope[Any]]:
         if not isinstance(event, MemoryCall):
             return []
-        outcome = ToolOutcome(ok=False, error=f"memory failed: {error}",
-                              error_class=type(error).__name__)
+        outcome = ToolOutcome(
+            ok=False, error=f"memory failed: {error}", error_class=type(error).__name__
+        )
         return [tool_result(event, outcome, SOURCE)]
 
 
@@ -146,13 +152,19 @@ async def rebuild(bus: Bus, store: StateStore, catalog: Catalog, namespace: str)
         if not isinstance(event, MemoryCall) or event.id in seen or event.data.tool != "remember":
             continue
         seen.add(event.id)
-        scope = scope_of(event.tenant, event.data.user)
-        fact = str(event.data.arguments.get("fact", "")).strip()
-        if fact:
-            books.setdefault(scope, MemoryBook()).remember(
-                fact, request_id=event.request_id, now=event.time
+        scope = memory_scope(event.tenant, event.data.user)
+        book = books.setdefault(scope, MemoryBook(tenant=event.tenant, user=event.data.user))
+        try:
+            apply_memory_call(
+                book,
+                "remember",
+                event.data.arguments,
+                now=event.time,
+                request_id=event.request_id,
             )
-            counts["memory_call"] += 1
+        except ToolRejected:
+            continue
+        counts["memory_call"] += 1
     for record in sorted(streams[Topic.AGENT_RESPONSE], key=lambda r: (r.partition, r.offset)):
         try:
             event = decode(record.value)
@@ -167,7 +179,12 @@ async def rebuild(bus: Bus, store: StateStore, catalog: Catalog, namespace: str)
             key, ConversationSummary(conversation_id=event.conversation_id)
         )
         turn = turns.get(event.request_id)
-        summary.update(turn.text if turn else "", event.data.text or "")
+        summary.update(
+            turn.text if turn else "",
+            event.data.text,
+            request_id=event.request_id,
+            now=event.time,
+        )
         counts["agent_response"] += 1
     from handlers.store import Put
 

@@ -48,10 +48,10 @@ class RetryPolicy:
     def delay(self, error: BaseException, attempt: int, *, in_place: bool) -> float:
         retry_after = error.retry_after if isinstance(error, RetryableError) else None
         if retry_after is not None and retry_after > 0:
-            return min(retry_after, self.max_retry_topic_delay_s)
+            return min(float(retry_after), self.max_retry_topic_delay_s)
         if in_place:
-            raw = min(self.base_delay_s * 2 ** (attempt - 1), self.max_in_place_delay_s)
+            raw = min(self.base_delay_s * 2.0 ** (attempt - 1), self.max_in_place_delay_s)
         else:
             rounds = max(1, attempt // self.in_place_attempts)
-            raw = min(self.retry_topic_delay_s * 2 ** (rounds - 1), self.max_retry_topic_delay_s)
+            raw = min(self.retry_topic_delay_s * 2.0 ** (rounds - 1), self.max_retry_topic_delay_s)
         return raw * (1 + random.uniform(-self.jitter, self.jitter))

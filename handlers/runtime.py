@@ -39,7 +39,7 @@ from handlers.metrics import Metrics
 from handlers.offsets import PartitionOffsets
 from handlers.retries import RetryPolicy, Verdict
 from handlers.route import Job, Route
-from handlers.store import IndexAdd, StateStore
+from handlers.store import StateStore
 from schemas import (
     EVENT_TYPES,
     DeadLetter,
@@ -152,6 +152,15 @@ class Worker:
         self._jobs_held += 1
         self._lanes.submit(job.key, _Item(route=None, job=job))
 
+    async def process_record(self, record: Record) -> None:
+        """Run one record through the same path as a consumed one (decode, dedup, handler,
+        retries, retry topic or dead letter, outputs), outside the consumer loop. For
+        runners that receive batches from elsewhere, like the Lambda handler."""
+        route = self._routes.get(record.topic)
+        if route is None:
+            raise KeyError(f"no route for topic {record.topic!r}")
+        await self._process(record, route)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then drain, commit and leave the group."""
         consumer = self.bus.consumer(
@@ -237,6 +246,20 @@ class Worker:
 
     async def _process(self, record: Record, route: Route) -> None:
         started = time.perf_counter()
+        out: list[OutgoingRecord] = []
+        outcome = await self._decide(record, route, out)
+        await self._deliver(out)
+        if outcome[1] is not None and outcome[0] != "retry_later":
+            await self.store.index_remove(*outcome[1])
+        self.metrics.handler_seconds.labels(route.name, outcome[0]).observe(
+            time.perf_counter() - started
+        )
+
+    async def _decide(
+        self, record: Record, route: Route, out: list[OutgoingRecord]
+    ) -> tuple[str, tuple[str, str] | None]:
+        """Handle ``record``, collecting what to publish into ``out``. Returns the outcome
+        and, for a record from the retry topic, the parked entry to clear once delivered."""
         from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
         attempt = int(header(record.headers, _ATTEMPT) or 0)
         if from_retry:
@@ -246,22 +269,25 @@ class Worker:
                 record.value, topic=record.topic, partition=record.partition, offset=record.offset
             )
         except SchemaError as exc:
-            await self._dead_letter(record, route, exc, attempt + 1, None)
-            self._observe(route, "dead_letter", started)
-            return
+            await self._dead_letter(record, route, exc, attempt + 1, None, out)
+            return "dead_letter", None
         parked_key = self._parked_key(record)
+        parked = (parked_key, event.id) if from_retry else None
         if not from_retry and await self._is_parked(parked_key):
-            await self._to_retry(record, route, event, attempt, delay_s=0.0, parked_key=parked_key)
-            self._observe(route, "parked", started)
-            return
-        outcome = "ok"
+            await self._to_retry(record, route, event, attempt, 0.0, parked_key, out)
+            return "parked", None
         while True:
             attempt += 1
             try:
                 await self._settle(
-                    event.id, route.name, record, attempt, lambda ctx: route.handler(event, ctx)
+                    event.id,
+                    route.name,
+                    record,
+                    attempt,
+                    lambda ctx: route.handler(event, ctx),
+                    out,
                 )
-                break
+                return "ok", parked
             except Exception as exc:
                 verdict = self.config.retry.verdict(exc, attempt)
                 if verdict is Verdict.RETRY_IN_PLACE or (
@@ -279,20 +305,10 @@ class Worker:
                     continue
                 if verdict is Verdict.RETRY_LATER:
                     delay = self.config.retry.delay(exc, attempt, in_place=False)
-                    await self._to_retry(record, route, event, attempt, delay, parked_key)
-                    outcome = "retry_later"
-                    break
-                await self._dead_letter(record, route, exc, attempt, event)
-                outcome = "dead_letter"
-                break
-        if from_retry:
-            await self.store.index_remove(parked_key, event.id)
-        self._observe(route, outcome, started)
-
-    def _observe(self, route: Route, outcome: str, started: float) -> None:
-        self.metrics.handler_seconds.labels(route.name, outcome).observe(
-            time.perf_counter() - started
-        )
+                    await self._to_retry(record, route, event, attempt, delay, parked_key, out)
+                    return "retry_later", parked
+                await self._dead_letter(record, route, exc, attempt, event, out)
+                return "dead_letter", parked
 
     async def _settle(
         self,
@@ -301,14 +317,16 @@ class Worker:
         record: Record | None,
         attempt: int,
         produce: Callable[[Context], Any],
+        out: list[OutgoingRecord],
         partition: int = -1,
     ) -> None:
-        """Run ``produce`` once per ``mark_id``: commit its writes with its outbox, publish."""
+        """Run ``produce`` once per ``mark_id``: commit its writes with its outbox; add its
+        outputs to ``out``. A mark that exists already gives back the recorded outputs."""
         mark_key = self._mark_key(mark_id)
         stored = await self.store.fetch(mark_key)
         if stored is not None:
             self.metrics.duplicates.labels(handler_name).inc()
-            await self._publish(_outbox_events(stored))
+            out += self._encode(_outbox_events(stored))
             return
         ctx = self._context(record, attempt, partition)
         try:
@@ -321,7 +339,7 @@ class Worker:
         )
         if not committed:
             raise _CommitConflict(f"state changed while handling {mark_id}; handling again")
-        await self._publish(outputs)
+        out += self._encode(outputs)
 
     def _context(self, record: Record | None, attempt: int, partition: int = -1) -> Context:
         origin = Origin(
@@ -333,27 +351,46 @@ class Worker:
         )
         return Context(self.store, origin, self.config.namespace, self.now)
 
-    async def _publish(self, events: Sequence[Envelope[Any]]) -> None:
-        if not events:
-            return
+    def _encode(self, events: Sequence[Envelope[Any]]) -> list[OutgoingRecord]:
         records = []
         for event in events:
             key, value, headers = encode(event)
-            topic = self.catalog.topic_of(event)
-            records.append(OutgoingRecord(topic, value, key, tuple(headers)))
-            self.metrics.produced.labels(topic).inc()
-        await self.bus.publish_many(records)
+            records.append(OutgoingRecord(self.catalog.topic_of(event), value, key, tuple(headers)))
+        return records
+
+    async def _deliver(self, out: list[OutgoingRecord]) -> None:
+        """Publish what handling one record produced. The state and the outbox are already
+        committed, so a failure here is retried until it works (or the partition is revoked):
+        the record stays in flight and its offset uncommitted meanwhile."""
+        if not out:
+            return
+        for attempt in range(1, 1_000_000):
+            try:
+                await self.bus.publish_many(out)
+                break
+            except RetryableError as exc:
+                log.warning(
+                    "publishing %d record(s) failed (attempt %d): %s", len(out), attempt, exc
+                )
+                await asyncio.sleep(min(5.0, self.config.retry.delay(exc, attempt, in_place=True)))
+        for record in out:
+            self.metrics.produced.labels(record.topic).inc()
 
     async def _run_job(self, job: Job) -> None:
-        for attempt in range(1, 1000):
+        for attempt in range(1, 1_000_000):
+            out: list[OutgoingRecord] = []
             try:
-                await self._settle(job.mark_id, job.name, None, attempt, job.run, job.partition)
-                return
+                await self._settle(
+                    job.mark_id, job.name, None, attempt, job.run, out, job.partition
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("job %s failed (attempt %d): %r", job.name, attempt, exc)
                 await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
+                continue
+            await self._deliver(out)
+            return
 
     # -- retries and dead letters -------------------------------------------------------
 
@@ -381,6 +418,7 @@ class Worker:
         attempt: int,
         delay_s: float,
         parked_key: str,
+        out: list[OutgoingRecord],
     ) -> None:
         """Move the event to the ``.retry`` topic, parking its key until it is settled."""
         origin = _origin(record)
@@ -393,18 +431,14 @@ class Worker:
             (_ORIGIN_OFFSET, str(origin[2]).encode()),
             (_ORIGIN_TIMESTAMP, str(origin[3]).encode()),
         ]
-        # Park first: if we crash after publishing, the key is parked anyway (safe); the
-        # other way round a later event could overtake this one.
-        await self.store.commit(
-            expect={}, ops=[IndexAdd(parked_key, event.id, time.time())], mark=None
-        )
+        # Park before publishing: a crash in between leaves the key parked (safe: later
+        # events follow into the retry topic); the other way round one could overtake.
+        await self.store.index_add(parked_key, event.id, time.time())
         retry_topic = self.catalog.name(route.topic, Kind.RETRY)
-        await self.bus.publish(
-            OutgoingRecord(retry_topic, record.value, record.key, tuple(headers))
-        )
+        out.append(OutgoingRecord(retry_topic, record.value, record.key, tuple(headers)))
         self.metrics.retries.labels(record.topic, route.name, "retry_topic").inc()
         log.info(
-            "%s moved to %s (attempt %d, delay %.1fs)",
+            "%s moves to %s (attempt %d, delay %.1fs)",
             event.id,
             retry_topic,
             attempt,
@@ -419,6 +453,7 @@ class Worker:
         error: BaseException,
         attempts: int,
         event: Envelope[Any] | None,
+        out: list[OutgoingRecord],
     ) -> None:
         topic, partition, offset, timestamp = _origin(record)
         info = DeadLetter(
@@ -436,7 +471,7 @@ class Worker:
         )
         original = [(k, v) for k, v in record.headers if k not in _RETRY_HEADERS]
         dlq = self.catalog.name(route.topic, Kind.DLQ)
-        await self.bus.publish(
+        out.append(
             OutgoingRecord(
                 dlq, record.value, record.key, tuple(dead_letter_headers(original, info))
             )
@@ -465,6 +500,7 @@ class Worker:
                     record,
                     attempt,
                     lambda ctx: hook(event, record.value, error, ctx),
+                    out,
                 )
                 return
             except Exception as exc:

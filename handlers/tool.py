@@ -69,8 +69,12 @@ class ToolHandlers:
 
     def routes(self) -> list[Route]:
         return [
-            Route(Topic.TOOL_CALL, self.on_tool_call, "tool.tool_call",
-                  on_dead_letter=self.on_dead_letter)
+            Route(
+                Topic.TOOL_CALL,
+                self.on_tool_call,
+                "tool.tool_call",
+                on_dead_letter=self.on_dead_letter,
+            )
         ]
 
     async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
@@ -89,7 +93,9 @@ class ToolHandlers:
             self.metrics.tool_seconds.labels(name, "rejected").observe(elapsed)
             self.metrics.tool_errors.labels(name, type(exc).__name__).inc()
             return ToolOutcome(
-                ok=False, error=str(exc), error_class=type(exc).__name__,
+                ok=False,
+                error=str(exc),
+                error_class=type(exc).__name__,
                 duration_ms=elapsed * 1000,
             )
         except Exception as exc:

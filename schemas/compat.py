@@ -35,8 +35,12 @@ def _types(schema: dict[str, Any], root: dict[str, Any]) -> set[str]:
 
 
 def _compare(
-    old: dict[str, Any], new: dict[str, Any], old_root: dict[str, Any],
-    new_root: dict[str, Any], path: str, problems: list[str],
+    old: dict[str, Any],
+    new: dict[str, Any],
+    old_root: dict[str, Any],
+    new_root: dict[str, Any],
+    path: str,
+    problems: list[str],
 ) -> None:
     old, new = _resolve(old, old_root), _resolve(new, new_root)
     old_types, new_types = _types(old, old_root), _types(new, new_root)
@@ -55,9 +59,7 @@ def _compare(
         problems.append(f"{path}.{name}: newly required")
 
 
-def breaking_changes(
-    old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]
-) -> list[str]:
+def breaking_changes(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
     """Problems that make ``new`` (type name to schema) incompatible with ``old``."""
     problems: list[str] = []
     for event_type, old_schema in sorted(old.items()):

@@ -145,7 +145,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._consumer.on_revoke(tps)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        log.info("%s: assigned %d partition(s)", self._consumer.group_id, len(assigned))
+        log.debug("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
 
 class KafkaConsumer:
@@ -448,6 +449,8 @@ class KafkaBus:
                 raise _not_authorized(self.config, f"describe topic {topic['topic']!r}")
             if topic["error_code"] != 0 or not topic["partitions"]:
                 continue
+            if any(p["leader"] < 0 for p in topic["partitions"]):
+                continue  # just created: not usable until every partition has a leader
             replicas = max(len(p["replicas"]) for p in topic["partitions"])
             found[topic["topic"]] = TopicDescription(
                 topic["topic"], len(topic["partitions"]), replicas

@@ -176,6 +176,11 @@ class Group:
             self.group_id,
             self.generation,
             reason,
+            {m.member_id: len(m.assignment()) for m in self._members},
+        )
+        log.debug(
+            "group %s assignment: %s",
+            self.group_id,
             {m.member_id: _names(m.assignment()) for m in self._members},
         )
 

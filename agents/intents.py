@@ -1,0 +1,298 @@
+"""What a user message asks, read with deterministic heuristics for the offline model.
+
+:func:`parse_asks` cuts a message into clauses (at sentence ends, commas, "and", "also",
+"then") and reads each as one :class:`Ask`: remember a fact, recall one, calculate (maybe
+with a remembered value: "my budget times 3"), tell the time in a zone, convert a time
+between zones, convert units, count words, or just chat. It is deliberately forgiving about
+phrasing ("what's 12 x 7", "compute (2+3)^2", "convert 100 F to C", "time in Tokyo") and
+never guesses across clauses except to glue back a fact that an "and" cut in two.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agents.keywords import STOP_WORDS
+from agents.timezones import CITY_ZONES, UnknownZone, resolve_zone
+from agents.units import ConversionError, parse_unit
+
+__all__ = [
+    "Ask",
+    "AskKind",
+    "expression_in",
+    "memory_keys",
+    "parse_asks",
+    "substitute_memory",
+    "zones_in",
+]
+
+AskKind = Literal[
+    "remember", "recall", "calculate", "time", "convert_time", "units", "word_count", "chat"
+]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One thing the user asked: its kind, the clause, and the tool arguments it implies.
+
+    ``memory`` names the remembered facts (``"budget"``) the ask needs before it can run;
+    for a calculation, ``arguments["expression"]`` is only known once they are recalled.
+    """
+
+    kind: AskKind
+    text: str
+    arguments: dict[str, str | float] = field(default_factory=dict)
+    memory: tuple[str, ...] = ()
+
+
+_MAX_TEXT = 20_000
+_MAX_CLAUSE = 1_000
+_SPLIT = re.compile(r"([.!?;]+(?=\s|$)|\?|,(?!\d)|\s+(?:and then|and|also|then)\s+)", re.IGNORECASE)
+_QUESTION = re.compile(
+    r"^(?:and\s+)?(?:what|what's|whats|how|when|where|who|which|why|do|does|did|can|could|"
+    r"is|are|tell me|show me|give me)\b",
+    re.IGNORECASE,
+)
+_REMEMBER = re.compile(
+    r"^(?:and\s+)?(?:please\s+)?(?:can you\s+|could you\s+)?(?:remember|note|save|store|"
+    r"memorize|keep in mind|don'?t forget|do not forget)(?:\s+that)?[\s:,]+(?P<fact>.+)$",
+    re.IGNORECASE,
+)
+_STATEMENT = re.compile(
+    r"^(?:and\s+)?(?:that\s+)?(?:(?:my|our)\s+[a-z][\w\s'-]{0,40}?\s+(?:is|are)\s+\S|"
+    r"call me\s|i (?:live|reside) in\s|i work (?:at|for)\s)",
+    re.IGNORECASE,
+)
+_MEMORY_QUESTION = re.compile(
+    r"\b(?:what|anything)\b.*\b(?:do|did|have)\s+you\s+(?:remember|know|remembered|stored)|"
+    r"\bwhat(?:'s| is)? in your memory\b",
+    re.IGNORECASE,
+)
+_TIME = re.compile(r"\b(?:time|clock|date|what day)\b", re.IGNORECASE)
+_CLOCK_TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?\s*(am|pm)\b|\b(\d{1,2}):(\d{2})\b", re.I)
+_UNITS = re.compile(
+    r"(?P<value>-?\d+(?:\.\d+)?)\s*(?P<src>°?\s?[a-z][a-z/°. ]*?)\s+(?:to|in|into|as)\s+"
+    r"(?P<dst>°?\s?[a-z][a-z/°. ]*?)\s*$",
+    re.IGNORECASE,
+)
+_UNITS_HOW_MANY = re.compile(
+    r"how many\s+(?P<dst>[a-z/° ]+?)\s+(?:is|are|in|make)\s+(?P<value>-?\d+(?:\.\d+)?)\s*"
+    r"(?P<src>°?\s?[a-z][a-z/°. ]*?)\s*$",
+    re.IGNORECASE,
+)
+_WORDS_IN = re.compile(
+    r"(?:how many words|count (?:the )?words|word count)\b[^\"'“:]*[\"'“:]\s*(?P<text>.+?)[\"'”]?$",
+    re.IGNORECASE,
+)
+_ARITHMETIC_WORDS: list[tuple[str, str]] = [
+    (r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s+of\s+", r"(\1/100)*"),
+    (r"\bsquare root of\s*", "sqrt "),
+    (r"\bsqrt of\s*", "sqrt "),
+    (r"\bsqrt\s+(\d+(?:\.\d+)?)", r"sqrt(\1)"),
+    (r"\b(?:multiplied by|times)\b", "*"),
+    (r"(?<=\d)\s*[x\u00d7]\s*(?=[\d(])", "*"),
+    (r"\b(?:divided by|over)\b", "/"),
+    (r"\u00f7", "/"),
+    (r"\bplus\b", "+"),
+    (r"\bminus\b", "-"),
+    (r"\b(?:modulo|mod)\b", "%"),
+    (r"\b(?:to the power of|raised to(?: the power of)?|to the)\b", "**"),
+    (r"\bsquared\b", "**2"),
+    (r"\bcubed\b", "**3"),
+    (r"\b(?:double|twice)\b(?: of)?", "2*"),
+    (r"\btriple\b", "3*"),
+    (r"\bhalf(?: of)?\b", "0.5*"),
+    (r"(?<=\d),(?=\d{3}\b)", ""),
+    (r"\$\s*(?=\d)", ""),
+]
+_SPAN = re.compile(r"(?:\d+(?:\.\d+)?|sqrt|abs|round|min|max|log|pi|\*\*|[-+*/%()^,]|\s)+")
+_OPERATION = re.compile(
+    r"[\d)]\s*(?:\*\*|//|[-+*/%^])\s*[-(\d]|\b(?:sqrt|abs|round|min|max|log)\s*\("
+)
+_TOKEN = re.compile(r"\*\*|//|\d+(?:\.\d+)?|[a-z]+|[-+*/%^(),]")
+_MEMORY_REF = re.compile(r"\bmy\s+(?P<words>[a-z][a-z' -]*)", re.IGNORECASE)
+_NOT_KEY = STOP_WORDS | {
+    "times",
+    "plus",
+    "minus",
+    "divided",
+    "multiplied",
+    "over",
+    "x",
+    "squared",
+    "cubed",
+    "by",
+    "mod",
+    "modulo",
+    "percent",
+    "double",
+    "triple",
+    "half",
+    "twice",
+    "now",
+    "today",
+}
+_ZONE_NAMES = sorted((n for n in CITY_ZONES if len(n) > 1), key=len, reverse=True)
+_IANA = re.compile(r"\b[A-Z][A-Za-z]+/[A-Za-z_]+(?:/[A-Za-z_]+)?\b")
+
+
+def expression_in(text: str) -> str | None:
+    """The arithmetic expression in ``text`` ("what is 12 times 7?" gives ``12 * 7``), if any."""
+    normalized = text.lower()
+    for pattern, replacement in _ARITHMETIC_WORDS:
+        normalized = re.sub(pattern, replacement, normalized)
+    spans = [m.group().strip(" ,") for m in _SPAN.finditer(normalized)]
+    found = [s for s in spans if _OPERATION.search(s) and re.search(r"\d", s)]
+    if not found:
+        return None
+    expression = re.sub(r"[-+*/%^,\s]+$", "", max(found, key=len))
+    return _spaced(expression)
+
+
+def _spaced(expression: str) -> str:
+    """``2*1200`` as ``2 * 1200``; unary minus, parentheses and calls kept tight."""
+    out = ""
+    previous = ""
+    for token in _TOKEN.findall(expression):
+        if token in ("+", "-") and previous in ("", "(", ",", "+", "-", "*", "/", "%", "^", "**"):
+            out += token  # unary
+        elif token in ("+", "-", "*", "/", "%", "^", "**", "//"):
+            out += f" {token} "
+        elif token == ",":
+            out += ", "
+        else:
+            out += token
+        previous = token
+    return " ".join(out.split()).replace("( ", "(").replace(" )", ")")
+
+
+def memory_keys(text: str) -> list[str]:
+    """The remembered facts ``text`` refers to: "my monthly budget x 3" gives ``monthly budget``."""
+    keys: list[str] = []
+    for found in _MEMORY_REF.finditer(text):
+        kept: list[str] = []
+        for word in found["words"].lower().split():
+            word = word.strip("'")
+            if word in _NOT_KEY or len(kept) == 3:
+                break
+            kept.append(word)
+        if kept and " ".join(kept) not in keys:
+            keys.append(" ".join(kept))
+    return keys
+
+
+def zones_in(text: str) -> list[str]:
+    """Time zones named in ``text`` (IANA names, cities, abbreviations), in reading order."""
+    found: list[tuple[int, str]] = []
+    taken: list[range] = []
+    for match in _IANA.finditer(text):
+        try:
+            resolve_zone(match.group())
+        except UnknownZone:
+            continue
+        found.append((match.start(), match.group()))
+        taken.append(range(match.start(), match.end()))
+    lower = text.lower()
+    for name in _ZONE_NAMES:
+        for match in re.finditer(rf"(?<![\w/]){re.escape(name)}(?![\w/])", lower):
+            if not any(match.start() in r or match.end() - 1 in r for r in taken):
+                found.append((match.start(), CITY_ZONES[name]))
+                taken.append(range(match.start(), match.end()))
+    return [zone for _, zone in sorted(found)]
+
+
+def _clock_time(text: str) -> str | None:
+    match = _CLOCK_TIME.search(text)
+    if match is None:
+        return None
+    if match.group(3):
+        hour, minute = int(match.group(1)) % 12, int(match.group(2) or 0)
+        hour += 12 if match.group(3).lower() == "pm" else 0
+    else:
+        hour, minute = int(match.group(4)), int(match.group(5))
+    if hour > 23 or minute > 59:
+        return None
+    return f"{hour:02d}:{minute:02d}"
+
+
+def _units(clause: str) -> dict[str, str | float] | None:
+    text = clause.strip().rstrip("?.! ")
+    for pattern in (_UNITS, _UNITS_HOW_MANY):
+        match = pattern.search(text)
+        if match is None:
+            continue
+        src, dst = match["src"].strip(" ."), match["dst"].strip(" .")
+        try:  # units of different kinds still count: the tool explains why it cannot
+            parse_unit(src), parse_unit(dst)
+        except ConversionError:
+            continue
+        return {"value": float(match["value"]), "from_unit": src, "to_unit": dst}
+    return None
+
+
+def substitute_memory(text: str, values: dict[str, str]) -> str:
+    """``text`` with each "my <key>" replaced by its value: "my budget x 3" -> "1200 x 3"."""
+    for key, value in values.items():
+        words = r"\s+".join(re.escape(w) for w in key.split())
+        text = re.sub(rf"\bmy\s+{words}\b", value, text, flags=re.IGNORECASE)
+    return text
+
+
+def _classify(clause: str, question: bool) -> Ask:
+    question = question or _QUESTION.match(clause) is not None
+    remember = _REMEMBER.match(clause)
+    if remember and not question:
+        return Ask("remember", clause, {"fact": remember["fact"].strip()})
+    if len(clause) > _MAX_CLAUSE:  # bounds the regex work on hostile input
+        return Ask("chat", clause)
+    if _STATEMENT.match(clause) and not question:
+        fact = re.sub(r"^(?:and\s+)?(?:that\s+)?", "", clause, flags=re.IGNORECASE)
+        return Ask("remember", clause, {"fact": fact.strip()})
+    zones = zones_in(clause)
+    at = _clock_time(clause)
+    if at is not None and len(zones) >= 2:
+        return Ask("convert_time", clause, {"time": at, "from_zone": zones[0], "to_zone": zones[1]})
+    if (units := _units(clause)) is not None:
+        return Ask("units", clause, units)
+    if _TIME.search(clause):
+        return Ask("time", clause, {"zone": zones[0] if zones else "UTC"})
+    if (expression := expression_in(clause)) is not None:
+        return Ask("calculate", clause, {"expression": expression})
+    keys = memory_keys(clause)
+    if _MEMORY_QUESTION.search(clause):
+        return Ask("recall", clause, {"query": " ".join(keys)}, memory=tuple(keys))
+    if keys:
+        masked = substitute_memory(clause, dict.fromkeys(keys, "1"))
+        if expression_in(masked) is not None:
+            return Ask("calculate", clause, memory=tuple(keys))
+        if question:
+            return Ask("recall", clause, {"query": " ".join(keys)}, memory=tuple(keys))
+    words = _WORDS_IN.search(clause)
+    if words:
+        return Ask("word_count", clause, {"text": words["text"]})
+    return Ask("chat", clause)
+
+
+def parse_asks(text: str) -> list[Ask]:
+    """The asks of one user message, in the order they were written."""
+    parts = _SPLIT.split(" ".join(text[:_MAX_TEXT].split()))
+    asks: list[Ask] = []
+    for index in range(0, len(parts), 2):
+        clause = parts[index].strip()
+        separator = parts[index + 1] if index + 1 < len(parts) else ""
+        if not clause:
+            continue
+        previous = asks[-1] if asks else None
+        ask = _classify(clause, "?" in separator)
+        if ask.kind == "chat" and previous is not None and previous.kind == "remember":
+            # "remember that I like salt and pepper": the "and" cut a fact in two.
+            glue = parts[index - 1]
+            fact = f"{previous.arguments['fact']}{glue}{clause}"
+            asks[-1] = Ask("remember", f"{previous.text}{glue}{clause}", {"fact": fact})
+            continue
+        asks.append(ask)
+    if any(a.kind != "chat" for a in asks):
+        asks = [a for a in asks if a.kind != "chat"]
+    return asks or [Ask("chat", " ".join(text.split()))]

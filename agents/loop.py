@@ -1,0 +1,246 @@
+"""The tool-calling loop as a pure state machine that the agent handler drives.
+
+The handler owns every side effect (model calls, events, the state store); this module only
+says what comes next. One run goes::
+
+    state = start_run(request, history, ...)            # running, awaiting the model
+    state, decision = apply_reply(state, reply, now)     # after each model call
+      CallTools -> publish one tool/memory call per invocation (they run in parallel)
+      state, ready = apply_tool_result(state, ...)       # per result; when ready: call the model
+      Finish / Fail -> publish the terminal response (response_data), keep history_after
+
+Every function returns a new :class:`RunState` and never reads the clock (``now`` is passed
+in), so a handler that crashed can reload the state and continue, and a redelivered result
+is harmless: :func:`apply_tool_result` is idempotent.
+
+Limits: ``max_steps`` bounds the model replies of a run. A reply at the last step that still
+asks for tools ends the run as ``failed`` with a reason naming the limit, rather than an
+answer the model never gave. A reply or result arriving after the deadline ends it as
+``timed_out``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import JsonValue
+
+from agents.messages import Message, ModelReply, ToolInvocation, ToolOutcome, trim_history
+from agents.run import (
+    Awaiting,
+    CallTools,
+    Decision,
+    Fail,
+    Finish,
+    InvalidTransition,
+    RunState,
+    RunStatus,
+)
+from schemas import AgentResponseData, UserRequest, derive_id
+
+__all__ = [
+    "Awaiting",
+    "CallTools",
+    "Decision",
+    "Fail",
+    "Finish",
+    "InvalidTransition",
+    "RunState",
+    "RunStatus",
+    "apply_reply",
+    "apply_tool_result",
+    "expire",
+    "history_after",
+    "response_data",
+    "start_run",
+]
+
+
+def start_run(
+    request: UserRequest,
+    history: list[Message],
+    *,
+    system_prompt: str | None,
+    max_steps: int = 8,
+    default_deadline_s: float | None = 120.0,
+    history_budget_tokens: int = 2000,
+) -> RunState:
+    """The state of a new run: system prompt, trimmed history, then the user's message.
+
+    The request's own ``max_steps`` and ``deadline`` win over the defaults; the default
+    deadline counts from the request's time, so the same request always gets the same one.
+    """
+    kept = trim_history([m for m in history if m.role != "system"], history_budget_tokens)
+    messages = [Message.system(system_prompt)] if system_prompt else []
+    messages += [*kept, Message.user(request.data.text)]
+    deadline = request.data.deadline
+    if deadline is None and default_deadline_s is not None:
+        deadline = request.time + timedelta(seconds=default_deadline_s)
+    return RunState(
+        request_id=request.request_id,
+        conversation_id=request.conversation_id,
+        tenant=request.tenant,
+        user=request.data.user,
+        traceparent=request.traceparent,
+        requested_model=request.data.model,
+        messages=messages,
+        history_len=len(kept),
+        max_steps=request.data.max_steps or max_steps,
+        deadline=deadline,
+    )
+
+
+def _end(state: RunState, decision: Fail, **update: object) -> tuple[RunState, Fail]:
+    ended = state.model_copy(
+        update={
+            **update,
+            "status": decision.status,
+            "awaiting": None,
+            "error": decision.reason,
+            "pending": {},
+        }
+    )
+    return ended, decision
+
+
+def expire(state: RunState, now: datetime) -> tuple[RunState, Fail | None]:
+    """End a running state whose deadline has passed; unchanged state and None otherwise."""
+    if state.terminal or state.deadline is None or now < state.deadline:
+        return state, None
+    return _end(
+        state,
+        Fail(
+            status="timed_out",
+            reason=f"deadline {state.deadline.isoformat()} passed after {state.step} steps",
+        ),
+    )
+
+
+_MAX_CALL_ID = 200  # ToolCallData.call_id's limit
+
+
+def _with_unique_ids(
+    state: RunState, step: int, calls: list[ToolInvocation]
+) -> list[ToolInvocation]:
+    """Model-given ids, unless empty, too long or reused in this run: then a derived one."""
+    seen = {c.id for m in state.messages for c in m.tool_calls}
+    unique = []
+    for index, call in enumerate(calls):
+        if not call.id or len(call.id) > _MAX_CALL_ID or call.id in seen:
+            call = call.model_copy(update={"id": derive_id(state.request_id, f"call{step}", index)})
+        seen.add(call.id)
+        unique.append(call)
+    return unique
+
+
+def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunState, Decision]:
+    """Take the model's reply for the current step and decide what happens next."""
+    if state.status != "running" or state.awaiting != "model":
+        raise InvalidTransition(
+            f"run {state.request_id} is {state.status} awaiting {state.awaiting}, not a reply"
+        )
+    step = state.step + 1
+    base = {"step": step, "usage": state.usage + reply.usage, "model": reply.model}
+    expired, fail = expire(state.model_copy(update=base), now)
+    if fail is not None:
+        return expired, fail
+    if reply.tool_calls:
+        if step >= state.max_steps:
+            names = ", ".join(c.name for c in reply.tool_calls)
+            reason = (
+                f"step limit of {state.max_steps} reached: the model still asked for tools "
+                f"({names}) instead of answering"
+            )
+            return _end(state, Fail(status="failed", reason=reason), **base)
+        calls = _with_unique_ids(state, step, reply.tool_calls)
+        decided = state.model_copy(
+            update={
+                **base,
+                "messages": [*state.messages, Message.assistant(reply.text, calls)],
+                "pending": {c.id: c for c in calls},
+                "results": {},
+                "tool_calls_made": [*state.tool_calls_made, *(c.name for c in calls)],
+                "awaiting": "tools",
+            }
+        )
+        return decided, CallTools(step=step, invocations=calls)
+    if reply.text and reply.text.strip():
+        finished = state.model_copy(
+            update={
+                **base,
+                "messages": [*state.messages, Message.assistant(reply.text)],
+                "status": "completed",
+                "awaiting": None,
+                "answer": reply.text,
+            }
+        )
+        return finished, Finish(text=reply.text)
+    return _end(state, Fail(status="failed", reason="the model returned an empty reply"), **base)
+
+
+def apply_tool_result(
+    state: RunState,
+    call_id: str,
+    ok: bool,
+    output: JsonValue = None,
+    error: str | None = None,
+    *,
+    error_class: str | None = None,
+) -> tuple[RunState, bool]:
+    """Record one result of the current step; ``ready`` when the model should be called next.
+
+    ``ready`` depends only on the state: true while every result of the current step is in
+    and the model has not replied yet, so a duplicate of the last result says "ready" again
+    (the model call's idempotency key, request id and step, makes that harmless). A result
+    for a call outside the current step, or for a finished run, changes nothing.
+    """
+    if state.terminal or call_id not in state.pending:
+        return state, False
+    if call_id in state.results:
+        return state, state.awaiting == "model"
+    outcome = ToolOutcome(ok=ok, output=output, error=error, error_class=error_class)
+    results = {**state.results, call_id: outcome}
+    if len(results) < len(state.pending):
+        return state.model_copy(update={"results": results}), False
+    tool_messages = [  # in the order the model asked, whatever order results came in
+        Message.tool(call.id, call.name, results[call.id].to_content())
+        for call in state.pending.values()
+    ]
+    ready = state.model_copy(
+        update={
+            "results": results,
+            "messages": [*state.messages, *tool_messages],
+            "awaiting": "model",
+        }
+    )
+    return ready, True
+
+
+def history_after(state: RunState, answer_text: str | None = None) -> list[Message]:
+    """The conversation's short-term history after this run: replace the stored one with it.
+
+    It is the (already trimmed) history the run started from, the user's message and the
+    final answer; the tool exchange is left out, since its outcome is in the answer. A run
+    without an answer keeps the user's message only.
+    """
+    start = state.history_start
+    kept = state.messages[start : start + state.history_len + 1]
+    answer = answer_text if answer_text is not None else state.answer
+    return [*kept, Message.assistant(answer)] if answer else kept
+
+
+def response_data(state: RunState) -> AgentResponseData:
+    """The terminal ``agent_response`` payload of a finished run."""
+    if not state.terminal:
+        raise InvalidTransition(f"run {state.request_id} is {state.status}, not finished")
+    status = state.status
+    assert status != "running"
+    return AgentResponseData(
+        status=status,
+        text=state.answer,
+        error=state.error,
+        steps=state.step,
+        model=state.model,
+        usage=state.usage,
+        tool_calls=list(state.tool_calls_made),
+    )

@@ -1,0 +1,188 @@
+"""End to end: requests in, one right answer each out, on both buses.
+
+On Kafka the workers are real processes (`agentstream worker …`): two agent workers, two
+tool workers and one memory worker, with Redis as the state store; one agent worker is
+killed with SIGKILL mid-run. In process, the same workload runs with the same number of
+workers as in-process members of their groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+import redis
+
+from agentstream.process import build_workers
+from agentstream.settings import AgentSettings, Settings, TopicSettings
+from agentstream.wiring import build_bus, build_store, ensure_topics
+from handlers.metrics import Metrics
+from tests.workload import check, collect, make_turns, publish
+from topics import KafkaConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_pipeline_in_process_two_members_per_group() -> None:
+    settings = Settings(topics=TopicSettings(partitions=4))
+    bus, store = build_bus(settings), build_store(settings)
+    await bus.start()
+    await ensure_topics(bus, settings.catalog(), create=True)
+    stop = asyncio.Event()
+    sets = [
+        build_workers(kinds, settings, bus, store, Metrics(), stop)
+        for kinds in (["agent", "tool", "memory"], ["agent", "tool"])
+    ]
+    tasks = [asyncio.create_task(s.run(stop)) for s in sets]
+    turns = make_turns(50)
+    try:
+        await publish(bus, settings.catalog(), turns)
+        records = await collect(bus, settings.catalog(), turns, timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await bus.stop()
+    report = check(turns, records)
+    assert report.ok, report.summary()
+    assert report.requests == 200
+
+
+def _worker_env(bootstrap: str, redis_url: str, prefix: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        REDIS_URL=redis_url,
+        AGENTSTREAM_TOPICS__PREFIX=prefix,
+        AGENTSTREAM_TOPICS__PARTITIONS="4",
+        AGENTSTREAM_KAFKA__SESSION_TIMEOUT_MS="6000",
+        AGENTSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS="1000",
+        AGENTSTREAM_RUNTIME__DRAIN_TIMEOUT_S="5",
+        AGENTSTREAM_LOG_JSON="true",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+class WorkerProcs:
+    """`agentstream worker KIND` subprocesses, logs to files, all stopped at the end."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.files: list[IO[bytes]] = []
+
+    def start(self, name: str, kind: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.files.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentstream.cli", "worker", kind],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(10)
+
+    def stop_all(self) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = None
+        for f in self.files:
+            f.close()
+        return codes
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        text = (self.logs / f"{name}.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def worker_procs(
+    kafka_bootstrap: str, redis_url: str, prefix: str, tmp_path: Path
+) -> Iterator[WorkerProcs]:
+    procs = WorkerProcs(_worker_env(kafka_bootstrap, redis_url, prefix), tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+@pytest.mark.timeout(240)
+async def test_pipeline_on_kafka_with_worker_processes_and_a_sigkill(
+    kafka_bootstrap: str, redis_url: str, prefix: str, worker_procs: WorkerProcs
+) -> None:
+    settings = Settings(
+        bus="kafka",
+        kafka=KafkaConfig(bootstrap_servers=kafka_bootstrap),
+        redis_url=redis_url,
+        topics=TopicSettings(prefix=prefix, partitions=4),
+        agent=AgentSettings(deadline_s=180),
+    )
+    bus = build_bus(settings)
+    await bus.start()
+    catalog = settings.catalog()
+    await ensure_topics(bus, catalog, create=True)
+    for name, kind in [
+        ("agent-1", "agent"),
+        ("agent-2", "agent"),
+        ("tool-1", "tool"),
+        ("tool-2", "tool"),
+        ("memory-1", "memory"),
+    ]:
+        worker_procs.start(name, kind)
+    turns = make_turns(50)
+    started = time.monotonic()
+    try:
+        await publish(bus, catalog, turns[:100])
+        # Kill an agent worker while it has work in flight.
+        await asyncio.sleep(3)
+        worker_procs.kill("agent-1")
+        killed_at = time.monotonic() - started
+        await publish(bus, catalog, turns[100:])
+        records = await collect(bus, catalog, turns, timeout_s=150, settle_s=3)
+    finally:
+        await bus.stop()
+    elapsed = time.monotonic() - started
+    report = check(turns, records)
+    assert report.ok, report.summary() + "\n" + worker_procs.tail("agent-2")
+    assert report.requests == 200
+    # Histories: each conversation's stored history has its four user turns, in order.
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for conv in {t.conversation_id for t in turns}:
+            raw = client.hget(f"{settings.namespace}:conv:{conv}", "d")
+            assert raw is not None, conv
+            history = json.loads(raw)["history"]
+            users = [m["content"] for m in history if m["role"] == "user"]
+            sent = [
+                t.text for t in sorted(turns, key=lambda t: t.index) if t.conversation_id == conv
+            ]
+            assert users == sent[-len(users) :] and len(users) >= 1, (conv, users)
+    finally:
+        client.close()
+    print(
+        f"\n200 requests, agent-1 SIGKILLed at {killed_at:.1f}s, all answered in "
+        f"{elapsed:.1f}s, {report.duplicate_copies} duplicate copies (same ids)"
+    )
