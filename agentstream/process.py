@@ -114,16 +114,21 @@ def build_workers(
     store: StateStore,
     metrics: Metrics,
     stop: asyncio.Event,
+    *,
+    router: ModelRouter | None = None,
+    registry: ToolRegistry | None = None,
 ) -> WorkerSet:
+    """Workers of ``kinds``; ``router`` and ``registry`` replace the configured model and
+    the built-in tools (embedding applications and tests inject their own)."""
     catalog = settings.catalog()
     result = WorkerSet()
-    registry = tool_registry()
+    registry = registry or tool_registry()
     for kind in kinds:
         config = runtime_config(settings, f"agentstream-{kind}", f"{kind}-worker")
         if kind == "agent":
             a = settings.agent
             handlers = AgentHandlers(
-                build_model(settings),
+                router or build_model(settings),
                 [*registry.specs(), *memory_tool_specs()],
                 AgentConfig(
                     system_prompt=a.system_prompt,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from agents import (
     history_after,
     start_run,
 )
-from agents.routing import ModelRouter, cache_key
+from agents.routing import ModelRouter, UnknownModel, cache_key
 from handlers.context import Context
 from handlers.metrics import Metrics
 from handlers.route import Job, Route
@@ -52,6 +53,7 @@ from schemas import (
     Envelope,
     MemoryCall,
     ResponseStatus,
+    SchemaError,
     ToolCall,
     ToolCallData,
     ToolResult,
@@ -66,6 +68,40 @@ __all__ = ["AgentConfig", "AgentHandlers", "ConversationState", "DeadlineSweeper
 log = logging.getLogger(__name__)
 
 SOURCE = "agent-worker"
+
+
+def _is_rejection(error: BaseException) -> bool:
+    """The request itself is at fault, not the pipeline."""
+    return isinstance(error, SchemaError | UnknownModel)
+
+
+def _ids_from_raw(raw: bytes | None) -> dict[str, str] | None:
+    """Correlation ids from a record that did not decode, if it has them at all."""
+    try:
+        data = json.loads(raw or b"")
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    ids = {k: data.get(k) for k in ("request_id", "conversation_id")}
+    if not all(isinstance(v, str) and v for v in ids.values()):
+        return None
+    tenant = data.get("tenant")
+    return {
+        "request_id": str(ids["request_id"]),
+        "conversation_id": str(ids["conversation_id"]),
+        "tenant": tenant if isinstance(tenant, str) and tenant else "default",
+    }
+
+
+@dataclass(frozen=True)
+class _Who:
+    """Whom to answer when only the correlation ids of a request are known."""
+
+    request_id: str
+    conversation_id: str
+    tenant: str
+    traceparent: str | None
 
 
 class ConversationState(BaseModel):
@@ -146,19 +182,44 @@ class AgentHandlers:
     async def on_dead_letter(
         self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
     ) -> list[Envelope[Any]]:
-        """A request whose processing failed for good still gets its terminal answer."""
-        if event is None:
-            return []
-        state = await ctx.load(ctx.key("run", event.request_id), RunState)
-        if state is not None and state.status != "running":
-            return []
-        status: ResponseStatus = (
-            "rejected" if isinstance(event, UserRequest) and state is None else "failed"
-        )
+        """A request whose processing failed for good still gets its terminal answer.
+
+        ``rejected`` when the request itself is invalid (undecodable, wrong schema, an
+        unknown model), ``failed`` otherwise. The run is stored as terminal, so a replay
+        of the dead letter cannot produce a second answer.
+        """
         reason = f"{type(error).__name__}: {error}"
-        if state is None:
-            return [self._response(event, status, None, reason, Usage(), steps=0, tools=[])]
-        return await self._finish(state, status, None, reason, ctx)
+        if event is None:
+            ids = _ids_from_raw(raw)
+            if ids is None:
+                return []  # nothing tells whom to answer; the dead letter is all there is
+            origin = _Who(ids["request_id"], ids["conversation_id"], ids["tenant"], None)
+            if await ctx.load(ctx.key("run", origin.request_id), RunState) is not None:
+                return await self._fail_running(origin.request_id, reason, ctx)
+            return [self._response(origin, "rejected", None, reason, Usage(), steps=0, tools=[])]
+        state = await ctx.load(ctx.key("run", event.request_id), RunState)
+        if state is not None:
+            if state.status != "running":
+                return []
+            return await self._finish(state, "failed", None, reason, ctx)
+        if not isinstance(event, UserRequest):
+            return []
+        status: ResponseStatus = "rejected" if _is_rejection(error) else "failed"
+        marker = start_run(event, [], system_prompt=None, default_deadline_s=None)
+        ctx.save(
+            ctx.key("run", event.request_id),
+            marker.model_copy(update={"status": "failed", "error": reason}),
+            self.config.run_ttl_s,
+        )
+        return [self._response(event, status, None, reason, Usage(), steps=0, tools=[])]
+
+    async def _fail_running(
+        self, request_id: str, reason: str, ctx: Context
+    ) -> list[Envelope[Any]]:
+        state = await ctx.load(ctx.key("run", request_id), RunState)
+        if state is None or state.status != "running":
+            return []
+        return await self._finish(state, "failed", None, reason, ctx)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -293,7 +354,7 @@ class AgentHandlers:
 
     def _response(
         self,
-        origin: RunState | Envelope[Any],
+        origin: RunState | Envelope[Any] | _Who,
         status: ResponseStatus,
         text: str | None,
         error: str | None,
