@@ -79,4 +79,5 @@ def runtime_config(settings: Settings, group_id: str, source: str) -> RuntimeCon
             retry_topic_delay_s=r.retry_topic_delay_s,
         ),
         read_committed=r.delivery == "exactly_once",
+        exactly_once=r.delivery == "exactly_once",
     )

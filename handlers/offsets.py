@@ -42,6 +42,13 @@ class PartitionOffsets:
             return None
         return self._highest_seen + 1
 
+    def committable_without(self, offset: int) -> int:
+        """The committable offset once ``offset`` is finished too."""
+        lowest = min((o for o in self._pending if o != offset), default=None)
+        if lowest is not None:
+            return lowest
+        return max(self._highest_seen, offset) + 1
+
     def to_commit(self) -> int | None:
         """The committable offset if it moved since the last commit, else None."""
         offset = self.committable()

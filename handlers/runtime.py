@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handlers.context import Context, Origin
+from handlers.delivery import Delivery, Fenced, PlainDelivery, TransactionalDelivery
 from handlers.lanes import Lanes
 from handlers.metrics import Metrics
 from handlers.offsets import PartitionOffsets
@@ -91,6 +92,9 @@ class RuntimeConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     use_retry_topic: bool = True
     read_committed: bool = False
+    #: Kafka transactions: outputs and input offsets committed atomically (implies
+    #: read_committed consumers).
+    exactly_once: bool = False
 
 
 @dataclass(slots=True)
@@ -132,6 +136,11 @@ class Worker:
         self._lanes: Lanes[_Item] = Lanes(self._run_item)
         self._jobs_held = 0
         self._consumer: Consumer | None = None
+        self._delivery: Delivery = (
+            TransactionalDelivery(bus, config.group_id, self._offsets, self.metrics, self._backoff)
+            if config.exactly_once
+            else PlainDelivery(bus, self.metrics, self._backoff)
+        )
         self._paused_for_budget = False
         self._stopping = False
         self.started = asyncio.Event()
@@ -167,7 +176,7 @@ class Worker:
             self.config.group_id,
             sorted(self._routes),
             on_revoke=self._on_revoke,
-            read_committed=self.config.read_committed,
+            read_committed=self.config.read_committed or self.config.exactly_once,
         )
         await consumer.start()
         self._consumer = consumer
@@ -248,7 +257,13 @@ class Worker:
         started = time.perf_counter()
         out: list[OutgoingRecord] = []
         outcome = await self._decide(record, route, out)
-        await self._deliver(out)
+        try:
+            await self._delivery.deliver(out, record.tp, record.offset)
+        except Fenced as exc:
+            log.warning(
+                "abandoning %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
+            )
+            return
         if outcome[1] is not None and outcome[0] != "retry_later":
             await self.store.index_remove(*outcome[1])
         self.metrics.handler_seconds.labels(route.name, outcome[0]).observe(
@@ -358,23 +373,8 @@ class Worker:
             records.append(OutgoingRecord(self.catalog.topic_of(event), value, key, tuple(headers)))
         return records
 
-    async def _deliver(self, out: list[OutgoingRecord]) -> None:
-        """Publish what handling one record produced. The state and the outbox are already
-        committed, so a failure here is retried until it works (or the partition is revoked):
-        the record stays in flight and its offset uncommitted meanwhile."""
-        if not out:
-            return
-        for attempt in range(1, 1_000_000):
-            try:
-                await self.bus.publish_many(out)
-                break
-            except RetryableError as exc:
-                log.warning(
-                    "publishing %d record(s) failed (attempt %d): %s", len(out), attempt, exc
-                )
-                await asyncio.sleep(min(5.0, self.config.retry.delay(exc, attempt, in_place=True)))
-        for record in out:
-            self.metrics.produced.labels(record.topic).inc()
+    def _backoff(self, error: BaseException, attempt: int) -> float:
+        return min(5.0, self.config.retry.delay(error, attempt, in_place=True))
 
     async def _run_job(self, job: Job) -> None:
         for attempt in range(1, 1_000_000):
@@ -389,7 +389,11 @@ class Worker:
                 log.warning("job %s failed (attempt %d): %r", job.name, attempt, exc)
                 await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
                 continue
-            await self._deliver(out)
+            source = TopicPartition(f"jobs.{job.name}", job.partition)
+            try:
+                await self._delivery.deliver(out, source, None)
+            except Fenced as exc:
+                log.warning("abandoning job %s: %s", job.name, exc)
             return
 
     # -- retries and dead letters -------------------------------------------------------
@@ -512,13 +516,34 @@ class Worker:
     # -- commits, rebalance, shutdown ---------------------------------------------------
 
     async def _commit_loop(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.config.commit_interval_s)
             await self._commit(set(self._offsets))
+            ticks += 1
+            if ticks % 5 == 0:
+                self._observe_lag()
+
+    def _observe_lag(self) -> None:
+        """Lag per partition (end offset minus committed offset) and records held."""
+        consumer = self._consumer
+        group = self.config.group_id
+        self.metrics.in_flight.labels(group).set(self.held)
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            tracker = self._offsets.get(tp)
+            if end is None:
+                continue
+            committed = tracker.committed if tracker and tracker.committed is not None else None
+            if committed is None:
+                continue
+            self.metrics.lag.labels(tp.topic, str(tp.partition), group).set(max(0, end - committed))
 
     async def _commit(self, tps: set[TopicPartition]) -> None:
         consumer = self._consumer
-        if consumer is None:
+        if consumer is None or self._delivery.commits_offsets:
             return
         offsets = {}
         for tp in tps:
@@ -555,6 +580,7 @@ class Worker:
             1 for item in dropped if item.job is not None and item.record is None
         )
         await self._commit(revoked)
+        await self._delivery.release(revoked)
         for tp in revoked:
             self._offsets.pop(tp, None)
 
@@ -573,6 +599,7 @@ class Worker:
             log.warning("shutdown deadline: abandoned %d in-flight item(s)", len(dropped))
         with contextlib.suppress(Exception):
             await self._commit(set(self._offsets))
+        await self._delivery.close()
         await consumer.stop()
         self._consumer = None
 

@@ -48,6 +48,11 @@ class RebalanceInProgress(RetryableError):
     """A commit for partitions this member no longer owns: the group moved on without it."""
 
 
+class Fenced(PermanentError):
+    """A newer instance took over this transactional id: this one is a zombie and must stop
+    working on the partition (its transaction was not committed)."""
+
+
 class RecordTooLarge(PermanentError):
     """A record bigger than the broker accepts; large payloads go aside (claim check)."""
 
@@ -135,8 +140,35 @@ class Consumer(Protocol):
 
     def paused(self) -> set[TopicPartition]: ...
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as last seen by this member (for the lag metric),
+        None when not known yet. Never a broker round trip."""
+
     async def stop(self) -> None:
         """Leave the group without committing anything more."""
+
+
+@runtime_checkable
+class Transactions(Protocol):
+    """One transactional producer (``exactly_once`` mode).
+
+    The Kafka bus keeps one per input partition, with a stable ``transactional.id`` derived
+    from the group and the partition: when the partition moves, the new owner's producer
+    fences the old one, so a paused zombie can never commit (Kafka Streams' design before
+    KIP-447, which aiokafka's ``send_offsets_to_transaction`` cannot use).
+    """
+
+    async def commit(
+        self,
+        records: Sequence[OutgoingRecord],
+        offsets: Mapping[TopicPartition, int],
+        group_id: str,
+    ) -> None:
+        """Publish ``records`` and commit ``offsets`` for ``group_id`` in one transaction.
+        Raises :class:`Fenced` when a newer producer took over, ``RetryableError`` when the
+        transaction was aborted for a passing reason (it may be retried as a whole)."""
+
+    async def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -163,6 +195,10 @@ class Bus(Protocol):
         read_committed: bool = False,
     ) -> Consumer:
         """A new, not yet started, member of ``group_id`` subscribed to ``topics``."""
+
+    async def transactions(self, transactional_id: str) -> Transactions:
+        """A started transactional producer; starting it fences older ones of the same id.
+        ``ConfigError`` on a bus without transactions."""
 
     async def create_topics(
         self,

@@ -30,11 +30,13 @@ from aiokafka.errors import (
     CommitFailedError,
     GroupAuthorizationFailedError,
     IllegalStateError,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     NodeNotReadyError,
+    ProducerFenced,
     RequestTimedOutError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
@@ -45,6 +47,7 @@ from aiokafka.structs import TopicPartition as KafkaTP
 
 from schemas.errors import ConfigError, RetryableError, TopicMissing
 from topics.bus import (
+    Fenced,
     OutgoingRecord,
     RebalanceInProgress,
     Record,
@@ -56,7 +59,7 @@ from topics.bus import (
 )
 from topics.config import KafkaConfig
 
-__all__ = ["KafkaBus", "KafkaConsumer", "RebalanceInProgress"]
+__all__ = ["KafkaBus", "KafkaConsumer", "KafkaTransactions"]
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +259,10 @@ class KafkaConsumer:
     def resume(self, *partitions: TopicPartition) -> None:
         self._consumer.resume(*[KafkaTP(tp.topic, tp.partition) for tp in partitions])
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        value = self._consumer.highwater(KafkaTP(tp.topic, tp.partition))
+        return None if value is None else int(value)
+
     def paused(self) -> set[TopicPartition]:
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.paused()}
 
@@ -263,6 +270,54 @@ class KafkaConsumer:
         # Stopping does not commit (auto-commit is off): the group redelivers what is
         # uncommitted to the next owner.
         await self._consumer.stop()
+
+
+class KafkaTransactions:
+    """A transactional producer: records and consumer offsets committed atomically."""
+
+    def __init__(self, producer: AIOKafkaProducer, transactional_id: str) -> None:
+        self._producer = producer
+        self.transactional_id = transactional_id
+
+    async def commit(
+        self,
+        records: Sequence[OutgoingRecord],
+        offsets: Mapping[TopicPartition, int],
+        group_id: str,
+    ) -> None:
+        producer = self._producer
+        try:
+            await producer.begin_transaction()
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            raise Fenced(f"{self.transactional_id} was fenced: {exc}") from exc
+        try:
+            futures = [
+                await producer.send(
+                    r.topic,
+                    value=r.value,
+                    key=r.key,
+                    partition=r.partition,
+                    headers=list(r.headers),
+                )
+                for r in records
+            ]
+            if offsets:
+                await producer.send_offsets_to_transaction(
+                    {KafkaTP(tp.topic, tp.partition): o for tp, o in offsets.items()}, group_id
+                )
+            await asyncio.gather(*futures)
+            await producer.commit_transaction()
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            raise Fenced(f"{self.transactional_id} was fenced: {exc}") from exc
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            if isinstance(exc, KafkaError | TimeoutError):
+                raise RetryableError(f"transaction aborted: {exc!r}") from exc
+            raise
+
+    async def close(self) -> None:
+        await self._producer.stop()
 
 
 class KafkaBus:
@@ -382,6 +437,25 @@ class KafkaBus:
                 raise RetryableError(f"publish failed: {exc!r}") from exc
             raise
         return [RecordMetadata(m.topic, m.partition, m.offset) for m in results]
+
+    async def transactions(self, transactional_id: str) -> KafkaTransactions:
+        producer = AIOKafkaProducer(
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=60_000,
+            linger_ms=self.config.linger_ms,
+            **self.config.client_options(),
+        )
+        try:
+            await producer.start()
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            await producer.stop()
+            raise Fenced(f"{transactional_id} was fenced: {exc}") from exc
+        except _TRANSIENT as exc:
+            await producer.stop()
+            raise RetryableError(f"cannot start transactional producer: {exc}") from exc
+        return KafkaTransactions(producer, transactional_id)
 
     def consumer(
         self,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from schemas.errors import TopicMissing
+from schemas.errors import ConfigError, TopicMissing
 from topics.bus import (
     OutgoingRecord,
     RebalanceInProgress,
@@ -27,6 +27,7 @@ from topics.bus import (
     RevokeCallback,
     TopicDescription,
     TopicPartition,
+    Transactions,
 )
 from topics.memory_group import Group, GroupSnapshot, InProcessConsumer
 from topics.memory_log import TopicLog
@@ -144,6 +145,12 @@ class InProcessBus:
         return sorted(self._groups)
 
     # -- topics -----------------------------------------------------------------------------
+
+    async def transactions(self, transactional_id: str) -> Transactions:
+        raise ConfigError(
+            "exactly_once delivery needs Kafka transactions; the in-process bus runs "
+            "at_least_once (set AGENTSTREAM_RUNTIME__DELIVERY=at_least_once)"
+        )
 
     async def create_topics(self, specs: Sequence[TopicDescription]) -> list[str]:
         self._check_started()

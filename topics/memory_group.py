@@ -272,6 +272,9 @@ class InProcessConsumer:
         self._paused.difference_update(partitions)
         self.wake()
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self._group.topic_log(tp.topic).end_offset(tp.partition)
+
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
 

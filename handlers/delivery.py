@@ -1,0 +1,157 @@
+"""Delivery: how the records that handling one event produced reach the broker.
+
+- :class:`PlainDelivery` (``at_least_once``): publish with acks=all; offsets are committed
+  separately by the runtime, up to the lowest unfinished offset of each partition.
+- :class:`TransactionalDelivery` (``exactly_once``): the outputs of one event and the
+  partition's new committed offset go into one Kafka transaction, so a read_committed
+  reader sees the outputs exactly when the input counts as consumed, and never twice.
+  One transactional producer per input partition, with a ``transactional.id`` derived from
+  the group and the partition: the next owner of the partition fences the previous one, so
+  a paused zombie cannot commit after a rebalance (see docs/adr/0010-exactly-once.md).
+
+State writes in the store happen before delivery and are idempotent (the dedup mark holds
+the outputs), so a delivery that fails is retried as a whole with the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from handlers.metrics import Metrics
+from handlers.offsets import PartitionOffsets
+from schemas.errors import RetryableError
+from topics import Bus, OutgoingRecord, TopicPartition
+from topics.bus import Fenced, Transactions
+
+__all__ = ["Delivery", "Fenced", "PlainDelivery", "TransactionalDelivery"]
+
+log = logging.getLogger(__name__)
+
+Backoff = Callable[[BaseException, int], float]
+
+
+class Delivery(Protocol):
+    #: True when delivery also commits the input offsets (the runtime then does not).
+    commits_offsets: bool
+
+    async def deliver(
+        self, out: list[OutgoingRecord], source: TopicPartition | None, offset: int | None
+    ) -> None:
+        """Deliver ``out``, produced by handling ``offset`` of ``source`` (None for jobs)."""
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        """The partitions are gone (revoked): drop what belongs to them."""
+
+    async def close(self) -> None: ...
+
+
+class PlainDelivery:
+    commits_offsets = False
+
+    def __init__(self, bus: Bus, metrics: Metrics, backoff: Backoff) -> None:
+        self.bus = bus
+        self.metrics = metrics
+        self.backoff = backoff
+
+    async def deliver(
+        self, out: list[OutgoingRecord], source: TopicPartition | None, offset: int | None
+    ) -> None:
+        # The record stays in flight (its offset uncommitted) until this works.
+        if not out:
+            return
+        for attempt in range(1, 1_000_000):
+            try:
+                await self.bus.publish_many(out)
+                break
+            except RetryableError as exc:
+                log.warning(
+                    "publishing %d record(s) failed (attempt %d): %s", len(out), attempt, exc
+                )
+                await asyncio.sleep(self.backoff(exc, attempt))
+        for record in out:
+            self.metrics.produced.labels(record.topic).inc()
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class TransactionalDelivery:
+    commits_offsets = True
+
+    def __init__(
+        self,
+        bus: Bus,
+        group_id: str,
+        offsets: dict[TopicPartition, PartitionOffsets],
+        metrics: Metrics,
+        backoff: Backoff,
+    ) -> None:
+        self.bus = bus
+        self.group_id = group_id
+        self.offsets = offsets
+        self.metrics = metrics
+        self.backoff = backoff
+        self._producers: dict[TopicPartition, Transactions] = {}
+        self._locks: dict[TopicPartition, asyncio.Lock] = {}
+
+    def _id(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}.{tp.topic}.{tp.partition}"
+
+    async def _producer(self, tp: TopicPartition) -> Transactions:
+        producer = self._producers.get(tp)
+        if producer is None:
+            producer = self._producers[tp] = await self.bus.transactions(self._id(tp))
+        return producer
+
+    async def _reset(self, tp: TopicPartition) -> None:
+        producer = self._producers.pop(tp, None)
+        if producer is not None:
+            try:
+                await producer.close()
+            except Exception as exc:  # a broken producer may fail to close; drop it anyway
+                log.debug("closing producer %s: %r", self._id(tp), exc)
+
+    async def deliver(
+        self, out: list[OutgoingRecord], source: TopicPartition | None, offset: int | None
+    ) -> None:
+        key = source or TopicPartition("jobs", -1)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            tracker = self.offsets.get(key) if source is not None else None
+            for attempt in range(1, 1_000_000):
+                commit: dict[TopicPartition, int] = {}
+                if tracker is not None and offset is not None:
+                    commit[key] = tracker.committable_without(offset)
+                try:
+                    producer = await self._producer(key)
+                    await producer.commit(out, commit, self.group_id)
+                    break
+                except Fenced:
+                    await self._reset(key)
+                    raise
+                except RetryableError as exc:
+                    log.warning(
+                        "transaction for %s failed (attempt %d): %s", self._id(key), attempt, exc
+                    )
+                    # A transaction that timed out may leave the producer unusable.
+                    await self._reset(key)
+                    await asyncio.sleep(self.backoff(exc, attempt))
+            if tracker is not None and offset is not None:
+                tracker.finish(offset)
+                tracker.committed = commit.get(key, tracker.committed)
+        for record in out:
+            self.metrics.produced.labels(record.topic).inc()
+
+    async def release(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            await self._reset(tp)
+            self._locks.pop(tp, None)
+
+    async def close(self) -> None:
+        await self.release(set(self._producers))
