@@ -103,8 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _hint(exc: BaseException, settings: Settings) -> str:
+    """A next step for the user, when the error message alone does not say it."""
+    from schemas.errors import ConfigError, RetryableError, TopicMissing
+
+    if isinstance(exc, TopicMissing):
+        return "create the topics with `agentstream topics create`"
+    if isinstance(exc, ConfigError):
+        return ""  # configuration errors already say what to change
     text = str(exc).lower()
-    if "kafka" in text or "broker" in text:
+    if isinstance(exc, RetryableError) and ("kafka" in text or "broker" in text):
         return (
             f"is Kafka reachable at {settings.kafka.bootstrap_servers}? "
             "set KAFKA_BOOTSTRAP_SERVERS, or start one with infra/kafka/start.sh"

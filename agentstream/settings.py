@@ -51,6 +51,12 @@ class RuntimeSettings(BaseModel):
     retry_topic_delay_s: float = Field(default=2.0, ge=0)
     dedup_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    claim_check_bytes: int = Field(
+        default=512 * 1024,
+        ge=1024,
+        description="Events larger than this keep their payload in the state store and "
+        "carry a reference (claim check); keep it below the broker's message.max.bytes.",
+    )
 
 
 class ModelSettings(BaseModel):

@@ -80,4 +80,7 @@ def runtime_config(settings: Settings, group_id: str, source: str) -> RuntimeCon
         ),
         read_committed=r.delivery == "exactly_once",
         exactly_once=r.delivery == "exactly_once",
+        claim_check_bytes=r.claim_check_bytes,
+        claim_ttl_s=max(settings.topics.retention_ms, settings.topics.dlq_retention_ms) // 1000
+        + 24 * 3600,
     )

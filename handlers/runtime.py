@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from handlers.claims import ClaimCheck
 from handlers.context import Context, Origin
 from handlers.delivery import Delivery, Fenced, PlainDelivery, TransactionalDelivery
 from handlers.lanes import Lanes
@@ -95,6 +96,9 @@ class RuntimeConfig:
     #: Kafka transactions: outputs and input offsets committed atomically (implies
     #: read_committed consumers).
     exactly_once: bool = False
+    #: Outputs larger than this are claim-checked (payload in the store, a stub on Kafka).
+    claim_check_bytes: int = 512 * 1024
+    claim_ttl_s: int = 8 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -140,6 +144,12 @@ class Worker:
             TransactionalDelivery(bus, config.group_id, self._offsets, self.metrics, self._backoff)
             if config.exactly_once
             else PlainDelivery(bus, self.metrics, self._backoff)
+        )
+        self._claims = ClaimCheck(
+            store,
+            config.namespace,
+            threshold_bytes=config.claim_check_bytes,
+            ttl_s=config.claim_ttl_s,
         )
         self._paused_for_budget = False
         self._stopping = False
@@ -257,6 +267,7 @@ class Worker:
         started = time.perf_counter()
         out: list[OutgoingRecord] = []
         outcome = await self._decide(record, route, out)
+        out = [await self._claims.offload(r) for r in out]
         try:
             await self._delivery.deliver(out, record.tp, record.offset)
         except Fenced as exc:
@@ -280,8 +291,12 @@ class Worker:
         if from_retry:
             await self._wait_until_due(record)
         try:
+            resolved = await self._claims.resolve(record)
             event = decode(
-                record.value, topic=record.topic, partition=record.partition, offset=record.offset
+                resolved.value,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
             )
         except SchemaError as exc:
             await self._dead_letter(record, route, exc, attempt + 1, None, out)
@@ -389,6 +404,7 @@ class Worker:
                 log.warning("job %s failed (attempt %d): %r", job.name, attempt, exc)
                 await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
                 continue
+            out = [await self._claims.offload(r) for r in out]
             source = TopicPartition(f"jobs.{job.name}", job.partition)
             try:
                 await self._delivery.deliver(out, source, None)
