@@ -1,0 +1,338 @@
+"""``agentstream status`` on a real broker reports what Kafka's own consumer-groups tool does.
+
+Each test builds a group with known committed offsets and lag, then runs ``agentstream
+--json status`` (``agentstream.cli.main`` with ``KAFKA_BOOTSTRAP_SERVERS`` set) and
+``kafka-consumer-groups --describe`` (``org.apache.kafka.tools.consumer.group.
+ConsumerGroupCommand`` from the jars of ``infra/kafka``) and requires the same offsets, lag,
+members and state from both, with an active member and after it left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from agentstream.status import deployment_groups, group_status, list_groups, worker_group
+from schemas import ToolCall, ToolCallData
+from schemas.codec import encode
+from tests.services import KAFKA_DIR
+from topics import (
+    Catalog,
+    Consumer,
+    KafkaConfig,
+    OutgoingRecord,
+    Topic,
+    TopicDescription,
+    TopicPartition,
+)
+from topics.kafka import KafkaBus
+
+_TOOL = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _libs() -> str:
+    fetched = subprocess.run(
+        ["bash", str(KAFKA_DIR / "fetch.sh")], capture_output=True, text=True, check=False
+    )
+    if fetched.returncode != 0:
+        message = f"infra/kafka/fetch.sh failed: {fetched.stderr[-2000:]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return fetched.stdout.strip().splitlines()[-1]
+
+
+def kafka_consumer_groups(bootstrap: str, *args: str) -> str:
+    """Kafka's ``kafka-consumer-groups`` with ``args``; its stdout."""
+    result = subprocess.run(
+        [
+            "java",
+            "-Xmx128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+            "-cp",
+            f"{_libs()}/*",
+            _TOOL,
+            "--bootstrap-server",
+            bootstrap,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _table(text: str, first_columns: tuple[str, str]) -> list[dict[str, str]]:
+    """The rows of the whitespace-aligned table whose header starts with ``first_columns``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if tuple(line.split()[:2]) == first_columns)
+    columns = lines[start].split()
+    return [dict(zip(columns, line.split(), strict=True)) for line in lines[start + 1 :]]
+
+
+def _kafka_partitions(bootstrap: str, group: str) -> dict[tuple[str, int], dict[str, str]]:
+    rows = _table(
+        kafka_consumer_groups(bootstrap, "--describe", "--group", group), ("GROUP", "TOPIC")
+    )
+    return {(r["TOPIC"], int(r["PARTITION"])): r for r in rows}
+
+
+def _kafka_members(bootstrap: str, group: str) -> list[dict[str, str]]:
+    text = kafka_consumer_groups(
+        bootstrap, "--describe", "--group", group, "--members", "--verbose"
+    )
+    if "has no active members" in text:
+        return []
+    return _table(text, ("GROUP", "CONSUMER-ID"))
+
+
+def _kafka_state(bootstrap: str, group: str) -> str:
+    text = kafka_consumer_groups(bootstrap, "--describe", "--group", group, "--state")
+    (row,) = [line for line in text.splitlines() if line.startswith(group + " ")]
+    return row.split()[-2]  # ... STATE #MEMBERS; "COORDINATOR (ID)" holds a space
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+@contextlib.contextmanager
+def _kept_logging() -> Iterator[None]:
+    """``cli.main`` configures logging for a process; give the test run its own back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    from agentstream.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with _kept_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def status_json(*args: str) -> tuple[int, dict[str, Any]]:
+    """``agentstream --json status ARGS`` run in a thread, so this loop keeps heartbeating."""
+    code, out, err = await asyncio.to_thread(_cli, ["--json", "status", *args])
+    assert "Traceback" not in err
+    return code, json.loads(out)
+
+
+def assert_same_as_kafka(bootstrap: str, ours: dict[str, Any]) -> None:
+    """Offsets, lag and owners per partition, members and state: ours equal Kafka's."""
+    group = ours["group_id"]
+    with ThreadPoolExecutor(3) as pool:  # three JVM starts at once
+        partitions = pool.submit(_kafka_partitions, bootstrap, group)
+        members_table = pool.submit(_kafka_members, bootstrap, group)
+        state = pool.submit(_kafka_state, bootstrap, group)
+    kafka = partitions.result()
+    mine = {(p["topic"], p["partition"]): p for p in ours["partitions"]}
+    assert set(mine) == set(kafka)
+    for key, row in kafka.items():
+        p = mine[key]
+        assert _dash(p["committed"]) == row["CURRENT-OFFSET"], key
+        assert _dash(p["end_offset"]) == row["LOG-END-OFFSET"], key
+        assert _dash(p["lag"]) == row["LAG"], key
+        assert (p["member_id"] or "-") == row["CONSUMER-ID"], key
+        assert (p["host"] or "-") == row["HOST"], key
+        assert (p["client_id"] or "-") == row["CLIENT-ID"], key
+    assert ours["total_lag"] == sum(int(r["LAG"]) for r in kafka.values() if r["LAG"] != "-")
+
+    members = members_table.result()
+    assert {m["CONSUMER-ID"] for m in members} == {m["member_id"] for m in ours["members"]}
+    for row in members:
+        (m,) = [m for m in ours["members"] if m["member_id"] == row["CONSUMER-ID"]]
+        assert (m["host"], m["client_id"]) == (row["HOST"], row["CLIENT-ID"])
+        owned = sum(len(ps) for ps in m["assignment"].values())
+        assert owned == int(row["#PARTITIONS"])
+        assignment = ";".join(
+            f"{t}:{','.join(map(str, ps))}" for t, ps in sorted(m["assignment"].items())
+        )
+        assert assignment == row["CURRENT-ASSIGNMENT"]
+    assert ours["state"] == state.result()
+
+
+async def _await_assignment(consumer: Consumer, partitions: int) -> None:
+    for _ in range(200):
+        await consumer.getmany(timeout_ms=100)
+        if len(consumer.assignment()) == partitions:
+            return
+    raise AssertionError(f"the member never got its {partitions} partitions")
+
+
+def _config(bootstrap: str) -> KafkaConfig:
+    return KafkaConfig(
+        bootstrap_servers=bootstrap,
+        client_id="status-test",
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=500,
+    )
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+async def test_status_reports_the_offsets_and_lag_kafka_reports(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, group = f"{prefix}status-events", f"{prefix}status-group"
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PREFIX", prefix)
+    bus = KafkaBus(_config(kafka_bootstrap))
+    await bus.start()
+    try:
+        await bus.create_topics([TopicDescription(topic, 3, 1)])
+        for partition, count in ((0, 5), (1, 3), (2, 4)):
+            await bus.publish_many(
+                [OutgoingRecord(topic, b"x", partition=partition) for _ in range(count)]
+            )
+        consumer = bus.consumer(group, [topic])
+        await consumer.start()
+        try:
+            await _await_assignment(consumer, 3)
+            await consumer.commit({TopicPartition(topic, 0): 2, TopicPartition(topic, 1): 3})
+
+            code, report = await status_json("--group", group)
+            # The deployment's topics were never created: status says so, and exits 1.
+            assert code == 1
+            assert report["topics"]
+            assert not any(t["exists"] for t in report["topics"])
+            (ours,) = report["groups"]
+            by_partition = {p["partition"]: p for p in ours["partitions"]}
+            assert [
+                (p["committed"], p["end_offset"], p["lag"]) for _, p in sorted(by_partition.items())
+            ] == [(2, 5, 3), (3, 3, 0), (None, 4, None)]
+            assert ours["total_lag"] == 3
+            assert ours["state"] == "Stable"
+            assert len(ours["members"]) == 1
+            assert ours["members"][0]["client_id"] == "status-test"
+            assert ours["members"][0]["assignment"] == {topic: [0, 1, 2]}
+            await asyncio.to_thread(assert_same_as_kafka, kafka_bootstrap, ours)
+
+            direct = await group_status(bus, [group])
+            assert direct[0].model_dump(mode="json") == ours
+            assert group in await list_groups(bus)
+        finally:
+            await consumer.stop()
+
+        # The member left: Kafka lists committed partitions only, and so does status.
+        await bus.publish(OutgoingRecord(topic, b"more", partition=1))
+        code, report = await status_json("--group", group)
+        (ours,) = report["groups"]
+        assert ours["state"] == "Empty"
+        assert ours["members"] == []
+        assert [(p["partition"], p["committed"], p["lag"]) for p in ours["partitions"]] == [
+            (0, 2, 3),
+            (1, 3, 1),
+        ]
+        await asyncio.to_thread(assert_same_as_kafka, kafka_bootstrap, ours)
+    finally:
+        await bus.stop()
+
+
+@pytest.mark.kafka
+async def test_status_of_a_deployment_its_groups_and_topics(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PREFIX", prefix)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PARTITIONS", "2")
+    catalog = Catalog(prefix=prefix, partitions=2)
+    tool_group = worker_group(prefix, "tool")
+    bus = KafkaBus(_config(kafka_bootstrap))
+    await bus.start()
+    try:
+        await bus.create_topics([s.description() for s in catalog.specs()])
+        calls = [
+            ToolCall(
+                source="test",
+                request_id=f"r{i}",
+                conversation_id="conv-1",
+                data=ToolCallData(call_id=f"c{i}", step=0, tool="clock"),
+            )
+            for i in range(3)
+        ]
+        records = [encode(c) for c in calls]
+        metas = await bus.publish_many(
+            [OutgoingRecord(catalog.name(Topic.TOOL_CALL), v, k, tuple(h)) for k, v, h in records]
+        )
+        partition = metas[0].partition  # one conversation: one partition
+        consumer = bus.consumer(tool_group, [catalog.name(Topic.TOOL_CALL)])
+        await consumer.start()
+        try:
+            await _await_assignment(consumer, 2)
+            await consumer.commit({TopicPartition(catalog.name(Topic.TOOL_CALL), partition): 1})
+        finally:
+            await consumer.stop()
+
+        code, report = await status_json()
+        assert code == 0
+        assert [g["group_id"] for g in report["groups"]] == deployment_groups(prefix)
+        groups = {g["group_id"]: g for g in report["groups"]}
+        tool = groups[tool_group]
+        assert tool["exists"]
+        assert tool["state"] == "Empty"
+        assert [(p["partition"], p["committed"], p["end_offset"], p["lag"])
+                for p in tool["partitions"]] == [(partition, 1, 3, 2)]  # fmt: skip
+        await asyncio.to_thread(assert_same_as_kafka, kafka_bootstrap, tool)
+        for name in deployment_groups(prefix):
+            if name != tool_group:
+                assert not groups[name]["exists"]
+                assert groups[name]["partitions"] == []
+        assert all(t["exists"] and t["partitions"] == 2 for t in report["topics"])
+        assert len(report["topics"]) == 15
+
+        code, human, _ = await asyncio.to_thread(_cli, ["status"])
+        assert code == 0
+        assert f"GROUP {tool_group}  Empty" in human
+        assert f"{catalog.name(Topic.TOOL_CALL)}" in human
+        assert "TOPICS  15/15 present" in human
+        assert f"GROUP {worker_group(prefix, 'agent')}  (no such group" in human
+    finally:
+        await bus.stop()
+
+
+def test_status_on_the_in_process_bus_says_it_needs_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    code, out, err = _cli(["status"])
+    assert code == 2
+    assert out == ""
+    assert "`agentstream status` needs Kafka" in err
+    assert "KAFKA_BOOTSTRAP_SERVERS" in err
+
+
+def test_status_without_a_broker_is_one_line_and_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    code, out, err = _cli(["status"])
+    assert code == 1
+    assert out == ""
+    assert "error: cannot reach Kafka at 127.0.0.1:1" in err
+    assert "hint: is Kafka reachable" in err
+    assert "Traceback" not in err
