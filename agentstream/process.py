@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 from collections.abc import Coroutine, Sequence
@@ -27,6 +28,7 @@ from handlers.metrics import Metrics
 from handlers.runtime import Worker
 from handlers.store import StateStore
 from handlers.tool import ToolHandlers
+from schemas.errors import ConfigError
 from topics import Bus, Topic
 
 __all__ = [
@@ -53,8 +55,6 @@ def build_model(settings: Settings) -> ModelRouter:
     large: Model | None = None
     if m.provider == "openai":
         if not m.base_url and m.api_key is None:
-            from schemas.errors import ConfigError
-
             raise ConfigError(
                 "AGENTSTREAM_MODEL__PROVIDER=openai needs AGENTSTREAM_MODEL__BASE_URL "
                 "or AGENTSTREAM_MODEL__API_KEY"
@@ -82,8 +82,23 @@ def build_model(settings: Settings) -> ModelRouter:
     return ModelRouter(small, large, large_prompt_tokens=m.route_above_tokens)
 
 
-def tool_registry() -> ToolRegistry:
-    return builtin_registry()
+def tool_registry(settings: Settings) -> ToolRegistry:
+    """The built-in tools, plus those of ``AGENTSTREAM_TOOLS_MODULE`` when set."""
+    registry = builtin_registry()
+    if settings.tools_module:
+        try:
+            module = importlib.import_module(settings.tools_module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import tools module {settings.tools_module!r}: {exc}"
+            ) from exc
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ConfigError(
+                f"tools module {settings.tools_module!r} has no register(registry) function"
+            )
+        register(registry)
+    return registry
 
 
 @dataclass
@@ -122,7 +137,7 @@ def build_workers(
     the built-in tools (embedding applications and tests inject their own)."""
     catalog = settings.catalog()
     result = WorkerSet()
-    registry = registry or tool_registry()
+    registry = registry or tool_registry(settings)
     for kind in kinds:
         config = runtime_config(settings, f"agentstream-{kind}", f"{kind}-worker")
         if kind == "agent":

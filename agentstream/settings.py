@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
+    tools_module: str | None = Field(
+        default=None,
+        description="A module with `register(registry)` adding your tools (agent and tool "
+        "workers must both load it).",
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="0: no metrics server.")
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="None: JSON when not a terminal.")

@@ -1,0 +1,42 @@
+"""Wiring: models and tools chosen by settings, and readable errors for bad settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentstream.process import build_model, tool_registry
+from agentstream.settings import ModelSettings, Settings
+from agentstream.wiring import build_store
+from schemas.errors import ConfigError
+
+
+def test_a_tools_module_adds_its_tools_beside_the_built_ins() -> None:
+    registry = tool_registry(Settings(tools_module="examples.my_tools"))
+    names = {spec.name for spec in registry.specs()}
+    assert {"order_status", "calculator", "current_time"} <= names
+    spec = next(s for s in registry.specs() if s.name == "order_status")
+    assert "order_id" in spec.parameters["properties"]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [("no.such.module", "cannot import"), ("agentstream.settings", "no register")],
+)
+def test_a_bad_tools_module_is_a_clear_config_error(module: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tool_registry(Settings(tools_module=module))
+
+
+def test_the_openai_provider_needs_an_endpoint_or_a_key() -> None:
+    with pytest.raises(ConfigError, match="BASE_URL"):
+        build_model(Settings(model=ModelSettings(provider="openai")))
+    router = build_model(
+        Settings(model=ModelSettings(provider="openai", base_url="http://127.0.0.1:1/v1",
+                                     model="m", large_model="big"))
+    )
+    assert set(router.models) == {"m", "big"}
+
+
+def test_kafka_without_redis_is_refused() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        build_store(Settings(bus="kafka"))
