@@ -35,6 +35,7 @@ from agentstream.logs import configure_logging
 from agentstream.process import WORKER_KINDS, WorkerKind, build_workers
 from agentstream.settings import Settings, load_settings
 from agentstream.wiring import build_bus, build_store, ensure_topics, runtime_config
+from handlers.agent import DeadlineSweeper
 from handlers.metrics import Metrics
 from handlers.route import Route
 from handlers.runtime import Worker
@@ -53,6 +54,7 @@ __all__ = [
     "handler",
     "parse_event",
     "shutdown",
+    "sweep_handler",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ class LambdaRuntime:
         self._bus: Bus | None = None
         self._store: StateStore | None = None
         self._worker: Worker | None = None
+        self._sweepers: list[DeadlineSweeper] = []
 
     async def start(self) -> Worker:
         """Connect and build the worker, once; a failure leaves nothing half-built, so the
@@ -186,10 +189,19 @@ class LambdaRuntime:
             return Worker(bus, store, catalog, self._routes, config, metrics=self.metrics)
         built = build_workers([self.kind], self.settings, bus, store, self.metrics, asyncio.Event())
         for extra in built.extras:
-            # The deadline sweeper's loop sweeps the partitions a consumer owns; a function
-            # owns none between invocations, so it never runs here (see ADR 0009).
+            # The sweeper's loop sweeps the partitions a consumer owns; a function owns
+            # none. `sweep_handler`, run on a schedule, sweeps every partition instead.
             extra.close()
+        self._sweepers = built.sweepers
         return built.workers[0]
+
+    async def sweep(self) -> int:
+        """End the runs whose deadline passed, on every partition (the agent kind only)."""
+        await self.start()
+        if not self._sweepers:
+            raise ConfigError("the deadline sweep runs in the agent function only")
+        partitions = range(self.settings.topics.partitions)
+        return sum([await s.sweep(partitions, wait=True) for s in self._sweepers])
 
     async def stop(self) -> None:
         bus, store = self._bus, self._store
@@ -330,6 +342,16 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
             "the batch will be delivered again"
         )
     return batch_response(failures)
+
+
+def sweep_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
+    """Scheduled entry point (``agentstream.lambda_handler.sweep_handler``, e.g. every
+    minute from EventBridge): ends the runs whose deadline passed while they waited for
+    tools, so every request still gets its ``timed_out`` answer on Lambda."""
+    runtime = _warm.runtime or configure()
+    if _warm.runner is None:
+        _warm.runner = asyncio.Runner()
+    return {"expired": _warm.runner.run(runtime.sweep())}
 
 
 def _remaining_s(context: object) -> float | None:

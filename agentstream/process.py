@@ -107,6 +107,7 @@ class WorkerSet:
 
     workers: list[Worker] = field(default_factory=list)
     extras: list[Coroutine[Any, Any, None]] = field(default_factory=list)
+    sweepers: list[DeadlineSweeper] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(w.run(stop), name=w.config.group_id) for w in self.workers]
@@ -160,6 +161,7 @@ def build_workers(
                 worker, handlers, settings.namespace, catalog.name(Topic.USER_REQUEST)
             )
             result.extras.append(sweeper.run(stop))
+            result.sweepers.append(sweeper)
         elif kind == "tool":
             worker = Worker(
                 bus,

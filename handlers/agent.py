@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -425,10 +425,17 @@ class DeadlineSweeper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
-    async def sweep(self) -> None:
+    async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
+        """Submit (or, with ``wait``, run one by one) the expiry of every run whose deadline
+        passed, on ``partitions`` (default: those this worker owns). Returns how many.
+
+        Running without owning a partition is safe: the expiry commits with the same
+        version checks and dedup mark as any event, so it cannot race a handler into a
+        second answer. The Lambda deployment uses that from a schedule."""
         now = self.worker.now().timestamp()
+        owned = self.worker.owned_partitions(self.topic_name)
         expired: set[str] = set()
-        for partition in self.worker.owned_partitions(self.topic_name):
+        for partition in sorted(owned if partitions is None else partitions):
             index = f"{self.namespace}:deadlines:{partition}"
             for member, _ in await self.worker.store.index_range(index, max_score=now):
                 expired.add(member)
@@ -436,17 +443,20 @@ class DeadlineSweeper:
                     continue
                 request_id, _, conversation_id = member.partition("|")
                 self._submitted.add(member)
-                self.worker.submit_job(
-                    Job(
-                        key=conversation_id.encode(),
-                        partition=partition,
-                        mark_id=f"deadline:{request_id}",
-                        name="agent.deadline",
-                        run=self._expiry(request_id, member),
-                    )
+                job = Job(
+                    key=conversation_id.encode(),
+                    partition=partition,
+                    mark_id=f"deadline:{request_id}",
+                    name="agent.deadline",
+                    run=self._expiry(request_id, member),
                 )
+                if wait:
+                    await self.worker.run_job(job)
+                else:
+                    self.worker.submit_job(job)
         # Forget jobs that were abandoned on a rebalance, so they are submitted again.
         self._submitted &= expired
+        return len(expired)
 
     def _expiry(self, request_id: str, member: str) -> Any:
         async def run(ctx: Context) -> Sequence[Envelope[Any]]:

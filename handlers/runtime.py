@@ -161,10 +161,22 @@ class Worker:
     def held(self) -> int:
         return sum(len(o) for o in self._offsets.values()) + self._jobs_held
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this member owns now (empty before it joined its group)."""
+        return set() if self._consumer is None else self._consumer.assignment()
+
     def owned_partitions(self, topic_name: str) -> set[int]:
         if self._consumer is None:
             return set()
         return {tp.partition for tp in self._consumer.assignment() if tp.topic == topic_name}
+
+    async def run_job(self, job: Job) -> None:
+        """Run ``job`` now, outside the lanes (for runners without a consumer loop)."""
+        self._jobs_held += 1
+        try:
+            await self._run_job(job)
+        finally:
+            self._jobs_held -= 1
 
     def submit_job(self, job: Job) -> None:
         """Run ``job`` in the lane of its key, after the events already queued there."""
