@@ -1,0 +1,230 @@
+"""The ingress projection's handlers, called directly on the in-process store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.context import Context, Origin
+from handlers.projection import (
+    LogEntry,
+    Projection,
+    ProjectionKeys,
+    RequestRecord,
+    unique_entries,
+)
+from handlers.store import InProcessStore
+from ingress.requests import RequestRepository
+from schemas import (
+    AgentResponse,
+    AgentResponseData,
+    Envelope,
+    ToolCall,
+    ToolCallData,
+    ToolResult,
+    ToolResultData,
+    UserRequest,
+    UserRequestData,
+)
+
+NS = "agentstream:test."
+
+
+def user_request(request_id: str = "r1", tenant: str = "acme") -> UserRequest:
+    return UserRequest(
+        id=f"{request_id}-ev",
+        source="upstream",
+        request_id=request_id,
+        conversation_id="c1",
+        tenant=tenant,
+        data=UserRequestData(text="What is 12 * 7?"),
+    )
+
+
+def tool_call(request: UserRequest, step: int = 0) -> ToolCall:
+    return request.derive(
+        ToolCall,
+        ToolCallData(call_id=f"call-{step}", step=step, tool="calculator"),
+        step=step,
+        source="agent-worker",
+    )
+
+
+def tool_result(call: ToolCall) -> ToolResult:
+    return call.derive(
+        ToolResult,
+        ToolResultData(
+            call_id=call.data.call_id, step=call.data.step, tool="calculator", ok=True, output=84
+        ),
+        step="result",
+        source="tool-worker",
+    )
+
+
+def response(
+    request: UserRequest, index: int = 0, status: Any = "completed", tools: int = 0
+) -> AgentResponse:
+    return request.derive(
+        AgentResponse,
+        AgentResponseData(status=status, text="84", steps=2, tool_calls=["calculator"] * tools),
+        step="final",
+        index=index,
+        source="agent-worker",
+    )
+
+
+async def project(store: InProcessStore, projection: Projection, event: Envelope[Any]) -> bool:
+    """Run the projection's handler for ``event`` and commit like the runtime does."""
+    ctx = Context(store, Origin("t", 0, 0, "g"), NS, lambda: datetime.now(UTC))
+    handler = {
+        UserRequest: projection.on_user_request,
+        ToolCall: projection.on_tool_call,
+        ToolResult: projection.on_tool_result,
+        AgentResponse: projection.on_agent_response,
+    }[type(event)]
+    assert await handler(event, ctx) == []
+    return await store.commit(expect=ctx.reads, ops=ctx.ops)
+
+
+async def record_of(store: InProcessStore, request_id: str) -> RequestRecord | None:
+    raw = (await store.get(ProjectionKeys(NS).request(request_id))).value
+    return None if raw is None else RequestRecord.model_validate_json(raw)
+
+
+async def log_of(store: InProcessStore, request_id: str) -> list[LogEntry]:
+    raw = await store.list_range(ProjectionKeys(NS).log(request_id))
+    return [entry for _, entry in unique_entries(raw)]
+
+
+async def test_request_then_progress_then_response() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    assert await project(store, projection, request)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert (record.status, record.tenant, record.text) == ("accepted", "acme", "What is 12 * 7?")
+    conversation = await store.index_range(ProjectionKeys(NS).conversation("acme", "c1"))
+    assert [m for m, _ in conversation] == ["r1"]
+
+    call = tool_call(request)
+    assert await project(store, projection, call)
+    assert await project(store, projection, tool_result(call))
+    assert (await record_of(store, "r1")).status == "running"  # type: ignore[union-attr]
+
+    final = response(request, tools=1)
+    assert await project(store, projection, final)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.terminal
+    assert record.status == "completed"
+    assert record.response is not None
+    assert record.response.text == "84"
+    kinds = [e.kind for e in await log_of(store, "r1")]
+    assert kinds == ["tool_call", "tool_result", "response"]
+
+
+async def test_terminal_record_never_changes() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    await project(store, projection, request)
+    await project(store, projection, response(request))
+    # A second, different terminal response and a straggling tool result are ignored.
+    await project(store, projection, response(request, index=1, status="failed"))
+    await project(store, projection, tool_result(tool_call(request, step=5)))
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.status == "completed"
+    assert [e.kind for e in await log_of(store, "r1")] == ["response"]
+
+
+async def test_replayed_event_is_not_logged_twice() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    await project(store, projection, request)
+    call = tool_call(request)
+    await project(store, projection, call)
+    await project(store, projection, call)  # a crash before the runtime's commit
+    raw = await store.list_range(ProjectionKeys(NS).log("r1"))
+    assert len(raw) == 1
+
+
+async def test_readers_drop_duplicates_anywhere_in_the_log() -> None:
+    entry = LogEntry(event_id="e1", kind="tool_call", time=datetime.now(UTC), data={})
+    other = LogEntry(event_id="e2", kind="response", time=datetime.now(UTC), data={})
+    raw = [e.model_dump_json().encode() for e in (entry, other, entry)]
+    assert [(i, e.event_id) for i, e in unique_entries(raw)] == [(0, "e1"), (1, "e2")]
+
+
+async def test_progress_before_request_gets_a_placeholder_then_the_text() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    await project(store, projection, tool_call(request))
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.text is None
+    assert record.status == "running"
+    await project(store, projection, request)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert (record.text, record.status) == ("What is 12 * 7?", "running")
+
+
+async def test_ingress_accept_and_projection_never_overwrite_each_other() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    repo = RequestRepository(store, NS, record_ttl_s=60, idempotency_ttl_s=60)
+    request = user_request()
+    call = tool_call(request)
+    ctx = Context(store, Origin("t", 0, 0, "g"), NS, lambda: datetime.now(UTC))
+    await projection.on_tool_call(call, ctx)
+    # The ingress writes its record between the projection's read and its commit: the
+    # projection's commit is refused (the runtime runs the event again).
+    await repo.accept(request)
+    assert not await store.commit(expect=ctx.reads, ops=ctx.ops)
+    assert await project(store, projection, call)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.status == "running"
+    assert record.text is not None
+    # accept() never regresses a record the projection already advanced.
+    assert (await repo.accept(request)).status == "running"
+    assert len(await store.list_range(ProjectionKeys(NS).log("r1"))) == 1
+
+
+async def test_response_fetched_before_its_progress_still_ends_the_log() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    call = tool_call(request)
+    # One fetch returned the topics in the "wrong" order: response, result, call, request.
+    for event in (response(request, tools=1), tool_result(call), call, request):
+        assert await project(store, projection, event)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.status == "completed"
+    assert record.response_logged
+    assert [e.kind for e in await log_of(store, "r1")] == ["tool_result", "tool_call", "response"]
+
+
+async def test_a_timed_out_response_does_not_wait_for_missing_results() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    await project(store, projection, request)
+    await project(store, projection, tool_call(request))
+    await project(store, projection, response(request, status="timed_out", tools=1))
+    assert [e.kind for e in await log_of(store, "r1")] == ["tool_call", "response"]
+
+
+async def test_a_held_response_is_released_by_readers_when_progress_never_comes() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    repo = RequestRepository(store, NS, record_ttl_s=60, idempotency_ttl_s=60)
+    request = user_request()
+    await project(store, projection, request)
+    await project(store, projection, response(request, tools=2))
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.terminal  # GET and wait see the answer at once
+    assert await log_of(store, "r1") == []  # the stream waits for the two calls
+    assert await repo.release_held("r1")
+    assert not await repo.release_held("r1")
+    assert [e.kind for e in await log_of(store, "r1")] == ["response"]
+    await project(store, projection, tool_call(request))  # too late: not logged
+    assert [e.kind for e in await log_of(store, "r1")] == ["response"]
