@@ -9,9 +9,11 @@ resolved only for the ``kafka`` parameter, and ``topics.kafka`` is imported only
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from tests.pipeline_harness import Stack, make_stack
 from topics.bus import Bus, TopicDescription
 from topics.config import KafkaConfig
 from topics.memory import InProcessBus
@@ -66,3 +68,38 @@ def make_topic(bus: Bus, prefix: str) -> TopicMaker:
         return full
 
     return make
+
+
+StackMaker = Callable[..., Awaitable[Stack]]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", id="memory"),
+        pytest.param("kafka", id="kafka", marks=[pytest.mark.kafka, pytest.mark.redis]),
+    ]
+)
+async def make_stack_for(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[StackMaker]:
+    """Builds the pipeline stack of this test on the bus under test (in-process, or Kafka
+    with Redis); keyword arguments are ``Settings`` fields. Everything is closed after."""
+    kafka = redis = None
+    if request.param == "kafka":
+        kafka = request.getfixturevalue("kafka_bootstrap")
+        redis = request.getfixturevalue("redis_url")
+    made: list[Stack] = []
+
+    async def make(**settings: Any) -> Stack:
+        stack = await make_stack(request.param, prefix, kafka=kafka, redis=redis, **settings)
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        await stack.bus.stop()
+        await stack.store.close()
+
+
+@pytest.fixture
+async def stack(make_stack_for: StackMaker) -> Stack:
+    """The pipeline stack with default settings, on each bus."""
+    return await make_stack_for()

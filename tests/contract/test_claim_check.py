@@ -3,8 +3,6 @@ comes back whole; a reference whose payload is gone is a dead letter, never a si
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from pydantic import BaseModel
 
@@ -12,29 +10,16 @@ from agents import builtin_registry
 from agentstream.settings import RuntimeSettings
 from handlers.claims import CLAIM_HEADER, ClaimCheck
 from schemas import DeadLetter, ToolCall, ToolCallData, ToolResult, decode, header
-from tests.pipeline_harness import Stack, make_stack, publish_event, running, wait_for
+from tests.contract.conftest import StackMaker
+from tests.pipeline_harness import Stack, publish_event, running, wait_for
 from topics import Kind, OutgoingRecord, Topic
 
 SMALL_BUDGET = RuntimeSettings(claim_check_bytes=4096, retry_base_delay_s=0.01)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("kafka", id="kafka", marks=[pytest.mark.kafka, pytest.mark.redis]),
-    ]
-)
-async def stack(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Stack]:
-    kafka = redis = None
-    if request.param == "kafka":
-        kafka = request.getfixturevalue("kafka_bootstrap")
-        redis = request.getfixturevalue("redis_url")
-    s = await make_stack(request.param, prefix, kafka=kafka, redis=redis, runtime=SMALL_BUDGET)
-    try:
-        yield s
-    finally:
-        await s.bus.stop()
-        await s.store.close()
+@pytest.fixture
+async def stack(make_stack_for: StackMaker) -> Stack:
+    return await make_stack_for(runtime=SMALL_BUDGET)
 
 
 class Size(BaseModel):

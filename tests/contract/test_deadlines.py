@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from agentstream.settings import AgentSettings
 from schemas import ToolResult, ToolResultData, UserRequest, UserRequestData
-from tests.pipeline_harness import Stack, make_stack, publish_event, running, wait_for
+from tests.contract.conftest import StackMaker
+from tests.pipeline_harness import Stack, publish_event, running, wait_for
 from topics import Topic
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("kafka", id="kafka", marks=[pytest.mark.kafka, pytest.mark.redis]),
-    ]
-)
-async def stack(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Stack]:
-    kafka = redis = None
-    if request.param == "kafka":
-        kafka = request.getfixturevalue("kafka_bootstrap")
-        redis = request.getfixturevalue("redis_url")
-    s = await make_stack(
-        request.param, prefix, kafka=kafka, redis=redis, agent=AgentSettings(deadline_s=2.0)
-    )
-    try:
-        yield s
-    finally:
-        await s.bus.stop()
-        await s.store.close()
+@pytest.fixture
+async def stack(make_stack_for: StackMaker) -> Stack:
+    return await make_stack_for(agent=AgentSettings(deadline_s=2.0))
 
 
 async def test_a_run_whose_tools_never_answer_times_out_once(stack: Stack) -> None:

@@ -3,9 +3,6 @@ conversation's order, and an answer for every request even when its processing d
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from pydantic import BaseModel
 
 from agents import ToolRegistry, builtin_registry
@@ -24,31 +21,11 @@ from schemas import (
 from tests.pipeline_harness import (
     FlakyModel,
     Stack,
-    make_stack,
     publish_event,
     running,
     wait_for,
 )
 from topics import Kind, OutgoingRecord, Topic
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("memory", id="memory"),
-        pytest.param("kafka", id="kafka", marks=[pytest.mark.kafka, pytest.mark.redis]),
-    ]
-)
-async def stack(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Stack]:
-    kafka = redis = None
-    if request.param == "kafka":
-        kafka = request.getfixturevalue("kafka_bootstrap")
-        redis = request.getfixturevalue("redis_url")
-    s = await make_stack(request.param, prefix, kafka=kafka, redis=redis)
-    try:
-        yield s
-    finally:
-        await s.bus.stop()
-        await s.store.close()
 
 
 def _request(text: str, rid: str, conv: str = "c1") -> UserRequest:
