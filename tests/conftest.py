@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,12 +13,11 @@ _OURS = ("AGENTSTREAM_",)
 
 
 @pytest.fixture(autouse=True)
-def clean_environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests build ``Settings(...)`` explicitly: no AGENTSTREAM_* variable leaks in."""
     for name in list(os.environ):
         if name.startswith(_OURS):
             monkeypatch.delenv(name, raising=False)
-    yield
 
 
 @pytest.fixture

@@ -31,8 +31,11 @@ def test_the_openai_provider_needs_an_endpoint_or_a_key() -> None:
     with pytest.raises(ConfigError, match="BASE_URL"):
         build_model(Settings(model=ModelSettings(provider="openai")))
     router = build_model(
-        Settings(model=ModelSettings(provider="openai", base_url="http://127.0.0.1:1/v1",
-                                     model="m", large_model="big"))
+        Settings(
+            model=ModelSettings(
+                provider="openai", base_url="http://127.0.0.1:1/v1", model="m", large_model="big"
+            )
+        )
     )
     assert set(router.models) == {"m", "big"}
 

@@ -38,7 +38,7 @@ async def test_lanes_serialise_one_key_and_overlap_keys() -> None:
 
     async def run(item: tuple[bytes, int]) -> None:
         nonlocal max_same_key, overlap
-        key, n = item
+        key, _ = item
         running[key] = running.get(key, 0) + 1
         max_same_key = max(max_same_key, running[key])
         overlap = max(overlap, sum(1 for v in running.values() if v))

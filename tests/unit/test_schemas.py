@@ -51,12 +51,19 @@ def test_round_trip_and_cloudevents_headers() -> None:
 
 def test_derived_ids_are_deterministic() -> None:
     event = _request()
-    a = event.derive(ToolCall, ToolCallData(call_id="x", step=1, tool="calculator"), step=1,
-                     source="agent")
-    b = event.derive(ToolCall, ToolCallData(call_id="x", step=1, tool="calculator"), step=1,
-                     source="agent")
-    c = event.derive(ToolCall, ToolCallData(call_id="y", step=1, tool="calculator"), step=1,
-                     index=1, source="agent")
+    a = event.derive(
+        ToolCall, ToolCallData(call_id="x", step=1, tool="calculator"), step=1, source="agent"
+    )
+    b = event.derive(
+        ToolCall, ToolCallData(call_id="x", step=1, tool="calculator"), step=1, source="agent"
+    )
+    c = event.derive(
+        ToolCall,
+        ToolCallData(call_id="y", step=1, tool="calculator"),
+        step=1,
+        index=1,
+        source="agent",
+    )
     assert a.id == b.id == derive_id(event.id, 1, 0)
     assert c.id != a.id
     assert a.causation_id == event.id
@@ -98,8 +105,9 @@ def test_bad_bytes_raise_schema_error_naming_where_and_what(
 def test_terminal_statuses_are_validated() -> None:
     with pytest.raises(ValueError, match="status"):
         AgentResponseData.model_validate({"status": "maybe"})
-    AgentResponse(source="a", request_id="r", conversation_id="c",
-                  data=AgentResponseData(status="timed_out"))
+    AgentResponse(
+        source="a", request_id="r", conversation_id="c", data=AgentResponseData(status="timed_out")
+    )
 
 
 def _example(schema: dict[str, Any], root: dict[str, Any]) -> Any:
@@ -119,8 +127,7 @@ def _example(schema: dict[str, Any], root: dict[str, Any]) -> Any:
     kind = schema.get("type")
     if kind == "object":
         return {
-            name: _example(schema["properties"][name], root)
-            for name in schema.get("required", [])
+            name: _example(schema["properties"][name], root) for name in schema.get("required", [])
         }
     if kind == "string":
         if schema.get("format") == "date-time":
