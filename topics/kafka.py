@@ -166,6 +166,7 @@ class KafkaConsumer:
     ) -> None:
         self.group_id = group_id
         self.on_revoke = on_revoke
+        self._assignment_waiter: asyncio.Future[None] | None = None
         self._bus = bus
         self._topics = list(topics)
         config = bus.config
@@ -205,6 +206,18 @@ class KafkaConsumer:
         self._consumer.subscribe(self._topics, listener=_Listener(self))
 
     async def getmany(self, timeout_ms: int = 100, max_records: int = 500) -> list[Record]:
+        # aiokafka's getmany waits without a timeout while the group is (re)joining, e.g.
+        # for as long as the broker is down. The runtime's fetch loop must keep its pace
+        # (to notice SIGTERM, to stay responsive), so wait for the assignment ourselves,
+        # bounded, and only call getmany once there is one.
+        subscription = self._consumer._subscription
+        if subscription.reassignment_in_progress:
+            if self._assignment_waiter is None or self._assignment_waiter.done():
+                self._assignment_waiter = subscription.wait_for_assignment()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._assignment_waiter), timeout_ms / 1000)
+            except TimeoutError:
+                return []
         try:
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except _NOT_AUTHORIZED as exc:
@@ -406,7 +419,8 @@ class KafkaBus:
         await self.require_topics(sorted({r.topic for r in records}))
         producer = self.producer
         timeout = self.config.delivery_timeout_ms / 1000
-        try:
+
+        async def send_all() -> list[Any]:
             futures = [
                 await producer.send(
                     r.topic,
@@ -417,7 +431,12 @@ class KafkaBus:
                 )
                 for r in records
             ]
-            results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+            return list(await asyncio.gather(*futures))
+
+        try:
+            # One deadline for enqueueing and acknowledgement alike: send() itself may
+            # wait (for metadata, for buffer space) while the broker is away.
+            results = await asyncio.wait_for(send_all(), timeout)
         except MessageSizeTooLargeError as exc:
             raise RecordTooLarge(
                 f"a record for {records[0].topic!r} exceeds the broker's size limit: {exc}"
@@ -514,9 +533,11 @@ class KafkaBus:
         if not names:
             return {}
         try:
-            raw = await self.admin.describe_topics(list(names))
-        except _TRANSIENT as exc:
-            raise RetryableError(f"cannot reach Kafka to describe topics: {exc}") from exc
+            raw = await asyncio.wait_for(
+                self.admin.describe_topics(list(names)), self.config.request_timeout_ms / 1000
+            )
+        except (TimeoutError, *_TRANSIENT) as exc:
+            raise RetryableError(f"cannot reach Kafka to describe topics: {exc!r}") from exc
         found: dict[str, TopicDescription] = {}
         for topic in raw:
             if topic["error_code"] == _TOPIC_AUTHORIZATION_FAILED:
