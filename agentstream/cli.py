@@ -259,6 +259,14 @@ async def _cmd_ingress(args: argparse.Namespace, settings: Settings) -> int:
             "error: `agentstream ingress` needs Kafka: set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr
         )
         return 2
+    if not settings.ingress.api_keys and not settings.ingress.allow_anonymous:
+        print(
+            "error: the ingress has no API keys: set AGENTSTREAM_INGRESS__API_KEYS (a JSON map "
+            'of key or "sha256:<hex>" to tenant), or AGENTSTREAM_INGRESS__ALLOW_ANONYMOUS=true '
+            "to run it open",
+            file=sys.stderr,
+        )
+        return 2
     return await _run_services(settings, [], with_ingress=True)
 
 

@@ -96,6 +96,11 @@ class IngressSettings(BaseModel):
         description="API key (or its sha256 as 'sha256:<hex>') to tenant. Empty: no auth, "
         "every caller is tenant 'default' (the embedded default only).",
     )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Let `agentstream ingress` run without API keys (every caller is tenant "
+        "'default'). `agentstream up` always may.",
+    )
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     rate_per_second: float = Field(default=50.0, gt=0)
     rate_burst: int = Field(default=100, ge=1)

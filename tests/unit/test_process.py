@@ -43,3 +43,14 @@ def test_the_openai_provider_needs_an_endpoint_or_a_key() -> None:
 def test_kafka_without_redis_is_refused() -> None:
     with pytest.raises(ConfigError, match="REDIS_URL"):
         build_store(Settings(bus="kafka"))
+
+
+def test_the_ingress_refuses_to_run_open_on_kafka(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agentstream.cli import main
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["ingress"]) == 2
+    assert "no API keys" in capsys.readouterr().err
