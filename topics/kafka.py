@@ -211,14 +211,16 @@ class KafkaConsumer:
         # (to notice SIGTERM, to stay responsive), so wait for the assignment ourselves,
         # bounded, and only call getmany once there is one.
         subscription = self._consumer._subscription
-        if subscription.reassignment_in_progress:
-            if self._assignment_waiter is None or self._assignment_waiter.done():
-                self._assignment_waiter = subscription.wait_for_assignment()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._assignment_waiter), timeout_ms / 1000)
-            except TimeoutError:
-                return []
         try:
+            if subscription.reassignment_in_progress:
+                if self._assignment_waiter is None or self._assignment_waiter.done():
+                    self._assignment_waiter = subscription.wait_for_assignment()
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(self._assignment_waiter), timeout_ms / 1000
+                    )
+                except TimeoutError:
+                    return []
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         except _NOT_AUTHORIZED as exc:
             # Joining the group happens here, not in start(): a missing group ACL shows now.
