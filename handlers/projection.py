@@ -137,6 +137,9 @@ class RequestRecord(BaseModel):
     results_logged: int = 0
     held: LogEntry | None = None
     response_logged: bool = False
+    #: Call ids logged so far, and results that arrived before their call (held back).
+    calls_seen: list[str] = []
+    held_results: list[LogEntry] = []
 
     @property
     def terminal(self) -> bool:
@@ -285,15 +288,32 @@ class Projection:
             # Later than the response (a result that came after the deadline): the stream
             # already ended with the response, so it is not logged.
             return []
-        await self._append(event.request_id, self._entry(event, kind), ctx)
+        entry = self._entry(event, kind)
+        call_id = str(event.data.call_id)
+        status = record.status if record.terminal else "running"
+        if kind == "tool_result" and call_id not in record.calls_seen:
+            # Fetched before its call (another topic): streamed right after the call.
+            held = [*record.held_results, entry]
+            updated = record.model_copy(
+                update={"held_results": held, "status": status, "updated_at": ctx.now()}
+            )
+            ctx.save(key, updated, self.ttl_s)
+            return []
         # Counted even when the entry was already at the tail: this handler runs again only
         # when its previous run's commit did not land, so the count never included it.
-        counts = (
-            {"results_logged": record.results_logged + 1}
-            if kind == "tool_result"
-            else {"calls_logged": record.calls_logged + 1}
-        )
-        status = record.status if record.terminal else "running"
+        await self._append(event.request_id, entry, ctx)
+        if kind == "tool_result":
+            counts: dict[str, Any] = {"results_logged": record.results_logged + 1}
+        else:
+            follow = [r for r in record.held_results if r.data.get("call_id") == call_id]
+            for result in follow:
+                await self._append(event.request_id, result, ctx)
+            counts = {
+                "calls_logged": record.calls_logged + 1,
+                "calls_seen": [*record.calls_seen, call_id],
+                "results_logged": record.results_logged + len(follow),
+                "held_results": [r for r in record.held_results if r not in follow],
+            }
         updated = record.model_copy(update={**counts, "status": status, "updated_at": ctx.now()})
         ctx.save(key, await self._release(updated, ctx), self.ttl_s)
         return []

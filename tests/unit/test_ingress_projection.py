@@ -194,14 +194,15 @@ async def test_response_fetched_before_its_progress_still_ends_the_log() -> None
     store, projection = InProcessStore(), Projection(NS)
     request = user_request()
     call = tool_call(request)
-    # One fetch returned the topics in the "wrong" order: response, result, call, request.
+    # One fetch returned the topics in the "wrong" order: response, result, call, request;
+    # the log still tells the story in causal order.
     for event in (response(request, tools=1), tool_result(call), call, request):
         assert await project(store, projection, event)
     record = await record_of(store, "r1")
     assert record is not None
     assert record.status == "completed"
     assert record.response_logged
-    assert [e.kind for e in await log_of(store, "r1")] == ["tool_result", "tool_call", "response"]
+    assert [e.kind for e in await log_of(store, "r1")] == ["tool_call", "tool_result", "response"]
 
 
 async def test_a_timed_out_response_does_not_wait_for_missing_results() -> None:
