@@ -1,6 +1,6 @@
 """Running workers in a process: build their handlers, start, stop on SIGTERM.
 
-``agentstream worker agent|tool|memory`` runs one kind per process against Kafka and Redis
+``agentstream worker agent|tool|memory|stats`` runs one kind per process against Kafka and Redis
 (run several processes per consumer group to scale); ``agentstream up`` runs every kind
 plus the ingress in one process on the embedded default. A worker process also serves
 ``/healthz``, ``/readyz`` and ``/metrics`` on ``AGENTSTREAM_METRICS_PORT`` when set.
@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +28,7 @@ from handlers.agent import AgentConfig, AgentHandlers, DeadlineSweeper
 from handlers.memory import MemoryHandlers
 from handlers.metrics import Metrics
 from handlers.runtime import Worker
+from handlers.stats import StatsConfig, StatsHandlers, WindowCloser
 from handlers.store import StateStore
 from handlers.tool import ToolHandlers
 from schemas.errors import ConfigError
@@ -42,8 +45,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WorkerKind = Literal["agent", "tool", "memory"]
-WORKER_KINDS: tuple[WorkerKind, ...] = ("agent", "tool", "memory")
+WorkerKind = Literal["agent", "tool", "memory", "stats"]
+WORKER_KINDS: tuple[WorkerKind, ...] = ("agent", "tool", "memory", "stats")
 
 
 def build_model(settings: Settings) -> ModelRouter:
@@ -171,10 +174,28 @@ def build_workers(
                 config,
                 metrics=metrics,
             )
-        else:
+        elif kind == "memory":
             worker = Worker(
                 bus, store, catalog, MemoryHandlers(metrics).routes(), config, metrics=metrics
             )
+        else:
+            s = settings.stats
+            stats = StatsHandlers(
+                StatsConfig(
+                    window_s=s.window_s,
+                    grace_s=s.grace_s,
+                    instance=f"{socket.gethostname()}/{os.getpid()}",
+                )
+            )
+            worker = Worker(bus, store, catalog, stats.routes(), config, metrics=metrics)
+            closer = WindowCloser(
+                worker,
+                stats,
+                settings.namespace,
+                catalog.name(Topic.AGENT_RESPONSE),
+                interval_s=min(1.0, s.window_s / 4),
+            )
+            result.extras.append(closer.run(stop))
         result.workers.append(worker)
     return result
 

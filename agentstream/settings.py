@@ -25,6 +25,7 @@ __all__ = [
     "ModelSettings",
     "RuntimeSettings",
     "Settings",
+    "StatsSettings",
     "TopicSettings",
     "load_settings",
 ]
@@ -88,6 +89,19 @@ class AgentSettings(BaseModel):
     )
 
 
+class StatsSettings(BaseModel):
+    """The stats worker's tumbling windows (docs/adr/0011-live-stats.md)."""
+
+    window_s: int = Field(default=60, ge=1, le=3600, description="Window length.")
+    grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How long after its end a window waits for stragglers before it is "
+        "emitted; later events count as late in the window open then.",
+    )
+
+
 class IngressSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -141,6 +155,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
+    stats: StatsSettings = Field(default_factory=StatsSettings)
     tools_module: str | None = Field(
         default=None,
         description="A module with `register(registry)` adding your tools (agent and tool "

@@ -37,7 +37,10 @@ def build_bus(settings: Settings) -> Bus:
 
 def build_store(settings: Settings) -> StateStore:
     if settings.redis_url is not None:
-        return RedisStore(settings.redis_url.get_secret_value())
+        return RedisStore(
+            settings.redis_url.get_secret_value(),
+            max_connections=min(1024, settings.runtime.max_in_flight + 64),
+        )
     if settings.bus == "kafka":
         raise ConfigError(
             "the Kafka bus needs a shared state store: set REDIS_URL "

@@ -62,15 +62,21 @@ return 1
 
 
 class RedisStore:
-    def __init__(self, url: str, *, socket_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, socket_timeout_s: float = 5.0, max_connections: int = 256
+    ) -> None:
         self.url = url
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: with more handlers in flight than connections, a command waits
+        # for a free connection instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=15,
-            max_connections=512,
+            max_connections=max_connections,
+            timeout=socket_timeout_s * 4,
         )
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._commit = self._redis.register_script(_COMMIT)
 
     async def _call(self, awaitable: Any) -> Any:
@@ -88,7 +94,7 @@ class RedisStore:
         await self._call(self._redis.ping())
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def get(self, key: str) -> Versioned:
         version, data = await self._call(self._redis.hmget(key, ["v", "d"]))

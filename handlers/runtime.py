@@ -28,10 +28,10 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from handlers.claims import ClaimCheck
 from handlers.context import Context, Origin
@@ -74,6 +74,10 @@ _RETRY_HEADERS = (
     _ORIGIN_OFFSET,
     _ORIGIN_TIMESTAMP,
 )
+
+
+_SEP = "\x1f"  # between a key and an event id in the parked index (ids are UUIDs)
+T = TypeVar("T")
 
 
 class _CommitConflict(RetryableError):
@@ -151,6 +155,7 @@ class Worker:
             threshold_bytes=config.claim_check_bytes,
             ttl_s=config.claim_ttl_s,
         )
+        self._parked: dict[tuple[str, int], dict[str, set[str]]] = {}
         self._paused_for_budget = False
         self._stopping = False
         self.started = asyncio.Event()
@@ -287,23 +292,24 @@ class Worker:
                 "abandoning %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
             )
             return
-        if outcome[1] is not None and outcome[0] != "retry_later":
-            await self.store.index_remove(*outcome[1])
-        self.metrics.handler_seconds.labels(route.name, outcome[0]).observe(
+        outcome_name, parked_id = outcome
+        if parked_id is not None and outcome_name != "retry_later":
+            await self._until_done(lambda: self._unpark(route, record, parked_id))
+        self.metrics.handler_seconds.labels(route.name, outcome_name).observe(
             time.perf_counter() - started
         )
 
     async def _decide(
         self, record: Record, route: Route, out: list[OutgoingRecord]
-    ) -> tuple[str, tuple[str, str] | None]:
+    ) -> tuple[str, str | None]:
         """Handle ``record``, collecting what to publish into ``out``. Returns the outcome
-        and, for a record from the retry topic, the parked entry to clear once delivered."""
+        and, for a record from the retry topic, the parked event id to clear once delivered."""
         from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
         attempt = int(header(record.headers, _ATTEMPT) or 0)
         if from_retry:
             await self._wait_until_due(record)
         try:
-            resolved = await self._claims.resolve(record)
+            resolved = await self._until_done(lambda: self._claims.resolve(record))
             event = decode(
                 resolved.value,
                 topic=record.topic,
@@ -313,10 +319,9 @@ class Worker:
         except SchemaError as exc:
             await self._dead_letter(record, route, exc, attempt + 1, None, out)
             return "dead_letter", None
-        parked_key = self._parked_key(record)
-        parked = (parked_key, event.id) if from_retry else None
-        if not from_retry and await self._is_parked(parked_key):
-            await self._to_retry(record, route, event, attempt, 0.0, parked_key, out)
+        parked = event.id if from_retry else None
+        if not from_retry and await self._until_done(lambda: self._is_parked(route, record)):
+            await self._to_retry(record, route, event, attempt, 0.0, out)
             return "parked", None
         while True:
             attempt += 1
@@ -347,7 +352,7 @@ class Worker:
                     continue
                 if verdict is Verdict.RETRY_LATER:
                     delay = self.config.retry.delay(exc, attempt, in_place=False)
-                    await self._to_retry(record, route, event, attempt, delay, parked_key, out)
+                    await self._to_retry(record, route, event, attempt, delay, out)
                     return "retry_later", parked
                 await self._dead_letter(record, route, exc, attempt, event, out)
                 return "dead_letter", parked
@@ -365,23 +370,50 @@ class Worker:
         """Run ``produce`` once per ``mark_id``: commit its writes with its outbox; add its
         outputs to ``out``. A mark that exists already gives back the recorded outputs."""
         mark_key = self._mark_key(mark_id)
-        stored = await self.store.fetch(mark_key)
-        if stored is not None:
-            self.metrics.duplicates.labels(handler_name).inc()
-            out += self._encode(_outbox_events(stored))
-            return
         ctx = self._context(record, attempt, partition)
+        # The dedup mark is not read first: the commit checks it anyway, and duplicates are
+        # rare, so the mark is read only when the commit (or the handler) fails.
         try:
-            outputs = list(await produce(ctx))
-        except SkipEvent:
-            outputs = []
+            try:
+                outputs = list(await produce(ctx))
+            except SkipEvent:
+                outputs = []
+        except Exception:
+            if await self._replay_if_done(mark_key, handler_name, out):
+                return
+            raise
         outbox = _outbox_bytes(outputs)
         committed = await self.store.commit(
             expect=ctx.reads, ops=ctx.ops, mark=(mark_key, outbox, self.config.dedup_ttl_s)
         )
         if not committed:
+            if await self._replay_if_done(mark_key, handler_name, out):
+                return
             raise _CommitConflict(f"state changed while handling {mark_id}; handling again")
         out += self._encode(outputs)
+
+    async def _replay_if_done(
+        self, mark_key: str, handler_name: str, out: list[OutgoingRecord]
+    ) -> bool:
+        """Whether the event was handled before; if so its recorded outputs go to ``out``
+        (the same bytes as the first time, so consumers drop them as duplicates)."""
+        stored = await self.store.fetch(mark_key)
+        if stored is None:
+            return False
+        self.metrics.duplicates.labels(handler_name).inc()
+        out += self._encode(_outbox_events(stored))
+        return True
+
+    async def _until_done(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run a store step that must not fail the event: a passing outage (Redis down) is
+        waited out with backoff, the record staying in flight meanwhile."""
+        for attempt in range(1, 1_000_000):
+            try:
+                return await step()
+            except RetryableError as exc:
+                log.warning("store step failed (attempt %d), retrying: %s", attempt, exc)
+                await asyncio.sleep(self._backoff(exc, attempt))
+        raise AssertionError("unreachable")
 
     def _context(self, record: Record | None, attempt: int, partition: int = -1) -> Context:
         origin = Origin(
@@ -429,12 +461,48 @@ class Worker:
     def _mark_key(self, mark_id: str) -> str:
         return f"{self.config.namespace}:done:{self.config.group_id}:{mark_id}"
 
-    def _parked_key(self, record: Record) -> str:
-        key = (record.key or b"").decode(errors="replace")
-        return f"{self.config.namespace}:parked:{self.config.group_id}:{key}"
+    def _parked_index(self, route: Route, partition: int) -> str:
+        return (
+            f"{self.config.namespace}:parked:{self.config.group_id}:{route.topic.value}:{partition}"
+        )
 
-    async def _is_parked(self, parked_key: str) -> bool:
-        return bool(await self.store.index_range(parked_key, limit=1))
+    async def _parked_keys(self, route: Route, partition: int) -> dict[str, set[str]]:
+        """Keys of ``partition`` with events waiting in the retry topic, loaded from the
+        store once per assignment and kept in memory (only this member parks or unparks
+        them while it owns the partition)."""
+        slot = (route.topic.value, partition)
+        parked = self._parked.get(slot)
+        if parked is None:
+            parked = {}
+            for member, _ in await self.store.index_range(
+                self._parked_index(route, partition), limit=1_000_000
+            ):
+                key, _, event_id = member.rpartition(_SEP)
+                parked.setdefault(key, set()).add(event_id)
+            self._parked[slot] = parked
+        return parked
+
+    async def _is_parked(self, route: Route, record: Record) -> bool:
+        parked = await self._parked_keys(route, record.partition)
+        return bool(parked.get(_key_text(record)))
+
+    async def _park(self, route: Route, record: Record, event_id: str) -> None:
+        key = _key_text(record)
+        await self.store.index_add(
+            self._parked_index(route, record.partition), f"{key}{_SEP}{event_id}", time.time()
+        )
+        (await self._parked_keys(route, record.partition)).setdefault(key, set()).add(event_id)
+
+    async def _unpark(self, route: Route, record: Record, event_id: str) -> None:
+        key = _key_text(record)
+        await self.store.index_remove(
+            self._parked_index(route, record.partition), f"{key}{_SEP}{event_id}"
+        )
+        parked = await self._parked_keys(route, record.partition)
+        waiting = parked.get(key, set())
+        waiting.discard(event_id)
+        if not waiting:
+            parked.pop(key, None)
 
     async def _wait_until_due(self, record: Record) -> None:
         due_ms = int(header(record.headers, _DUE) or 0)
@@ -449,7 +517,6 @@ class Worker:
         event: Envelope[Any],
         attempt: int,
         delay_s: float,
-        parked_key: str,
         out: list[OutgoingRecord],
     ) -> None:
         """Move the event to the ``.retry`` topic, parking its key until it is settled."""
@@ -465,7 +532,7 @@ class Worker:
         ]
         # Park before publishing: a crash in between leaves the key parked (safe: later
         # events follow into the retry topic); the other way round one could overtake.
-        await self.store.index_add(parked_key, event.id, time.time())
+        await self._until_done(lambda: self._park(route, record, event.id))
         retry_topic = self.catalog.name(route.topic, Kind.RETRY)
         out.append(OutgoingRecord(retry_topic, record.value, record.key, tuple(headers)))
         self.metrics.retries.labels(record.topic, route.name, "retry_topic").inc()
@@ -611,6 +678,9 @@ class Worker:
         await self._delivery.release(revoked)
         for tp in revoked:
             self._offsets.pop(tp, None)
+            route = self._routes.get(tp.topic)
+            if route is not None:
+                self._parked.pop((route.topic.value, tp.partition), None)
 
     def _job_revoked(self, job: Job, revoked: set[tuple[str, int]]) -> bool:
         return any(p == job.partition for _, p in revoked)
@@ -630,6 +700,10 @@ class Worker:
         await self._delivery.close()
         await consumer.stop()
         self._consumer = None
+
+
+def _key_text(record: Record) -> str:
+    return (record.key or b"").decode(errors="replace")
 
 
 def _origin(record: Record) -> tuple[str, int, int, int]:

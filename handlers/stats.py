@@ -1,0 +1,393 @@
+"""The stats worker: live per-window counts, latency percentiles, errors and cost per tenant,
+per tool and per model, published to ``agent_stats`` for dashboards.
+
+It consumes ``user_request`` (when a request started), ``agent_response`` (one *fact* per
+request: status, latency, model, tokens, cost) and ``tool_result`` (one fact per tool call:
+ok or not, duration), and files each fact under its partition and tumbling window in the
+state store:
+
+- ``stats:start:<request_id>``: when the request started (with a TTL).
+- ``stats:<partition>:facts:<window>``: the window's facts, an index whose members are the
+  facts themselves, each naming its event. Index additions are unconditional, so the many
+  lanes of one partition never conflict on a shared aggregate, and a fact is committed
+  atomically with its event's dedup mark: it counts once.
+- ``stats:<partition>:windows``: the partition's open windows, scored by when they are due
+  (window end plus the grace period).
+- ``stats:<partition>:sealed``: where the partition's closed windows end, a versioned value
+  that every fact handler reads.
+
+:class:`WindowCloser` submits one job per due (partition, window) into a lane of the
+partition. The job *seals* the window first, on its own commit: a fact handler that read the
+old seal then fails its commit and runs again, now seeing the window closed. Only then does
+the job read the window's facts, complete by now, and return one ``agent_stats`` event per
+dimension value, removing the facts in the same commit as its mark, so the emission happens
+once; a rerun after a crash seals again (a no-op) and emits the same events with the same
+ids. A fact whose window is sealed already is *late*: it counts in the window open when it
+is processed, and in that window's ``late``.
+
+Every event is a partial, one partition's view of a row; consumers add partials up with
+:func:`schemas.merge_stats`. See docs/adr/0011-live-stats.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from handlers.context import Context
+from handlers.route import Job, Route
+from handlers.runtime import Worker
+from handlers.store import Put, StateStore
+from schemas import (
+    ALL_TENANTS,
+    AgentResponse,
+    AgentStats,
+    AgentStatsData,
+    Envelope,
+    LatencyStats,
+    ResponseStatus,
+    StatsCounts,
+    StatsDimension,
+    ToolResult,
+    Usage,
+    UserRequest,
+    derive_id,
+    stats_key,
+)
+from topics import Topic
+
+__all__ = ["StatsConfig", "StatsHandlers", "WindowCloser"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "stats-worker"
+#: Facts read per (partition, window); far above what one partition handles in a window.
+_MAX_FACTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    window_s: int = 60
+    grace_s: float = 10.0
+    #: Who emits (``instances`` of the events): host and process, for operators.
+    instance: str = SOURCE
+    #: How long a request's start time waits for the response.
+    start_ttl_s: int = 24 * 3600
+
+    def window_of(self, epoch_s: float) -> int:
+        """The start (epoch seconds) of the window holding ``epoch_s``."""
+        return math.floor(epoch_s / self.window_s) * self.window_s
+
+
+class _Start(BaseModel):
+    at: datetime
+
+
+class _Sealed(BaseModel):
+    #: Epoch seconds: every window starting before this is closed.
+    until: int
+
+
+class _Fact(BaseModel):
+    """One request or tool call as filed under its window; ``id`` (its event's) keeps the
+    index members distinct."""
+
+    id: str
+    kind: Literal["request", "tool"]
+    tenant: str
+    status: ResponseStatus | None = None
+    model: str | None = None
+    tool: str | None = None
+    ok: bool | None = None
+    latency_ms: float | None = None
+    usage: Usage | None = None
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The store keys of one partition's windows."""
+
+    namespace: str
+    partition: int
+
+    @property
+    def windows(self) -> str:
+        return f"{self.namespace}:stats:{self.partition}:windows"
+
+    @property
+    def sealed(self) -> str:
+        return f"{self.namespace}:stats:{self.partition}:sealed"
+
+    def facts(self, start: int) -> str:
+        return f"{self.namespace}:stats:{self.partition}:facts:{start}"
+
+
+@dataclass
+class _Row:
+    """One (dimension, value) of a window while it is being added up."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def add(self, fact: _Fact, *, timing: bool) -> None:
+        if fact.kind == "request":
+            outcome = str(fact.status)
+        else:
+            outcome = "tool_ok" if fact.ok else "tool_error"
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        if fact.late:
+            self.counts["late"] = self.counts.get("late", 0) + 1
+        if timing and fact.latency_ms is not None:
+            self.samples.append(fact.latency_ms)
+        if fact.kind == "request" and fact.usage is not None:
+            self.usage = self.usage + fact.usage
+
+
+def _aggregate(facts: Iterable[_Fact]) -> dict[tuple[StatsDimension, str], _Row]:
+    """The rows of a window's facts: a request counts for its tenant and its model (with its
+    latency, tokens and cost), a tool call for its tenant and its tool (with its duration in
+    the tool row only). A request that never reached a model has no model row."""
+    rows: dict[tuple[StatsDimension, str], _Row] = {}
+
+    def row(dimension: StatsDimension, value: str) -> _Row:
+        return rows.setdefault((dimension, value[:200]), _Row())
+
+    for fact in facts:
+        if fact.kind == "request":
+            row("tenant", fact.tenant).add(fact, timing=True)
+            if fact.model:
+                row("model", fact.model).add(fact, timing=True)
+        else:
+            row("tenant", fact.tenant).add(fact, timing=False)
+            row("tool", fact.tool or "unknown").add(fact, timing=True)
+    return rows
+
+
+class StatsHandlers:
+    """The routes of the stats worker, and the closing of one window (see the module doc)."""
+
+    def __init__(self, config: StatsConfig) -> None:
+        self.config = config
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(Topic.USER_REQUEST, self.on_user_request, "stats.user_request"),
+            Route(Topic.AGENT_RESPONSE, self.on_agent_response, "stats.agent_response"),
+            Route(Topic.TOOL_RESULT, self.on_tool_result, "stats.tool_result"),
+        ]
+
+    # -- facts --------------------------------------------------------------------------
+
+    async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        start = _Start(at=event.time)
+        ctx.save(ctx.key("stats", "start", event.request_id), start, self.config.start_ttl_s)
+        return []
+
+    async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
+        start_key = ctx.key("stats", "start", event.request_id)
+        start = await ctx.load(start_key, _Start)
+        latency_ms = None
+        if start is not None:
+            latency_ms = round(max(0.0, (event.time - start.at).total_seconds() * 1000), 3)
+            ctx.delete(start_key)
+        d = event.data
+        fact = _Fact(
+            id=event.id,
+            kind="request",
+            tenant=event.tenant,
+            status=d.status,
+            model=d.model,
+            latency_ms=latency_ms,
+            usage=d.usage,
+        )
+        await self._file(fact, event.time, ctx)
+        return []
+
+    async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
+        d = event.data
+        fact = _Fact(
+            id=event.id,
+            kind="tool",
+            tenant=event.tenant,
+            tool=d.tool,
+            ok=d.ok,
+            latency_ms=None if d.duration_ms is None else round(d.duration_ms, 3),
+        )
+        await self._file(fact, event.time, ctx)
+        return []
+
+    async def _file(self, fact: _Fact, at: datetime, ctx: Context) -> None:
+        """Add ``fact`` to the window of ``at`` (never later than now), or as late to the
+        window open now when that one is sealed."""
+        keys = _Keys(ctx.namespace, ctx.origin.partition)
+        now = ctx.now().timestamp()
+        sealed = await ctx.load(keys.sealed, _Sealed)
+        until = sealed.until if sealed else 0
+        w = self.config.window_s
+        start = self.config.window_of(min(at.timestamp(), now))
+        if start < until:
+            fact = fact.model_copy(update={"late": True})
+            start = max(self.config.window_of(now), -(-until // w) * w)
+        member = fact.model_dump_json(exclude_none=True, exclude_defaults=True)
+        ctx.index_add(keys.facts(start), member, at.timestamp())
+        ctx.index_add(keys.windows, str(start), start + w + self.config.grace_s)
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def close(self, partition: int, start: int, ctx: Context) -> list[Envelope[Any]]:
+        """Seal the window ``start`` of ``partition`` and return its ``agent_stats`` events.
+
+        Runs as a job (its mark makes it happen once); the seal is committed on its own,
+        before the facts are read, so no fact can be added after the read."""
+        keys = _Keys(ctx.namespace, partition)
+        end = start + self.config.window_s
+        await _seal(ctx.store, keys.sealed, end)
+        members = await ctx.store.index_range(keys.facts(start), limit=_MAX_FACTS)
+        if len(members) >= _MAX_FACTS:
+            log.warning("window %d of partition %d has too many facts; some stay", start, partition)
+        facts = [_Fact.model_validate_json(member) for member, _ in members]
+        for member, _ in members:
+            ctx.index_remove(keys.facts(start), member)
+        ctx.index_remove(keys.windows, str(start))
+        rows = _aggregate(facts)
+        return [
+            self._event(partition, start, end, dimension, value, rows[(dimension, value)])
+            for dimension, value in sorted(rows)
+        ]
+
+    def _event(
+        self,
+        partition: int,
+        start: int,
+        end: int,
+        dimension: StatsDimension,
+        value: str,
+        row: _Row,
+    ) -> AgentStats:
+        window_start = datetime.fromtimestamp(start, UTC)
+        key = stats_key(window_start, dimension, value)
+        counts = StatsCounts.model_validate(row.counts)
+        return AgentStats(
+            id=derive_id(f"agent_stats/{partition}/{start}", f"{dimension}/{value}"),
+            source=SOURCE,
+            request_id=key,
+            conversation_id=key,
+            tenant=value if dimension == "tenant" else ALL_TENANTS,
+            data=AgentStatsData(
+                window_start=window_start,
+                window_end=datetime.fromtimestamp(end, UTC),
+                dimension=dimension,
+                value=value,
+                counts=counts,
+                errors=counts.failed + counts.timed_out + counts.tool_error,
+                latency=LatencyStats.of(row.samples),
+                usage=row.usage,
+                instances=[self.config.instance],
+                partitions=[partition],
+            ),
+        )
+
+
+async def _seal(store: StateStore, key: str, until: int) -> None:
+    """Move the seal at ``key`` to ``until`` unless it is there already. Only closing jobs
+    of the partition write it, one after another in its lane, so the loop ends at once."""
+    while True:
+        current = await store.get(key)
+        if current.value is not None and _Sealed.model_validate_json(current.value).until >= until:
+            return
+        value = _Sealed(until=until).model_dump_json().encode()
+        if await store.commit(expect={key: current.version}, ops=[Put(key, value)]):
+            return
+
+
+class WindowCloser:
+    """Emits the windows that are due.
+
+    Every ``interval_s`` it looks up the due windows of the partitions this worker owns on
+    ``topic_name`` (``agent_response``: one owner per partition number in the group) and
+    submits one job per (partition, window) into the partition's own lane; the job's mark
+    makes the emission happen once, whoever runs it. A job that never started (abandoned
+    on a rebalance) is submitted again after ``resubmit_after_s``.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        handlers: StatsHandlers,
+        namespace: str,
+        topic_name: str,
+        interval_s: float = 1.0,
+        resubmit_after_s: float = 30.0,
+    ) -> None:
+        self.worker = worker
+        self.handlers = handlers
+        self.namespace = namespace
+        self.topic_name = topic_name
+        self.interval_s = interval_s
+        self.resubmit_after_s = resubmit_after_s
+        self._pending: dict[str, float] = {}
+        self._running: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.worker.started.wait()
+        while not stop.is_set():
+            try:
+                await self.sweep()
+            except Exception as exc:  # the store may be down for a while
+                log.warning("stats window sweep failed: %r", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+
+    async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
+        """Submit (or, with ``wait``, run one by one) the closing of every due window of
+        ``partitions`` (default: those this worker owns). Returns how many are due."""
+        now = self.worker.now().timestamp()
+        owned = self.worker.owned_partitions(self.topic_name)
+        due: set[str] = set()
+        for partition in sorted(owned if partitions is None else partitions):
+            keys = _Keys(self.namespace, partition)
+            windows = await self.worker.store.index_range(keys.windows, max_score=now)
+            for member, _ in sorted(windows, key=lambda item: int(item[0])):
+                tag = f"{partition}:{member}"
+                due.add(tag)
+                submitted = self._pending.get(tag)
+                if tag in self._running or (
+                    submitted is not None and time.monotonic() - submitted < self.resubmit_after_s
+                ):
+                    continue
+                self._pending[tag] = time.monotonic()
+                job = Job(
+                    key=f"stats:{partition}".encode(),
+                    partition=partition,
+                    mark_id=f"stats:{partition}:{member}",
+                    name="stats.close",
+                    run=self._closing(partition, int(member), tag),
+                )
+                if wait:
+                    await self.worker.run_job(job)
+                else:
+                    self.worker.submit_job(job)
+        self._pending = {tag: at for tag, at in self._pending.items() if tag in due}
+        return len(due)
+
+    def _closing(self, partition: int, start: int, tag: str) -> Any:
+        async def run(ctx: Context) -> Sequence[Envelope[Any]]:
+            self._pending.pop(tag, None)
+            self._running.add(tag)
+            try:
+                return await self.handlers.close(partition, start, ctx)
+            finally:
+                self._running.discard(tag)
+
+        return run
