@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 
 from agents.messages import Message, ModelReply
 from agents.model import ToolSpec
@@ -28,20 +29,34 @@ CACHE_KEY_VERSION = 1
 
 def cache_key(model_name: str, messages: Sequence[Message], tools: Sequence[ToolSpec]) -> str:
     """The hex SHA-256 that identifies one model call by everything the model sees."""
-    canonical = json.dumps(
-        {
-            "v": CACHE_KEY_VERSION,
-            "model": model_name,
-            "messages": [m.model_dump(mode="json", exclude_defaults=True) for m in messages],
-            "tools": sorted(
-                (t.model_dump(mode="json") for t in tools), key=lambda spec: str(spec["name"])
-            ),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
+    # The canonical JSON of {"v", "model", "messages", "tools"} with sorted keys, assembled
+    # from its parts so the tools' part (the bulk of it, and the same for every call) is
+    # dumped once per tool set.
+    canonical = "".join(
+        (
+            '{"messages":',
+            _canonical([m.model_dump(mode="json", exclude_defaults=True) for m in messages]),
+            ',"model":',
+            _canonical(model_name),
+            ',"tools":',
+            _tools_json(tuple(tools)),
+            ',"v":',
+            _canonical(CACHE_KEY_VERSION),
+            "}",
+        )
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@lru_cache(maxsize=64)
+def _tools_json(tools: tuple[ToolSpec, ...]) -> str:
+    """The canonical JSON of ``tools`` sorted by name (a stable sort, as it always was)."""
+    dumped = sorted((t.model_dump(mode="json") for t in tools), key=lambda spec: str(spec["name"]))
+    return _canonical(dumped)
 
 
 def encode_reply(reply: ModelReply) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from agents.keywords import STOP_WORDS
@@ -86,7 +87,7 @@ _WORDS_IN = re.compile(
     r"(?:how many words|count (?:the )?words|word count)\b[^\"'“:]*[\"'“:]\s*(?P<text>.+?)[\"'”]?$",
     re.IGNORECASE,
 )
-_ARITHMETIC_WORDS: list[tuple[str, str]] = [
+_ARITHMETIC_RULES: list[tuple[str, str]] = [
     (r"(\d+(?:\.\d+)?)\s*(?:%|percent)\s+of\s+", r"(\1/100)*"),
     (r"\bsquare root of\s*", "sqrt "),
     (r"\bsqrt of\s*", "sqrt "),
@@ -107,6 +108,13 @@ _ARITHMETIC_WORDS: list[tuple[str, str]] = [
     (r"(?<=\d),(?=\d{3}\b)", ""),
     (r"\$\s*(?=\d)", ""),
 ]
+_ARITHMETIC_WORDS = [(re.compile(pattern), sub) for pattern, sub in _ARITHMETIC_RULES]
+_DIGIT = re.compile(r"\d")
+#: Every expression has a digit: in the text, or from one of the words these rules turn
+#: into a number ("squared" gives ``**2``, "half" ``0.5*``...).
+_MAY_HAVE_NUMBER = re.compile(r"\d|squared|cubed|double|twice|triple|half")
+_TRAILING_OPERATORS = re.compile(r"[-+*/%^,\s]+$")
+_LEADING_GLUE = re.compile(r"^(?:and\s+)?(?:that\s+)?", re.IGNORECASE)
 _SPAN = re.compile(r"(?:\d+(?:\.\d+)?|sqrt|abs|round|min|max|log|pi|\*\*|[-+*/%()^,]|\s)+")
 _OPERATION = re.compile(
     r"[\d)]\s*(?:\*\*|//|[-+*/%^])\s*[-(\d]|\b(?:sqrt|abs|round|min|max|log)\s*\("
@@ -135,19 +143,27 @@ _NOT_KEY = STOP_WORDS | {
     "today",
 }
 _ZONE_NAMES = sorted((n for n in CITY_ZONES if len(n) > 1), key=len, reverse=True)
+#: Every zone name at once, longest first so "new delhi" wins over "delhi". Matched against
+#: the lower-cased text (not with IGNORECASE) so positions and matches are what one
+#: ``finditer`` per name used to give.
+_ZONE_NAME = re.compile(
+    rf"(?<![\w/])(?:{'|'.join(re.escape(name) for name in _ZONE_NAMES)})(?![\w/])"
+)
 _IANA = re.compile(r"\b[A-Z][A-Za-z]+/[A-Za-z_]+(?:/[A-Za-z_]+)?\b")
 
 
 def expression_in(text: str) -> str | None:
     """The arithmetic expression in ``text`` ("what is 12 times 7?" gives ``12 * 7``), if any."""
     normalized = text.lower()
+    if _MAY_HAVE_NUMBER.search(normalized) is None:
+        return None
     for pattern, replacement in _ARITHMETIC_WORDS:
-        normalized = re.sub(pattern, replacement, normalized)
+        normalized = pattern.sub(replacement, normalized)
     spans = [m.group().strip(" ,") for m in _SPAN.finditer(normalized)]
-    found = [s for s in spans if _OPERATION.search(s) and re.search(r"\d", s)]
+    found = [s for s in spans if _OPERATION.search(s) and _DIGIT.search(s)]
     if not found:
         return None
-    expression = re.sub(r"[-+*/%^,\s]+$", "", max(found, key=len))
+    expression = _TRAILING_OPERATORS.sub("", max(found, key=len))
     return _spaced(expression)
 
 
@@ -195,9 +211,31 @@ def zones_in(text: str) -> list[str]:
         found.append((match.start(), match.group()))
         taken.append(range(match.start(), match.end()))
     lower = text.lower()
-    for name in _ZONE_NAMES:
-        for match in re.finditer(rf"(?<![\w/]){re.escape(name)}(?![\w/])", lower):
-            if not any(match.start() in r or match.end() - 1 in r for r in taken):
+    names = list(_ZONE_NAME.finditer(lower))
+    if taken and any(_overlaps(m, taken) for m in names):
+        # An IANA name overlaps a city only when lower-casing moved the positions (a few
+        # non-ASCII letters lengthen): keep the exact longest-name-first reading then.
+        return _zones_by_name(found, taken, lower)
+    # Zone names cannot partly overlap each other (a unit test checks it), so the one
+    # leftmost-longest scan finds exactly what a longest-name-first search would.
+    found += [(match.start(), CITY_ZONES[match.group()]) for match in names]
+    return [zone for _, zone in sorted(found)]
+
+
+def _overlaps(match: re.Match[str], taken: list[range]) -> bool:
+    return any(match.start() in r or match.end() - 1 in r for r in taken)
+
+
+@lru_cache(maxsize=1)
+def _zone_name_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    return [(name, re.compile(rf"(?<![\w/]){re.escape(name)}(?![\w/])")) for name in _ZONE_NAMES]
+
+
+def _zones_by_name(found: list[tuple[int, str]], taken: list[range], lower: str) -> list[str]:
+    """:func:`zones_in`'s names one at a time, longest first: the rare, slow, exact path."""
+    for name, pattern in _zone_name_patterns():
+        for match in pattern.finditer(lower):
+            if not _overlaps(match, taken):
                 found.append((match.start(), CITY_ZONES[name]))
                 taken.append(range(match.start(), match.end()))
     return [zone for _, zone in sorted(found)]
@@ -235,9 +273,14 @@ def _units(clause: str) -> dict[str, str | float] | None:
 def substitute_memory(text: str, values: dict[str, str]) -> str:
     """``text`` with each "my <key>" replaced by its value: "my budget x 3" -> "1200 x 3"."""
     for key, value in values.items():
-        words = r"\s+".join(re.escape(w) for w in key.split())
-        text = re.sub(rf"\bmy\s+{words}\b", value, text, flags=re.IGNORECASE)
+        text = _memory_pattern(key).sub(value, text)
     return text
+
+
+@lru_cache(maxsize=256)
+def _memory_pattern(key: str) -> re.Pattern[str]:
+    words = r"\s+".join(re.escape(w) for w in key.split())
+    return re.compile(rf"\bmy\s+{words}\b", re.IGNORECASE)
 
 
 def _classify(clause: str, question: bool) -> Ask:
@@ -248,7 +291,7 @@ def _classify(clause: str, question: bool) -> Ask:
     if len(clause) > _MAX_CLAUSE:  # bounds the regex work on hostile input
         return Ask("chat", clause)
     if _STATEMENT.match(clause) and not question:
-        fact = re.sub(r"^(?:and\s+)?(?:that\s+)?", "", clause, flags=re.IGNORECASE)
+        fact = _LEADING_GLUE.sub("", clause)
         return Ask("remember", clause, {"fact": fact.strip()})
     zones = zones_in(clause)
     at = _clock_time(clause)

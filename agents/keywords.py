@@ -9,6 +9,7 @@ plural ``s``; stop words (``what``, ``is``, ``my``...) are dropped.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = ["STOP_WORDS", "keywords", "stem", "words"]
 
@@ -28,11 +29,25 @@ STOP_WORDS = frozenset(
 
 _TRIM = "'\u2019-_"
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\u2019_-]*")
+#: Texts up to this long have their words and keywords remembered: memory keys and values
+#: are read again by every recall.
+_CACHED_TEXT_MAX = 512
 
 
 def words(text: str) -> list[str]:
     """The lower-case words of ``text``, punctuation dropped, in order."""
+    if len(text) <= _CACHED_TEXT_MAX:
+        return list(_cached_words(text))
+    return _words(text)
+
+
+def _words(text: str) -> list[str]:
     return [w.strip(_TRIM) for w in _WORD.findall(text.lower()) if w.strip(_TRIM)]
+
+
+@lru_cache(maxsize=2048)
+def _cached_words(text: str) -> tuple[str, ...]:
+    return tuple(_words(text))
 
 
 def stem(word: str) -> str:
@@ -46,9 +61,20 @@ def stem(word: str) -> str:
 
 def keywords(text: str) -> list[str]:
     """The stemmed non-stop words of ``text``, first occurrence order, no duplicates."""
+    if len(text) <= _CACHED_TEXT_MAX:
+        return list(_cached_keywords(text))
+    return _keywords(text)
+
+
+def _keywords(text: str) -> list[str]:
     seen: dict[str, None] = {}
     for word in words(text):
         if word in STOP_WORDS or (len(word) < 2 and not word.isdigit()):
             continue
         seen.setdefault(stem(word), None)
     return list(seen)
+
+
+@lru_cache(maxsize=2048)
+def _cached_keywords(text: str) -> tuple[str, ...]:
+    return tuple(_keywords(text))

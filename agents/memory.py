@@ -50,6 +50,7 @@ _COMMAND = re.compile(
     re.IGNORECASE,
 )
 _OWNER = re.compile(r"^(?:that\s+)?(?:my|our|the user'?s|user'?s|the|your)\s+", re.IGNORECASE)
+_LEADING_THAT = re.compile(r"^that\s+", re.IGNORECASE)
 _IS = re.compile(r"^(?P<key>[^.?!]{1,60}?)\s+(?:is|are|was|=)\s+(?P<value>.+)$", re.IGNORECASE)
 _APOSTROPHE_S = re.compile(r"^(?P<key>[^.?!']{1,60}?)['\u2019]s\s+(?P<value>.+)$", re.IGNORECASE)
 _FIRST_PERSON: list[tuple[re.Pattern[str], str]] = [
@@ -130,7 +131,7 @@ def parse_fact(text: str) -> tuple[str, str]:
     free text ("I like green tea") is keyed by its keywords and keeps the whole text as value.
     """
     statement = _COMMAND.sub("", text.strip()).strip().rstrip(".!? ")
-    statement = re.sub(r"^that\s+", "", statement, flags=re.IGNORECASE)
+    statement = _LEADING_THAT.sub("", statement)
     for pattern, key in _FIRST_PERSON:
         found = pattern.match(statement)
         if found:

@@ -43,6 +43,12 @@ class ToolSpec(BaseModel):
     description: str
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # Equal specs have equal names and descriptions, so this agrees with ``==`` (which
+        # compares the parameters too) while staying cheap: a tuple of specs can key a cache
+        # of their JSON. The parameters must not be changed in place (the spec is frozen).
+        return hash((self.name, self.description))
+
     def openai_format(self) -> dict[str, JsonValue]:
         """The ``tools`` entry of an OpenAI chat-completions request."""
         return {

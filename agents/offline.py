@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from pydantic import JsonValue
 
@@ -60,6 +61,29 @@ def _signature(name: str, arguments: dict[str, JsonValue]) -> str:
     return json.dumps([name, arguments], sort_keys=True, ensure_ascii=False)
 
 
+@lru_cache(maxsize=64)
+def _tools_tokens(tools: tuple[ToolSpec, ...]) -> int:
+    """The prompt tokens of the tool specs: the same for every call with the same tools."""
+    return count_tokens(json.dumps([t.model_dump(mode="json") for t in tools], sort_keys=True))
+
+
+_PARSED_TEXT_MAX = 4_000  # longer messages are parsed every time rather than kept
+
+
+@lru_cache(maxsize=256)
+def _cached_asks(text: str) -> tuple[Ask, ...]:
+    return tuple(parse_asks(text))
+
+
+def _asks(text: str) -> list[Ask]:
+    """``parse_asks(text)``, remembered: every step of a run reads the same user message."""
+    if not text.strip():
+        return [Ask("chat", "")]
+    if len(text) > _PARSED_TEXT_MAX:
+        return parse_asks(text)
+    return list(_cached_asks(text))
+
+
 def _first_number(text: str) -> str | None:
     match = _NUMBER.search(text)
     return match.group().replace(",", "") if match else None
@@ -86,9 +110,7 @@ class OfflineModel:
             await asyncio.sleep(self.latency_s)
         turn = _Turn(messages, {tool.name for tool in tools})
         calls = turn.next_calls()
-        prompt = sum(message_tokens(m) for m in messages) + count_tokens(
-            json.dumps([t.model_dump(mode="json") for t in tools], sort_keys=True)
-        )
+        prompt = sum(message_tokens(m) for m in messages) + _tools_tokens(tuple(tools))
         if calls:
             digest = hashlib.sha256(
                 json.dumps([m.model_dump(mode="json") for m in messages], sort_keys=True).encode()
@@ -121,7 +143,7 @@ class _Turn:
     def __init__(self, messages: Sequence[Message], offered: set[str]) -> None:
         last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
         self.text = (messages[last_user].content or "") if last_user >= 0 else ""
-        self.asks = parse_asks(self.text) if self.text.strip() else [Ask("chat", "")]
+        self.asks = _asks(self.text)
         self.offered = offered
         invoked: dict[str, ToolInvocation] = {}
         self.outcomes: dict[str, ToolOutcome] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from schemas import ToolRejected
@@ -114,11 +114,7 @@ def _iana_names() -> dict[str, str]:
 
 def resolve_zone(name: str) -> ZoneInfo:
     """The zone called ``name``: IANA (any case), a known city, or an abbreviation."""
-    text = " ".join(name.strip().replace("_", " ").split()).lower()
-    iana = CITY_ZONES.get(text)
-    if iana is None:
-        names = _iana_names()
-        iana = names.get(name.strip().lower()) or names.get(text.replace(" ", "_"))
+    iana = _iana_name(name)
     if iana is None:
         raise UnknownZone(
             f"unknown time zone {name!r}: use an IANA name such as 'Europe/Paris' or a city"
@@ -127,3 +123,14 @@ def resolve_zone(name: str) -> ZoneInfo:
         return ZoneInfo(iana)
     except ZoneInfoNotFoundError:
         raise UnknownZone(f"time zone {iana!r} is not in this system's tz database") from None
+
+
+@lru_cache(maxsize=1024)
+def _iana_name(name: str) -> str | None:
+    """The IANA name ``name`` stands for, if any (before asking the tz database for it)."""
+    text = " ".join(name.strip().replace("_", " ").split()).lower()
+    iana = CITY_ZONES.get(text)
+    if iana is None:
+        names = _iana_names()
+        iana = names.get(name.strip().lower()) or names.get(text.replace(" ", "_"))
+    return iana

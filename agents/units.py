@@ -9,6 +9,7 @@ writes them. Converting across dimensions or naming an unknown unit raises
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 from schemas import ToolRejected
@@ -80,8 +81,10 @@ for _symbol, _dimension, _factor, _names in _TABLE:
     _unit = Unit(_symbol, _dimension, _factor)
     for _name in (_symbol, *_names):
         _UNITS[_name.lower()] = _unit
+_KNOWN = ", ".join(sorted({u.symbol for u in _UNITS.values()}))
 
 
+@lru_cache(maxsize=1024)
 def _normalize(name: str) -> str:
     text = " ".join(name.strip().lower().replace("°", " ").split())
     for prefix in ("degrees ", "degree ", "deg "):
@@ -99,8 +102,7 @@ def parse_unit(name: str) -> Unit:
     """The unit named ``name``; :class:`ConversionError` when there is none."""
     unit = _UNITS.get(_normalize(name))
     if unit is None:
-        known = ", ".join(sorted({u.symbol for u in _UNITS.values()}))
-        raise ConversionError(f"unknown unit {name!r} (known: {known})")
+        raise ConversionError(f"unknown unit {name!r} (known: {_KNOWN})")
     return unit
 
 
