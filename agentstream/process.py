@@ -154,7 +154,8 @@ def build_workers(
                     max_steps=a.max_steps,
                     deadline_s=a.deadline_s,
                     history_budget_tokens=a.history_budget_tokens,
-                    cache=settings.model.cache,
+                    # The offline model answers faster than a cache lookup would.
+                    cache=settings.model.cache and settings.model.provider != "offline",
                     cache_ttl_s=settings.model.cache_ttl_s,
                 ),
                 metrics,

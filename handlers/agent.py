@@ -155,10 +155,11 @@ class AgentHandlers:
     # -- events -------------------------------------------------------------------------
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        conv_key = ctx.key("conv", event.conversation_id)
+        await ctx.prefetch(ctx.key("run", event.request_id), conv_key)
         if await ctx.load(ctx.key("run", event.request_id), RunState) is not None:
             log.info("request %s already started; duplicate user_request ignored", event.request_id)
             return []
-        conv_key = ctx.key("conv", event.conversation_id)
         conv = await ctx.load(conv_key, ConversationState) or ConversationState()
         if conv.active is not None and conv.active != event.request_id:
             if all(w.request_id != event.request_id for w in conv.waiting):
@@ -169,6 +170,7 @@ class AgentHandlers:
 
     async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
         run_key = ctx.key("run", event.request_id)
+        await ctx.prefetch(run_key, ctx.key("conv", event.conversation_id))
         state = await ctx.load(run_key, RunState)
         if state is None or state.status != "running":
             return []  # a late result of a finished run

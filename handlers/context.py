@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from handlers.store import Delete, IndexAdd, IndexRemove, Op, Put, StateStore
+from handlers.store import Delete, IndexAdd, IndexRemove, Op, Put, StateStore, Versioned
 
 __all__ = ["Context", "Origin"]
 
@@ -50,17 +50,25 @@ class Context:
     reads: dict[str, int] = field(default_factory=dict)
     ops: list[Op] = field(default_factory=list)
     _staged: dict[str, bytes | None] = field(default_factory=dict)
+    _prefetched: dict[str, Versioned] = field(default_factory=dict)
 
     def key(self, *parts: str) -> str:
         """A store key in this deployment's namespace."""
         return ":".join((self.namespace, *parts))
+
+    async def prefetch(self, *keys: str) -> None:
+        """Read ``keys`` in one round trip; later ``load``s of them need none. A key only
+        prefetched, never loaded, does not count as read."""
+        wanted = [k for k in keys if k not in self._prefetched and k not in self._staged]
+        if wanted:
+            self._prefetched.update(zip(wanted, await self.store.get_many(wanted), strict=True))
 
     async def load(self, key: str, model: type[ModelT]) -> ModelT | None:
         """The state at ``key`` as ``model`` (staged writes of this handler included)."""
         if key in self._staged:
             raw = self._staged[key]
         else:
-            current = await self.store.get(key)
+            current = self._prefetched.get(key) or await self.store.get(key)
             self.reads.setdefault(key, current.version)
             raw = current.value
         return None if raw is None else model.model_validate_json(raw)

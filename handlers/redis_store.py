@@ -102,6 +102,16 @@ class RedisStore:
             return Versioned(None, 0)
         return Versioned(data, int(version))
 
+    async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, ["v", "d"])
+            rows = await self._call(pipe.execute())
+        return [
+            Versioned(None, 0) if version is None else Versioned(data, int(version))
+            for version, data in rows
+        ]
+
     async def commit(
         self,
         *,

@@ -79,6 +79,9 @@ class StateStore(Protocol):
 
     async def get(self, key: str) -> Versioned: ...
 
+    async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
+        """Several versioned values in one round trip."""
+
     async def commit(
         self,
         *,
@@ -144,6 +147,9 @@ class InProcessStore:
         if entry is None or self._expired(entry[2]):
             return Versioned(None, 0)
         return Versioned(entry[0], entry[1])
+
+    async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
+        return [await self.get(key) for key in keys]
 
     async def commit(
         self,

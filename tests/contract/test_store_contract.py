@@ -74,3 +74,10 @@ async def test_plain_values_lists_and_ttl(store: StateStore, prefix: str) -> Non
     assert await store.list_range(lst, 1) == [b"b"]
     await store.delete(key)
     assert await store.fetch(key) is None
+
+
+async def test_get_many_reads_versions_in_one_call(store: StateStore, prefix: str) -> None:
+    a, b = f"{prefix}a", f"{prefix}b"
+    await store.commit(expect={}, ops=[Put(a, b"1"), Put(a, b"2")])
+    got = await store.get_many([a, b])
+    assert [(v.value, v.version) for v in got] == [(b"2", 2), (None, 0)]
