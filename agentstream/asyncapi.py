@@ -240,14 +240,25 @@ _ROLES: tuple[tuple[str, str, tuple[Topic, ...], tuple[Topic, ...]], ...] = (
         (Topic.MEMORY_CALL, Topic.USER_REQUEST, Topic.AGENT_RESPONSE),
         (Topic.TOOL_RESULT,),
     ),
-    ("projection", "the ingress's request projection", tuple(Topic), ()),
+    (
+        "stats",
+        "the stats worker",
+        (Topic.USER_REQUEST, Topic.TOOL_RESULT, Topic.AGENT_RESPONSE),
+        (Topic.AGENT_STATS,),
+    ),
+    (
+        "projection",
+        "the ingress's request projection",
+        tuple(t for t in Topic if t is not Topic.AGENT_STATS),
+        (),
+    ),
 )
 
 
 def _group_of(role: str, prefix: str) -> str | None:
     if role == "projection":
         return projection_group(prefix)
-    if role in ("agent", "tool", "memory"):
+    if role in ("agent", "tool", "memory", "stats"):
         return worker_group(prefix, role)
     return None
 

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: The worker kinds whose groups are ``{prefix}agentstream-{kind}`` (agentstream.process).
-_WORKER_KINDS = ("agent", "tool", "memory")
+_WORKER_KINDS = ("agent", "tool", "memory", "stats")
 
 
 class _DescribeGroups(Request[DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]):  # type: ignore[misc]

@@ -1,32 +1,20 @@
-"""The stats worker: live per-window counts, latency percentiles, errors and cost per tenant,
-per tool and per model, published to ``agent_stats`` for dashboards.
+"""The stats worker: per-window counts, latency percentiles, errors and cost per tenant, per
+tool and per model, published to ``agent_stats`` for dashboards (docs/adr/0011-live-stats.md).
 
-It consumes ``user_request`` (when a request started), ``agent_response`` (one *fact* per
-request: status, latency, model, tokens, cost) and ``tool_result`` (one fact per tool call:
-ok or not, duration), and files each fact under its partition and tumbling window in the
-state store:
+Each ``agent_response`` and ``tool_result`` becomes a *fact*, filed in the state store under
+its partition and tumbling window: a member of the index ``stats:<partition>:facts:<window>``.
+Index additions carry no version check, so the many lanes of one partition never conflict
+on a shared aggregate, and each commits with its event's dedup mark: a fact counts once.
+``user_request`` gives a request's start (``stats:start:<id>``); when the response comes
+first, ``stats:answered:<id>`` says where its fact went, to add the latency afterwards.
 
-- ``stats:start:<request_id>``: when the request started (with a TTL).
-- ``stats:<partition>:facts:<window>``: the window's facts, an index whose members are the
-  facts themselves, each naming its event. Index additions are unconditional, so the many
-  lanes of one partition never conflict on a shared aggregate, and a fact is committed
-  atomically with its event's dedup mark: it counts once.
-- ``stats:<partition>:windows``: the partition's open windows, scored by when they are due
-  (window end plus the grace period).
-- ``stats:<partition>:sealed``: where the partition's closed windows end, a versioned value
-  that every fact handler reads.
-
-:class:`WindowCloser` submits one job per due (partition, window) into a lane of the
-partition. The job *seals* the window first, on its own commit: a fact handler that read the
-old seal then fails its commit and runs again, now seeing the window closed. Only then does
-the job read the window's facts, complete by now, and return one ``agent_stats`` event per
-dimension value, removing the facts in the same commit as its mark, so the emission happens
-once; a rerun after a crash seals again (a no-op) and emits the same events with the same
-ids. A fact whose window is sealed already is *late*: it counts in the window open when it
-is processed, and in that window's ``late``.
-
-Every event is a partial, one partition's view of a row; consumers add partials up with
-:func:`schemas.merge_stats`. See docs/adr/0011-live-stats.md.
+:class:`WindowCloser` submits one job per due (partition, window). The job *seals* the window
+first, on its own commit (``stats:<partition>:sealed``, which every fact handler reads, so a
+handler that read the old seal is refused and runs again), then reads the now complete
+facts and returns one ``agent_stats`` partial per dimension value, removing the facts with
+its mark: emitted once, and a rerun emits the same ids. A fact whose window is sealed counts
+*late* in the window open when it is processed. Consumers add partials up with
+:func:`schemas.merge_stats`.
 """
 
 from __future__ import annotations
@@ -92,6 +80,16 @@ class _Start(BaseModel):
     at: datetime
 
 
+class _Answered(BaseModel):
+    """A response counted before its request was seen (the topics are read side by side, so
+    a fast answer can come first): where its fact is, to add the latency afterwards."""
+
+    at: datetime
+    partition: int
+    window: int
+    member: str
+
+
 class _Sealed(BaseModel):
     #: Epoch seconds: every window starting before this is closed.
     until: int
@@ -111,6 +109,14 @@ class _Fact(BaseModel):
     latency_ms: float | None = None
     usage: Usage | None = None
     late: bool = False
+
+
+def _member(fact: _Fact) -> str:
+    return fact.model_dump_json(exclude_none=True, exclude_defaults=True)
+
+
+def _latency_ms(start: datetime, end: datetime) -> float:
+    return round(max(0.0, (end - start).total_seconds() * 1000), 3)
 
 
 @dataclass(frozen=True)
@@ -190,16 +196,28 @@ class StatsHandlers:
     # -- facts --------------------------------------------------------------------------
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
-        start = _Start(at=event.time)
-        ctx.save(ctx.key("stats", "start", event.request_id), start, self.config.start_ttl_s)
+        answered_key = ctx.key("stats", "answered", event.request_id)
+        answered = await ctx.load(answered_key, _Answered)
+        if answered is None:
+            start = _Start(at=event.time)
+            ctx.save(ctx.key("stats", "start", event.request_id), start, self.config.start_ttl_s)
+            return []
+        ctx.delete(answered_key)
+        keys = _Keys(ctx.namespace, answered.partition)
+        sealed = await ctx.load(keys.sealed, _Sealed)
+        if sealed is not None and answered.window < sealed.until:
+            return []  # emitted already, without this latency
+        fact = _Fact.model_validate_json(answered.member).model_copy(
+            update={"latency_ms": _latency_ms(event.time, answered.at)}
+        )
+        ctx.index_remove(keys.facts(answered.window), answered.member)
+        ctx.index_add(keys.facts(answered.window), _member(fact), answered.at.timestamp())
         return []
 
     async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
         start_key = ctx.key("stats", "start", event.request_id)
         start = await ctx.load(start_key, _Start)
-        latency_ms = None
         if start is not None:
-            latency_ms = round(max(0.0, (event.time - start.at).total_seconds() * 1000), 3)
             ctx.delete(start_key)
         d = event.data
         fact = _Fact(
@@ -208,10 +226,17 @@ class StatsHandlers:
             tenant=event.tenant,
             status=d.status,
             model=d.model,
-            latency_ms=latency_ms,
+            latency_ms=None if start is None else _latency_ms(start.at, event.time),
             usage=d.usage,
         )
-        await self._file(fact, event.time, ctx)
+        window, member = await self._file(fact, event.time, ctx)
+        if start is None:
+            answered = _Answered(
+                at=event.time, partition=ctx.origin.partition, window=window, member=member
+            )
+            ctx.save(
+                ctx.key("stats", "answered", event.request_id), answered, self.config.start_ttl_s
+            )
         return []
 
     async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
@@ -227,9 +252,9 @@ class StatsHandlers:
         await self._file(fact, event.time, ctx)
         return []
 
-    async def _file(self, fact: _Fact, at: datetime, ctx: Context) -> None:
+    async def _file(self, fact: _Fact, at: datetime, ctx: Context) -> tuple[int, str]:
         """Add ``fact`` to the window of ``at`` (never later than now), or as late to the
-        window open now when that one is sealed."""
+        window open now when that one is sealed. Returns the window and the member."""
         keys = _Keys(ctx.namespace, ctx.origin.partition)
         now = ctx.now().timestamp()
         sealed = await ctx.load(keys.sealed, _Sealed)
@@ -239,9 +264,10 @@ class StatsHandlers:
         if start < until:
             fact = fact.model_copy(update={"late": True})
             start = max(self.config.window_of(now), -(-until // w) * w)
-        member = fact.model_dump_json(exclude_none=True, exclude_defaults=True)
+        member = _member(fact)
         ctx.index_add(keys.facts(start), member, at.timestamp())
         ctx.index_add(keys.windows, str(start), start + w + self.config.grace_s)
+        return start, member
 
     # -- closing ------------------------------------------------------------------------
 

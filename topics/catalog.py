@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from schemas import AgentResponse, Envelope, MemoryCall, ToolCall, ToolResult, UserRequest
+from schemas import (
+    AgentResponse,
+    AgentStats,
+    Envelope,
+    MemoryCall,
+    ToolCall,
+    ToolResult,
+    UserRequest,
+)
 from topics.bus import TopicDescription
 
 __all__ = ["Catalog", "Kind", "Topic", "TopicSpec"]
@@ -27,6 +35,8 @@ class Topic(StrEnum):
     MEMORY_CALL = "memory_call"
     TOOL_RESULT = "tool_result"
     AGENT_RESPONSE = "agent_response"
+    #: Live stats for dashboards (the stats worker's partials, keyed by their stats row).
+    AGENT_STATS = "agent_stats"
 
 
 class Kind(StrEnum):
@@ -41,6 +51,7 @@ _PAYLOADS: dict[Topic, type[Envelope[Any]]] = {
     Topic.MEMORY_CALL: MemoryCall,
     Topic.TOOL_RESULT: ToolResult,
     Topic.AGENT_RESPONSE: AgentResponse,
+    Topic.AGENT_STATS: AgentStats,
 }
 
 _BY_TYPE: dict[str, Topic] = {cls.TYPE: topic for topic, cls in _PAYLOADS.items()}

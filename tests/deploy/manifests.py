@@ -35,7 +35,7 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 PLAIN_VARIABLES = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
 #: ``AGENTSTREAM_*`` variables that are not fields: read by ``load_settings`` itself.
 NON_FIELD_VARIABLES = {"AGENTSTREAM_CONFIG"}
-WORKER_KINDS = ("agent", "tool", "memory")
+WORKER_KINDS = ("agent", "tool", "memory", "stats")
 
 
 # -- YAML ---------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize("name", ["agent-worker", "tool-worker", "memory-worker", "ingress"])
+@pytest.mark.parametrize(
+    "name", ["agent-worker", "tool-worker", "memory-worker", "stats-worker", "ingress"]
+)
 def test_deployment_runs_a_real_command_with_real_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,7 +236,9 @@ def test_deployment_runs_a_real_command_with_real_settings(
     assert settings.topics.create_on_start is False, "Strimzi owns the topics on Kubernetes"
 
 
-@pytest.mark.parametrize("name", ["agent-worker", "tool-worker", "memory-worker", "ingress"])
+@pytest.mark.parametrize(
+    "name", ["agent-worker", "tool-worker", "memory-worker", "stats-worker", "ingress"]
+)
 def test_probes_grace_and_security(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = named("Deployment", name)
     pod = deployment["spec"]["template"]

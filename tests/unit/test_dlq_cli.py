@@ -453,7 +453,7 @@ def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
         2,
         "error: unknown topic 'nope': use all or one of "
         "user_request, tool_call, memory_call, tool_result, "
-        "agent_response",
+        "agent_response, agent_stats",
     )
     code, err = _cli(["dlq", "list", "--partition", "0"])
     assert code == 2
