@@ -42,6 +42,9 @@ class Delivery(Protocol):
     ) -> None:
         """Deliver ``out``, produced by handling ``offset`` of ``source`` (None for jobs)."""
 
+    async def acquire(self, partitions: set[TopicPartition]) -> None:
+        """The partitions were just assigned: claim them before handling any record."""
+
     async def release(self, partitions: set[TopicPartition]) -> None:
         """The partitions are gone (revoked): drop what belongs to them."""
 
@@ -74,6 +77,9 @@ class PlainDelivery:
         for record in out:
             self.metrics.produced.labels(record.topic).inc()
 
+    async def acquire(self, partitions: set[TopicPartition]) -> None:
+        return None
+
     async def release(self, partitions: set[TopicPartition]) -> None:
         return None
 
@@ -91,23 +97,27 @@ class TransactionalDelivery:
         offsets: dict[TopicPartition, PartitionOffsets],
         metrics: Metrics,
         backoff: Backoff,
+        owns: Callable[[TopicPartition], bool],
     ) -> None:
         self.bus = bus
         self.group_id = group_id
         self.offsets = offsets
         self.metrics = metrics
         self.backoff = backoff
+        self.owns = owns
         self._producers: dict[TopicPartition, Transactions] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
 
     def _id(self, tp: TopicPartition) -> str:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
 
-    async def _producer(self, tp: TopicPartition) -> Transactions:
-        producer = self._producers.get(tp)
-        if producer is None:
-            producer = self._producers[tp] = await self.bus.transactions(self._id(tp))
-        return producer
+    async def acquire(self, partitions: set[TopicPartition]) -> None:
+        # Starting the producer fences the previous owner's at once, before this member
+        # handles a single record of the partition: a thawed zombie cannot commit anything
+        # the new owner also commits.
+        for tp in sorted(partitions):
+            if tp not in self._producers:
+                self._producers[tp] = await self.bus.transactions(self._id(tp))
 
     async def _reset(self, tp: TopicPartition) -> None:
         producer = self._producers.pop(tp, None)
@@ -117,34 +127,46 @@ class TransactionalDelivery:
             except Exception as exc:  # a broken producer may fail to close; drop it anyway
                 log.debug("closing producer %s: %r", self._id(tp), exc)
 
+    async def _renew(self, tp: TopicPartition) -> Transactions:
+        """A fresh producer after a failed transaction, only while the partition is ours:
+        a member that lost it must never start one (it would fence the new owner)."""
+        await self._reset(tp)
+        if not self.owns(tp):
+            raise Fenced(f"{self._id(tp)}: the partition is no longer assigned here")
+        producer = self._producers[tp] = await self.bus.transactions(self._id(tp))
+        return producer
+
     async def deliver(
         self, out: list[OutgoingRecord], source: TopicPartition | None, offset: int | None
     ) -> None:
-        key = source or TopicPartition("jobs", -1)
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        if source is None:
+            raise Fenced("no partition of this member to deliver through")
+        lock = self._locks.setdefault(source, asyncio.Lock())
         async with lock:
-            tracker = self.offsets.get(key) if source is not None else None
+            producer = self._producers.get(source)
+            if producer is None:
+                raise Fenced(f"{self._id(source)}: the partition is not claimed by this member")
+            tracker = self.offsets.get(source) if offset is not None else None
             for attempt in range(1, 1_000_000):
                 commit: dict[TopicPartition, int] = {}
                 if tracker is not None and offset is not None:
-                    commit[key] = tracker.committable_without(offset)
+                    commit[source] = tracker.committable_without(offset)
                 try:
-                    producer = await self._producer(key)
                     await producer.commit(out, commit, self.group_id)
                     break
                 except Fenced:
-                    await self._reset(key)
+                    await self._reset(source)
                     raise
                 except RetryableError as exc:
                     log.warning(
-                        "transaction for %s failed (attempt %d): %s", self._id(key), attempt, exc
+                        "transaction for %s failed (attempt %d): %s", self._id(source), attempt, exc
                     )
-                    # A transaction that timed out may leave the producer unusable.
-                    await self._reset(key)
                     await asyncio.sleep(self.backoff(exc, attempt))
+                    # A transaction that timed out may leave the producer unusable.
+                    producer = await self._renew(source)
             if tracker is not None and offset is not None:
                 tracker.finish(offset)
-                tracker.committed = commit.get(key, tracker.committed)
+                tracker.committed = commit.get(source, tracker.committed)
         for record in out:
             self.metrics.produced.labels(record.topic).inc()
 

@@ -80,6 +80,10 @@ _SEP = "\x1f"  # between a key and an event id in the parked index (ids are UUID
 T = TypeVar("T")
 
 
+class _Lost(Exception):
+    """The partition was lost to a newer owner (exactly_once fencing)."""
+
+
 class _CommitConflict(RetryableError):
     """The state the handler read changed, or another member handled the event first."""
 
@@ -145,7 +149,14 @@ class Worker:
         self._jobs_held = 0
         self._consumer: Consumer | None = None
         self._delivery: Delivery = (
-            TransactionalDelivery(bus, config.group_id, self._offsets, self.metrics, self._backoff)
+            TransactionalDelivery(
+                bus,
+                config.group_id,
+                self._offsets,
+                self.metrics,
+                self._backoff,
+                owns=lambda tp: tp in self.assignment() and tp not in self._lost,
+            )
             if config.exactly_once
             else PlainDelivery(bus, self.metrics, self._backoff)
         )
@@ -156,6 +167,10 @@ class Worker:
             ttl_s=config.claim_ttl_s,
         )
         self._parked: dict[tuple[str, int], dict[str, set[str]]] = {}
+        #: Partitions this member was fenced out of (exactly_once): nothing more of them is
+        #: handled or counted as done here until they are assigned again.
+        self._lost: set[TopicPartition] = set()
+        self._claimed: set[TopicPartition] = set()
         self._paused_for_budget = False
         self._stopping = False
         self.started = asyncio.Event()
@@ -216,6 +231,7 @@ class Worker:
                 records = await consumer.getmany(
                     timeout_ms=100, max_records=min(room, self.config.max_batch)
                 )
+                await self._claim(consumer)
                 for record in records:
                     self._accept(record)
         finally:
@@ -224,6 +240,15 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             await self._shutdown(consumer)
+
+    async def _claim(self, consumer: Consumer) -> None:
+        """Claim partitions assigned since the last look, before handling their records."""
+        assigned = consumer.assignment()
+        new = assigned - self._claimed
+        if new:
+            self._lost -= new
+            await self._delivery.acquire(new)
+        self._claimed = assigned
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -258,6 +283,8 @@ class Worker:
                 await self._process(item.record, item.route)
         except asyncio.CancelledError:
             raise
+        except _Lost:
+            return  # not ours any more: its offset must not count as done here
         except Exception:
             # _process handles every failure of the event itself; this is a bug or an
             # infrastructure failure while dead-lettering. The offset stays uncommitted.
@@ -282,6 +309,8 @@ class Worker:
 
     async def _process(self, record: Record, route: Route) -> None:
         started = time.perf_counter()
+        if record.tp in self._lost:
+            raise _Lost(record.tp)
         out: list[OutgoingRecord] = []
         outcome = await self._decide(record, route, out)
         out = [await self._claims.offload(r) for r in out]
@@ -289,9 +318,14 @@ class Worker:
             await self._delivery.deliver(out, record.tp, record.offset)
         except Fenced as exc:
             log.warning(
-                "abandoning %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc
+                "fenced out of %s[%d], abandoning offset %d and what follows: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
             )
-            return
+            self._lost.add(record.tp)
+            raise _Lost(record.tp) from exc
         outcome_name, parked_id = outcome
         if parked_id is not None and outcome_name != "retry_later":
             await self._until_done(lambda: self._unpark(route, record, parked_id))
@@ -449,7 +483,9 @@ class Worker:
                 await asyncio.sleep(self.config.retry.delay(exc, attempt, in_place=True))
                 continue
             out = [await self._claims.offload(r) for r in out]
-            source = TopicPartition(f"jobs.{job.name}", job.partition)
+            source = next(
+                (tp for tp in sorted(self.assignment()) if tp.partition == job.partition), None
+            )
             try:
                 await self._delivery.deliver(out, source, None)
             except Fenced as exc:
@@ -676,6 +712,8 @@ class Worker:
         )
         await self._commit(revoked)
         await self._delivery.release(revoked)
+        self._claimed -= revoked
+        self._lost -= revoked
         for tp in revoked:
             self._offsets.pop(tp, None)
             route = self._routes.get(tp.topic)

@@ -287,6 +287,12 @@ class KafkaConsumer:
         await self._consumer.stop()
 
 
+def _retrieve(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Consume the outcome of sends whose transaction failed (no "never retrieved" noise)."""
+    for future in futures:
+        future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+
 class KafkaTransactions:
     """A transactional producer: records and consumer offsets committed atomically."""
 
@@ -305,17 +311,18 @@ class KafkaTransactions:
             await producer.begin_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
             raise Fenced(f"{self.transactional_id} was fenced: {exc}") from exc
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = [
-                await producer.send(
-                    r.topic,
-                    value=r.value,
-                    key=r.key,
-                    partition=r.partition,
-                    headers=list(r.headers),
+            for r in records:
+                futures.append(
+                    await producer.send(
+                        r.topic,
+                        value=r.value,
+                        key=r.key,
+                        partition=r.partition,
+                        headers=list(r.headers),
+                    )
                 )
-                for r in records
-            ]
             if offsets:
                 await producer.send_offsets_to_transaction(
                     {KafkaTP(tp.topic, tp.partition): o for tp, o in offsets.items()}, group_id
@@ -323,8 +330,10 @@ class KafkaTransactions:
             await asyncio.gather(*futures)
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch) as exc:
+            _retrieve(futures)
             raise Fenced(f"{self.transactional_id} was fenced: {exc}") from exc
         except BaseException as exc:
+            _retrieve(futures)
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             if isinstance(exc, KafkaError | TimeoutError):
