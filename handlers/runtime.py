@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -76,6 +77,7 @@ _RETRY_HEADERS = (
 )
 
 
+_MAX_CONFLICTS = 50
 _SEP = "\x1f"  # between a key and an event id in the parked index (ids are UUIDs)
 T = TypeVar("T")
 
@@ -357,6 +359,7 @@ class Worker:
         if not from_retry and await self._until_done(lambda: self._is_parked(route, record)):
             await self._to_retry(record, route, event, attempt, 0.0, out)
             return "parked", None
+        conflicts = 0
         while True:
             attempt += 1
             try:
@@ -370,6 +373,13 @@ class Worker:
                 )
                 return "ok", parked
             except Exception as exc:
+                if isinstance(exc, _CommitConflict) and conflicts < _MAX_CONFLICTS:
+                    # Ordinary concurrency (two writers of one record): run again at once,
+                    # without spending the retry budget.
+                    conflicts += 1
+                    attempt -= 1
+                    await asyncio.sleep(random.uniform(0, 0.005 * conflicts))
+                    continue
                 verdict = self.config.retry.verdict(exc, attempt)
                 if verdict is Verdict.RETRY_IN_PLACE or (
                     verdict is Verdict.RETRY_LATER and not self.config.use_retry_topic
