@@ -173,6 +173,7 @@ class Worker:
         #: handled or counted as done here until they are assigned again.
         self._lost: set[TopicPartition] = set()
         self._claimed: set[TopicPartition] = set()
+        self._skip_below: dict[TopicPartition, int] = {}
         self._paused_for_budget = False
         self._stopping = False
         self.started = asyncio.Event()
@@ -250,6 +251,23 @@ class Worker:
         if new:
             self._lost -= new
             await self._delivery.acquire(new)
+            if self._delivery.commits_offsets:
+                # Claiming waited for the previous owner's open transaction to end; if it
+                # committed, the group's offset moved past where this member started to
+                # fetch. Records below it are done: skip them, never handle them twice.
+                # The previous owner's last commit may still be settling into the group's
+                # offsets (the offset fetch aiokafka sends cannot ask for stable offsets,
+                # KIP-447): read until two reads half a second apart agree.
+                before: dict[TopicPartition, int | None] = {}
+                for _ in range(8):
+                    await asyncio.sleep(0.5)
+                    now = {tp: await consumer.committed(tp) for tp in sorted(new)}
+                    if now == before:
+                        break
+                    before = now
+                for tp, committed in before.items():
+                    if committed is not None:
+                        self._skip_below[tp] = committed
         self._claimed = assigned
 
     # -- scheduling ---------------------------------------------------------------------
@@ -267,6 +285,8 @@ class Worker:
         route = self._routes.get(record.topic)
         if route is None:
             log.warning("record of unexpected topic %s dropped", record.topic)
+            return
+        if record.offset < self._skip_below.get(record.tp, -1):
             return
         self.metrics.consumed.labels(record.topic, self.config.group_id).inc()
         self._offsets.setdefault(record.tp, PartitionOffsets()).begin(record.offset)
@@ -724,6 +744,8 @@ class Worker:
         await self._delivery.release(revoked)
         self._claimed -= revoked
         self._lost -= revoked
+        for tp in revoked:
+            self._skip_below.pop(tp, None)
         for tp in revoked:
             self._offsets.pop(tp, None)
             route = self._routes.get(tp.topic)
