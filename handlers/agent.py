@@ -18,7 +18,6 @@ event reuses the reply instead of calling the model again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -45,6 +44,7 @@ from agents import (
 from agents.routing import ModelRouter, UnknownModel, cache_key
 from handlers.context import Context
 from handlers.metrics import Metrics
+from handlers.periodic import run_periodically
 from handlers.route import Job, Route
 from handlers.runtime import Worker
 from schemas import (
@@ -418,14 +418,7 @@ class DeadlineSweeper:
         self._submitted: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.worker.started.wait()
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except Exception as exc:  # the store may be down for a while
-                log.warning("deadline sweep failed: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+        await run_periodically(self.worker, stop, self.interval_s, self.sweep, "deadline sweep")
 
     async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
         """Submit (or, with ``wait``, run one by one) the expiry of every run whose deadline

@@ -20,7 +20,6 @@ its mark: emitted once, and a rerun emits the same ids. A fact whose window is s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from handlers.context import Context
+from handlers.periodic import run_periodically
 from handlers.route import Job, Route
 from handlers.runtime import Worker
 from handlers.store import Put, StateStore
@@ -366,14 +366,7 @@ class WindowCloser:
         self._running: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.worker.started.wait()
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except Exception as exc:  # the store may be down for a while
-                log.warning("stats window sweep failed: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval_s)
+        await run_periodically(self.worker, stop, self.interval_s, self.sweep, "stats window sweep")
 
     async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
         """Submit (or, with ``wait``, run one by one) the closing of every due window of
