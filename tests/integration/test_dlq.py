@@ -12,12 +12,10 @@ it again is deduplicated by event id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
-import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +28,7 @@ from agentstream.settings import RuntimeSettings, Settings, TopicSettings
 from agentstream.wiring import build_bus, build_store, ensure_topics
 from handlers.metrics import Metrics
 from schemas import ToolCall, ToolCallData, derive_id, encode, header
+from tests.cli_runner import run_cli
 from topics import Bus, Catalog, KafkaConfig, Kind, OutgoingRecord, Record, Topic, TopicPartition
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
@@ -38,25 +37,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 # -- helpers ------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _kept_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for a process; give the test run its own back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def _cli(argv: list[str]) -> tuple[int, str, str]:
-    from agentstream.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with _kept_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv)
 
 
 async def dlq(*argv: str) -> tuple[int, str, str]:

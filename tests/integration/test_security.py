@@ -10,9 +10,6 @@ the SASL listener with a client properties file; aiokafka has no CreateAcls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import logging
 import os
 import shutil
 import ssl
@@ -25,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from schemas.errors import ConfigError
+from tests.cli_runner import run_cli
 from tests.services import KAFKA_DIR, KafkaBroker, ServiceError
 from topics import Consumer, KafkaConfig, OutgoingRecord, Record, TopicDescription
 from topics.kafka import KafkaBus
@@ -127,24 +125,8 @@ def _kafka_acls(broker: KafkaBroker, tmp_path: Path, *args: str) -> str:
     return result.stdout
 
 
-@contextlib.contextmanager
-def _kept_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def _cli(argv: list[str]) -> tuple[int, str, str]:
-    from agentstream.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with _kept_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv)
 
 
 # -- SASL/SCRAM on a real broker ------------------------------------------------------------------
@@ -291,7 +273,7 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a client certificate signed by it: (ca, cert, key)."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl is not installed")
+        _unavailable("openssl is not installed")
     ca_key, ca = directory / "ca.key", directory / "ca.pem"
     key, csr, cert = directory / "client.key", directory / "client.csr", directory / "client.pem"
 

@@ -10,14 +10,10 @@ members and state from both, with an active member and after it left.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import io
 import json
-import logging
 import os
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +22,7 @@ import pytest
 from agentstream.status import deployment_groups, group_status, list_groups, worker_group
 from schemas import ToolCall, ToolCallData
 from schemas.codec import encode
+from tests.cli_runner import run_cli
 from tests.services import KAFKA_DIR
 from topics import (
     Catalog,
@@ -116,25 +113,8 @@ def _dash(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-@contextlib.contextmanager
-def _kept_logging() -> Iterator[None]:
-    """``cli.main`` configures logging for a process; give the test run its own back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def _cli(argv: list[str]) -> tuple[int, str, str]:
-    from agentstream.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with _kept_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(argv)
 
 
 async def status_json(*args: str) -> tuple[int, dict[str, Any]]:
