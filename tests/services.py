@@ -75,7 +75,7 @@ def _on_ci() -> bool:
     return _env.get("CI", os.environ.get("CI", "")).lower() == "true"
 
 
-def _unavailable(message: str) -> NoReturn:
+def unavailable(message: str) -> NoReturn:
     """Fail on CI, skip elsewhere: a test needing a server never silently skips on CI."""
     if _on_ci():
         pytest.fail(f"{message} (CI=true: failing instead of skipping)", pytrace=False)
@@ -632,7 +632,7 @@ def _kafka_service(request: pytest.FixtureRequest) -> Iterator[_KafkaService]:
         found = None
         error += f"\ntestcontainers: {exc!r}"
     if found is None:
-        _unavailable(
+        unavailable(
             "no Kafka broker: KAFKA_BOOTSTRAP_SERVERS is not set, infra/kafka/start.sh failed "
             f"(it needs java 17+ and mvn), and no Docker engine with testcontainers.\n{error}"
         )
@@ -685,7 +685,7 @@ def private_kafka(request: pytest.FixtureRequest) -> Iterator[KafkaFactory]:
         try:
             broker.start()
         except ServiceError as exc:
-            _unavailable(f"cannot start a private Kafka broker with infra/kafka/start.sh: {exc}")
+            unavailable(f"cannot start a private Kafka broker with infra/kafka/start.sh: {exc}")
         return broker
 
     try:
@@ -699,12 +699,12 @@ def _start_redis(appendonly: bool = False) -> RedisServer:
     try:
         server = RedisServer(appendonly=appendonly)
     except ServiceError as exc:
-        _unavailable(f"no Redis: REDIS_URL is not set and {exc}")
+        unavailable(f"no Redis: REDIS_URL is not set and {exc}")
     try:
         server.start()
     except ServiceError as exc:
         server.close()
-        _unavailable(f"no Redis: REDIS_URL is not set and redis-server did not start: {exc}")
+        unavailable(f"no Redis: REDIS_URL is not set and redis-server did not start: {exc}")
     return server
 
 
