@@ -19,25 +19,24 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agentstream.dlq import (
-    REPLAYED_AT,
-    REPLAYED_FROM,
     DeadLetterEntry,
     OffsetRange,
-    ReplayFailed,
     Selection,
     UsageError,
-    _confirm,
-    _replay,
-    already_replayed,
-    details,
-    format_details,
-    format_table,
     parse_offset_range,
     parse_time,
-    replay,
-    replay_record,
     resolve_topics,
     select,
+)
+from agentstream.dlq_command import _confirm, _replay
+from agentstream.dlq_format import details, format_details, format_table
+from agentstream.dlq_replay import (
+    REPLAYED_AT,
+    REPLAYED_FROM,
+    ReplayFailed,
+    already_replayed,
+    replay,
+    replay_record,
     target_topic,
 )
 from schemas import ToolCall, ToolCallData, UserRequest, UserRequestData, encode
