@@ -26,7 +26,7 @@ log = logging.getLogger("agentstream")
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 #: Modules that add commands: each has ``register(subparsers) -> dict[str, Command]``.
-_EXTENSIONS = ("agentstream.status", "agentstream.tail", "agentstream.dlq_command")
+_EXTENSIONS = ("agentstream.status_command", "agentstream.tail", "agentstream.dlq_command")
 
 
 def _parser() -> argparse.ArgumentParser:
