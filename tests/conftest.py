@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.services"]
+pytest_plugins = ["tests.services.plugin"]
 
 _OURS = ("AGENTSTREAM_",)
 

@@ -1,4 +1,4 @@
-"""The real servers of tests/services.py: Kafka answers, Redis answers, data survives crashes."""
+"""The real servers of tests/services/: Kafka answers, Redis answers, data survives crashes."""
 
 from __future__ import annotations
 
