@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -328,13 +328,16 @@ class AgentHandlers:
         text: str | None,
         error: str | None,
         ctx: Context,
+        *,
+        keep_deadline: bool = False,
     ) -> list[Envelope[Any]]:
         done = state.model_copy(update={"status": status})
         ctx.save(ctx.key("run", state.request_id), done, self.config.run_ttl_s)
-        ctx.index_remove(
-            ctx.key("deadlines", str(state.partition)),
-            f"{state.request_id}|{state.conversation_id}",
-        )
+        if not keep_deadline:
+            ctx.index_remove(
+                ctx.key("deadlines", str(state.partition)),
+                f"{state.request_id}|{state.conversation_id}",
+            )
         self.metrics.responses.labels(status, state.tenant).inc()
         outputs: list[Envelope[Any]] = [
             self._response(
@@ -391,7 +394,12 @@ class AgentHandlers:
             return []
         if state.deadline is None or ctx.now() < state.deadline:
             return []
-        return await self._finish(state, "timed_out", None, "deadline passed", ctx)
+        # The deadline entry stays until the answer is delivered (the sweeper removes it
+        # then): a crash between this commit and the publish leaves it for the next sweep,
+        # whose job replays the recorded answer instead of losing it.
+        return await self._finish(
+            state, "timed_out", None, "deadline passed", ctx, keep_deadline=True
+        )
 
 
 class DeadlineSweeper:
@@ -444,6 +452,7 @@ class DeadlineSweeper:
                     mark_id=f"deadline:{request_id}",
                     name="agent.deadline",
                     run=self._expiry(request_id, member),
+                    delivered=self._delivered(index, member),
                 )
                 if wait:
                     await self.worker.run_job(job)
@@ -453,11 +462,17 @@ class DeadlineSweeper:
         self._submitted &= expired
         return len(expired)
 
+    def _delivered(self, index: str, member: str) -> Callable[[], Awaitable[None]]:
+        # Until the answer is delivered the entry stays, and so does the member in
+        # ``_submitted``: a sweep in between must not submit the job a second time.
+        async def remove() -> None:
+            await self.worker.store.index_remove(index, member)
+            self._submitted.discard(member)
+
+        return remove
+
     def _expiry(self, request_id: str, member: str) -> Any:
         async def run(ctx: Context) -> Sequence[Envelope[Any]]:
-            try:
-                return await self.handlers.expire(request_id, ctx)
-            finally:
-                self._submitted.discard(member)
+            return await self.handlers.expire(request_id, ctx)
 
         return run

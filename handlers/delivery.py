@@ -2,9 +2,12 @@
 
 - :class:`PlainDelivery` (``at_least_once``): publish with acks=all; offsets are committed
   separately by the runtime, up to the lowest unfinished offset of each partition.
-- :class:`TransactionalDelivery` (``exactly_once``): the outputs of one event and the
-  partition's new committed offset go into one Kafka transaction, so a read_committed
-  reader sees the outputs exactly when the input counts as consumed, and never twice.
+- :class:`TransactionalDelivery` (``exactly_once``): outputs and the partition's new
+  committed offset go into one Kafka transaction, so a read_committed reader sees the
+  outputs exactly when the input counts as consumed, and never twice. Transactions of a
+  partition commit in offset order (events finish out of order, their outputs wait for the
+  events before them), so the group's committed offset splits the partition exactly into
+  "committed in Kafka" and "not": the next owner redoes only what never became visible.
   One transactional producer per input partition, with a ``transactional.id`` derived from
   the group and the partition: the next owner of the partition fences the previous one, so
   a paused zombie cannot commit after a rebalance (see docs/adr/0010-exactly-once.md).
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from handlers.metrics import Metrics
@@ -87,7 +91,30 @@ class PlainDelivery:
         return None
 
 
+@dataclass(slots=True)
+class _Ready:
+    """Outputs of one handled event, waiting for the events before it in its partition."""
+
+    out: list[OutgoingRecord]
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class TransactionalDelivery:
+    """Kafka transactions per input partition, committed in offset order.
+
+    Why in order: with events of one partition in flight concurrently, committing each
+    event's outputs as soon as it finishes (with the group offset held at the lowest event
+    still running) makes outputs above the committed offset visible. When the partition
+    then moves, its next owner redelivers those events, and republishing their recorded
+    outputs shows them twice. Committed in order, everything below the group's offset is
+    visible and nothing at or above it is, so a redelivered event's outbox is published
+    exactly once. Handlers still run concurrently; only the commit waits, and every event
+    that became ready behind a slow one goes into the same transaction (fewer, larger
+    transactions under load).
+    """
+
     commits_offsets = True
 
     def __init__(
@@ -107,6 +134,7 @@ class TransactionalDelivery:
         self.owns = owns
         self._producers: dict[TopicPartition, Transactions] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
+        self._ready: dict[TopicPartition, dict[int, _Ready]] = {}
 
     def _id(self, tp: TopicPartition) -> str:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
@@ -141,39 +169,89 @@ class TransactionalDelivery:
     ) -> None:
         if source is None:
             raise Fenced("no partition of this member to deliver through")
-        lock = self._locks.setdefault(source, asyncio.Lock())
-        async with lock:
-            producer = self._producers.get(source)
-            if producer is None:
-                raise Fenced(f"{self._id(source)}: the partition is not claimed by this member")
-            tracker = self.offsets.get(source) if offset is not None else None
-            for attempt in range(1, 1_000_000):
-                commit: dict[TopicPartition, int] = {}
-                if tracker is not None and offset is not None:
-                    commit[source] = tracker.committable_without(offset)
-                try:
-                    await producer.commit(out, commit, self.group_id)
-                    break
-                except Fenced:
-                    await self._reset(source)
-                    raise
-                except RetryableError as exc:
-                    log.warning(
-                        "transaction for %s failed (attempt %d): %s", self._id(source), attempt, exc
-                    )
-                    await asyncio.sleep(self.backoff(exc, attempt))
-                    # A transaction that timed out may leave the producer unusable.
-                    producer = await self._renew(source)
-            if tracker is not None and offset is not None:
+        tracker = self.offsets.get(source) if offset is not None else None
+        if tracker is None or offset is None or not tracker.is_pending(offset):
+            # A job's outputs, or a record outside the consumer loop: no offset to order by.
+            async with self._locks.setdefault(source, asyncio.Lock()):
+                await self._commit(source, out, {})
+            return
+        ready = _Ready(list(out))
+        waiting = self._ready.setdefault(source, {})
+        waiting[offset] = ready
+        try:
+            async with self._locks.setdefault(source, asyncio.Lock()):
+                if not ready.done.done():
+                    await self._flush(source, tracker)
+            await ready.done
+        finally:
+            if waiting.get(offset) is ready:
+                del waiting[offset]
+
+    async def _flush(self, source: TopicPartition, tracker: PartitionOffsets) -> None:
+        """Commit every ready event below the first one still running, in one transaction
+        with the offset after them; again while more became ready meanwhile."""
+        waiting = self._ready.get(source, {})
+        while True:
+            batch = tracker.ready_prefix(waiting)
+            if not batch:
+                return
+            out = [record for offset in batch for record in waiting[offset].out]
+            commit = {source: tracker.committable_without(*batch)}
+            try:
+                await self._commit(source, out, commit)
+            except BaseException as exc:
+                # Fenced: the partition is gone, and nothing after the batch can commit
+                # either. Anything else (cancelled): the callers decide, nothing is lost.
+                failed = list(waiting) if isinstance(exc, Fenced) else batch
+                for offset in failed:
+                    entry = waiting.pop(offset)
+                    if not entry.done.done():
+                        entry.done.set_exception(
+                            exc if isinstance(exc, Exception) else Fenced("delivery cancelled")
+                        )
+                        entry.done.exception()  # retrieved: a waiter may be gone already
+                raise
+            for offset in batch:
                 tracker.finish(offset)
-                tracker.committed = commit.get(source, tracker.committed)
+                entry = waiting.pop(offset)
+                if not entry.done.done():
+                    entry.done.set_result(None)
+            tracker.committed = commit[source]
+
+    async def _commit(
+        self,
+        source: TopicPartition,
+        out: list[OutgoingRecord],
+        commit: dict[TopicPartition, int],
+    ) -> None:
+        producer = self._producers.get(source)
+        if producer is None:
+            raise Fenced(f"{self._id(source)}: the partition is not claimed by this member")
+        for attempt in range(1, 1_000_000):
+            try:
+                await producer.commit(out, commit, self.group_id)
+                break
+            except Fenced:
+                await self._reset(source)
+                raise
+            except RetryableError as exc:
+                log.warning(
+                    "transaction for %s failed (attempt %d): %s", self._id(source), attempt, exc
+                )
+                await asyncio.sleep(self.backoff(exc, attempt))
+                # A transaction that timed out may leave the producer unusable.
+                producer = await self._renew(source)
         for record in out:
             self.metrics.produced.labels(record.topic).inc()
 
     async def release(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
+            for entry in self._ready.pop(tp, {}).values():
+                if not entry.done.done():
+                    entry.done.set_exception(Fenced(f"{self._id(tp)}: the partition was revoked"))
+                    entry.done.exception()
             await self._reset(tp)
             self._locks.pop(tp, None)
 
     async def close(self) -> None:
-        await self.release(set(self._producers))
+        await self.release(set(self._producers) | set(self._ready))

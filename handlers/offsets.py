@@ -8,6 +8,7 @@ still in flight". Committing further would lose the unfinished event on a crash.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Container
 
 __all__ = ["PartitionOffsets"]
 
@@ -42,12 +43,30 @@ class PartitionOffsets:
             return None
         return self._highest_seen + 1
 
-    def committable_without(self, offset: int) -> int:
-        """The committable offset once ``offset`` is finished too."""
-        lowest = min((o for o in self._pending if o != offset), default=None)
+    @property
+    def highest_seen(self) -> int:
+        """The highest offset begun since the partition was assigned (-1: none)."""
+        return self._highest_seen
+
+    def is_pending(self, offset: int) -> bool:
+        return offset in self._pending
+
+    def committable_without(self, *offsets: int) -> int:
+        """The committable offset once ``offsets`` are finished too."""
+        lowest = min((o for o in self._pending if o not in offsets), default=None)
         if lowest is not None:
             return lowest
-        return max(self._highest_seen, offset) + 1
+        return max((self._highest_seen, *offsets)) + 1
+
+    def ready_prefix(self, ready: Container[int]) -> list[int]:
+        """The in-flight offsets from the lowest up, as long as each is in ``ready``: what
+        may be committed in order now (``exactly_once`` commits transactions in order)."""
+        prefix = []
+        for offset in sorted(self._pending):
+            if offset not in ready:
+                break
+            prefix.append(offset)
+        return prefix
 
     def to_commit(self) -> int | None:
         """The committable offset if it moved since the last commit, else None."""

@@ -43,7 +43,10 @@ class Job:
 
     ``mark_id`` makes it idempotent like an event id: a job whose mark exists replays its
     recorded outputs instead of running again. ``partition`` ties the job to the partition
-    that owns the key, so it is abandoned when that partition is revoked.
+    that owns the key, so it is abandoned when that partition is revoked. ``delivered``
+    runs once the outputs are on the broker: what schedules the job (a deadline index
+    entry) is removed only then, so a crash before the publish leaves the job to run again
+    and replay its recorded outputs.
     """
 
     key: bytes
@@ -51,3 +54,4 @@ class Job:
     mark_id: str
     name: str
     run: Callable[[Context], Awaitable[Sequence[Envelope[Any]]]]
+    delivered: Callable[[], Awaitable[None]] | None = None

@@ -174,6 +174,11 @@ class Worker:
         self._lost: set[TopicPartition] = set()
         self._claimed: set[TopicPartition] = set()
         self._skip_below: dict[TopicPartition, int] = {}
+        #: Claiming (which awaits the broker) and releasing on revoke never interleave:
+        #: aiokafka runs the revoke callback in its coordinator task, concurrently with the
+        #: fetch loop, and a claim finishing after a revoke would mark as claimed a
+        #: partition whose producer the revoke just closed.
+        self._ownership = asyncio.Lock()
         self._paused_for_budget = False
         self._stopping = False
         self.started = asyncio.Event()
@@ -246,9 +251,17 @@ class Worker:
 
     async def _claim(self, consumer: Consumer) -> None:
         """Claim partitions assigned since the last look, before handling their records."""
+        if not consumer.assignment() - self._claimed:
+            self._claimed = consumer.assignment()
+            return
+        async with self._ownership:
+            await self._claim_new(consumer)
+
+    async def _claim_new(self, consumer: Consumer) -> None:
         assigned = consumer.assignment()
         new = assigned - self._claimed
         if new:
+            started = time.monotonic()
             self._lost -= new
             await self._delivery.acquire(new)
             if self._delivery.commits_offsets:
@@ -268,6 +281,14 @@ class Worker:
                 for tp, committed in before.items():
                     if committed is not None:
                         self._skip_below[tp] = committed
+                log.info(
+                    "claimed %d partition(s) in %.1fs, previous owners fenced; starting at %s",
+                    len(new),
+                    time.monotonic() - started,
+                    ", ".join(
+                        f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(before.items())
+                    ),
+                )
         self._claimed = assigned
 
     # -- scheduling ---------------------------------------------------------------------
@@ -288,8 +309,15 @@ class Worker:
             return
         if record.offset < self._skip_below.get(record.tp, -1):
             return
+        tracker = self._offsets.setdefault(record.tp, PartitionOffsets())
+        if record.offset <= tracker.highest_seen:
+            # Fetched again within one assignment (the client reset its position): the
+            # first copy is in flight or done, and a second run would publish its outbox
+            # again, outside the order exactly_once commits in.
+            log.debug("%s[%d]@%d fetched again, dropped", *record.tp, record.offset)
+            return
         self.metrics.consumed.labels(record.topic, self.config.group_id).inc()
-        self._offsets.setdefault(record.tp, PartitionOffsets()).begin(record.offset)
+        tracker.begin(record.offset)
         key = (
             record.key
             if record.key
@@ -520,6 +548,9 @@ class Worker:
                 await self._delivery.deliver(out, source, None)
             except Fenced as exc:
                 log.warning("abandoning job %s: %s", job.name, exc)
+                return
+            if job.delivered is not None:
+                await self._until_done(job.delivered)
             return
 
     # -- retries and dead letters -------------------------------------------------------
@@ -741,11 +772,12 @@ class Worker:
             1 for item in dropped if item.job is not None and item.record is None
         )
         await self._commit(revoked)
-        await self._delivery.release(revoked)
-        self._claimed -= revoked
-        self._lost -= revoked
-        for tp in revoked:
-            self._skip_below.pop(tp, None)
+        async with self._ownership:
+            await self._delivery.release(revoked)
+            self._claimed -= revoked
+            self._lost -= revoked
+            for tp in revoked:
+                self._skip_below.pop(tp, None)
         for tp in revoked:
             self._offsets.pop(tp, None)
             route = self._routes.get(tp.topic)

@@ -61,6 +61,8 @@ class ChaosReport:
     side_conflicts: dict[str, list[str]] = field(default_factory=dict)
     #: Per side topic: copies beyond the first, by event id.
     side_duplicates: dict[str, int] = field(default_factory=dict)
+    #: A few copied events, with where and when each copy landed (for diagnosis).
+    copy_samples: list[str] = field(default_factory=list)
     dead_letters: dict[str, int] = field(default_factory=dict)
     #: (partition, producer timestamp in s) of every response record of an accepted request.
     response_times: list[tuple[int, float]] = field(default_factory=list)
@@ -129,6 +131,7 @@ class ChaosReport:
         lines = [json.dumps(self.summary())]
         lines += [f"- {v}" for v in self.violations]
         lines += [f"  not completed: {n}" for n in self.not_completed[:5]]
+        lines += [f"  copies: {c}" for c in self.copy_samples[:12]]
         return "\n".join(lines)
 
 
@@ -185,6 +188,7 @@ async def verify(
         conflicts, copies = _copies(records)
         report.side_conflicts[topic.value] = conflicts
         report.side_duplicates[topic.value] = copies
+        report.copy_samples += _copy_samples(topic.value, records)
     for topic in Topic:
         dlq = catalog.name(topic, Kind.DLQ)
         report.dead_letters[topic.value] = len(await reader.read(dlq, read_committed=True))
@@ -211,3 +215,14 @@ def _copies(records: list[Record]) -> tuple[list[str], int]:
     conflicts = [i for i, bodies in seen.items() if any(b != bodies[0] for b in bodies[1:])]
     copies = sum(len(bodies) - 1 for bodies in seen.values())
     return conflicts, copies
+
+
+def _copy_samples(topic: str, records: list[Record], limit: int = 4) -> list[str]:
+    """``topic id: p<partition>@<offset> <ms>, ...`` for the first ``limit`` copied ids."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        event = _decode(record)
+        if event is not None:
+            where[event.id].append(f"p{record.partition}@{record.offset} {record.timestamp_ms}")
+    copied = [(i, places) for i, places in where.items() if len(places) > 1]
+    return [f"{topic} {i}: {', '.join(places)}" for i, places in copied[:limit]]
