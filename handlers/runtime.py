@@ -169,6 +169,7 @@ class Worker:
             ttl_s=config.claim_ttl_s,
         )
         self._parked: dict[tuple[str, int], dict[str, set[str]]] = {}
+        self._parked_loads: dict[tuple[str, int], asyncio.Future[dict[str, set[str]]]] = {}
         #: Partitions this member was fenced out of (exactly_once): nothing more of them is
         #: handled or counted as done here until they are assigned again.
         self._lost: set[TopicPartition] = set()
@@ -539,13 +540,24 @@ class Worker:
         slot = (route.topic.value, partition)
         parked = self._parked.get(slot)
         if parked is None:
-            parked = {}
+            # One load per slot, however many records of a fresh partition ask at once.
+            loading = self._parked_loads.get(slot)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load_parked(route, partition))
+                self._parked_loads[slot] = loading
+            parked = self._parked.setdefault(slot, await asyncio.shield(loading))
+        return parked
+
+    async def _load_parked(self, route: Route, partition: int) -> dict[str, set[str]]:
+        parked: dict[str, set[str]] = {}
+        try:
             for member, _ in await self.store.index_range(
                 self._parked_index(route, partition), limit=1_000_000
             ):
                 key, _, event_id = member.rpartition(_SEP)
                 parked.setdefault(key, set()).add(event_id)
-            self._parked[slot] = parked
+        finally:
+            self._parked_loads.pop((route.topic.value, partition), None)
         return parked
 
     async def _is_parked(self, route: Route, record: Record) -> bool:
