@@ -14,6 +14,10 @@ Each caller still gets its own outcome: its reply, or its own ``ResponseError`` 
 connection dropped, a read timed out) reaches every caller in it. A pipeline is not a
 transaction: the commands of a batch are independent, exactly as when they ran on separate
 connections.
+
+:func:`pack_in_c` makes the pool's connections pack commands with hiredis' C packer, as
+redis-py's synchronous client already does (its asyncio one packs in Python, about 40 µs for
+a commit call).
 """
 
 from __future__ import annotations
@@ -22,8 +26,16 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import DataError
 
-__all__ = ["AutoPipeline", "Command"]
+try:
+    import hiredis
+
+    _C_PACKER = hasattr(hiredis, "pack_command")
+except ImportError:  # optional: redis-py packs and parses in Python without it
+    _C_PACKER = False
+
+__all__ = ["AutoPipeline", "Command", "pack_in_c"]
 
 #: A command's arguments and its redis-py options (used by the reply callbacks, e.g.
 #: ``withscores``).
@@ -127,3 +139,28 @@ class AutoPipeline:
         self._flush()
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+class _CPacking:
+    """Mixed into a redis-py asyncio connection class: ``pack_command`` by hiredis."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        # Like redis-py: a command name with spaces ("SCRIPT LOAD") is several arguments.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise DataError(str(exc)) from exc
+
+
+def pack_in_c(pool: aioredis.ConnectionPool) -> None:
+    """Make the connections ``pool`` opens from now on pack commands in C, if hiredis is
+    installed (whatever their class: TCP, TLS or Unix socket)."""
+    if not _C_PACKER:
+        return
+    base = pool.connection_class
+    if not issubclass(base, _CPacking):
+        pool.connection_class = type(f"CPacking{base.__name__}", (_CPacking, base), {})

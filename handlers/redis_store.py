@@ -19,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from handlers.redis_batch import AutoPipeline
+from handlers.redis_batch import AutoPipeline, pack_in_c
 from handlers.store import Delete, IndexAdd, Op, Put, Versioned
 from schemas.errors import RetryableError
 
@@ -81,6 +81,7 @@ class RedisStore:
             max_connections=max_connections,
             timeout=socket_timeout_s * 4,
         )
+        pack_in_c(pool)
         self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._commit = self._redis.register_script(_COMMIT)
         self._batch = AutoPipeline(self._redis)

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from handlers.redis_batch import AutoPipeline
+from handlers.redis_batch import AutoPipeline, pack_in_c
 from handlers.redis_store import RedisStore
 from handlers.store import Put
 from schemas.errors import RetryableError
@@ -149,3 +149,19 @@ async def test_a_silent_server_times_out_every_caller() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_c_packing_sends_the_bytes_redis_py_would() -> None:
+    pytest.importorskip("hiredis")
+    pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:1/0")
+    plain = pool.make_connection()
+    pack_in_c(pool)
+    packing = pool.make_connection()
+    assert type(packing) is not type(plain)
+    for args in [
+        ("GET", "k"),
+        ("SCRIPT LOAD", "return 1"),
+        ("EVALSHA", "ab" * 20, 2, "k1", "k2", "1", b"\x00\xff" * 5000, 604800, "zadd", "m", "1.5"),
+        ("SET", "k", "é", "PX", 1000),
+    ]:
+        assert packing.pack_command(*args) == [b"".join(plain.pack_command(*args))]
