@@ -447,7 +447,9 @@ class Worker:
             if await self._replay_if_done(mark_key, handler_name, out):
                 return
             raise
-        outbox = _outbox_bytes(outputs)
+        records = self._encode(outputs)
+        # The outbox holds the very bytes published: each event is serialised once.
+        outbox = b"[" + b",".join(r.value for r in records if r.value is not None) + b"]"
         committed = await self.store.commit(
             expect=ctx.reads, ops=ctx.ops, mark=(mark_key, outbox, self.config.dedup_ttl_s)
         )
@@ -455,7 +457,7 @@ class Worker:
             if await self._replay_if_done(mark_key, handler_name, out):
                 return
             raise _CommitConflict(f"state changed while handling {mark_id}; handling again")
-        out += self._encode(outputs)
+        out += records
 
     async def _replay_if_done(
         self, mark_key: str, handler_name: str, out: list[OutgoingRecord]
@@ -810,10 +812,6 @@ def _fields(record: Record, event: Envelope[Any] | None) -> dict[str, Any]:
     if event is not None:
         fields["request_id"] = event.request_id
     return fields
-
-
-def _outbox_bytes(events: Sequence[Envelope[Any]]) -> bytes:
-    return b"[" + b",".join(e.model_dump_json(exclude_none=True).encode() for e in events) + b"]"
 
 
 def _outbox_events(raw: bytes) -> list[Envelope[Any]]:
