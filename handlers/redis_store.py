@@ -4,6 +4,9 @@ Versioned values are hashes ``{v: version, d: data}``; :meth:`RedisStore.commit`
 script, so the version checks, the dedup mark and the writes happen atomically on the server
 (no connection is held while a handler awaits its LLM, unlike WATCH/MULTI). Connection
 failures become ``RetryableError``: the runtime retries the event, it is never lost.
+
+Commands go through :class:`handlers.redis_batch.AutoPipeline`: those issued by concurrent
+handlers in one event-loop tick share one pipeline and one connection.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from handlers.redis_batch import AutoPipeline, pack_in_c
 from handlers.store import Delete, IndexAdd, Op, Put, Versioned
 from schemas.errors import RetryableError
 
@@ -76,8 +81,10 @@ class RedisStore:
             max_connections=max_connections,
             timeout=socket_timeout_s * 4,
         )
+        pack_in_c(pool)
         self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._commit = self._redis.register_script(_COMMIT)
+        self._batch = AutoPipeline(self._redis)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -94,19 +101,17 @@ class RedisStore:
         await self._call(self._redis.ping())
 
     async def close(self) -> None:
+        await self._batch.aclose()
         await self._redis.aclose(close_connection_pool=True)
 
     async def get(self, key: str) -> Versioned:
-        version, data = await self._call(self._redis.hmget(key, ["v", "d"]))
+        version, data = await self._call(self._batch.call("HMGET", key, "v", "d"))
         if version is None:
             return Versioned(None, 0)
         return Versioned(data, int(version))
 
     async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, ["v", "d"])
-            rows = await self._call(pipe.execute())
+        rows = await self._call(self._batch.call_many([(("HMGET", k, "v", "d"), {}) for k in keys]))
         return [
             Versioned(None, 0) if version is None else Versioned(data, int(version))
             for version, data in rows
@@ -140,34 +145,52 @@ class RedisStore:
                 args += ["zadd", op.member, repr(op.score)]
             else:
                 args += ["zrem", op.member, 0]
-        result = await self._call(self._commit(keys=keys, args=args))
+        command = ("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+        try:
+            result = await self._call(self._batch.call(*command))
+        except NoScriptError:
+            # The server lost its script cache (a restart, SCRIPT FLUSH). Nothing ran: load
+            # the script and send the call again.
+            await self._call(self._redis.script_load(_COMMIT))
+            result = await self._call(self._batch.call(*command))
         return bool(result)
 
     async def fetch(self, key: str) -> bytes | None:
-        value: bytes | None = await self._call(self._redis.get(key))
+        value: bytes | None = await self._call(self._batch.call("GET", key))
         return value
 
     async def put(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        await self._call(self._redis.set(key, value, px=_ms(ttl_s)))
+        await self._call(self._batch.call("SET", key, value, *_px(ttl_s)))
 
     async def put_if_absent(self, key: str, value: bytes, ttl_s: float | None = None) -> bool:
-        return bool(await self._call(self._redis.set(key, value, px=_ms(ttl_s), nx=True)))
+        return bool(await self._call(self._batch.call("SET", key, value, *_px(ttl_s), "NX")))
 
     async def delete(self, key: str) -> None:
-        await self._call(self._redis.delete(key))
+        await self._call(self._batch.call("DEL", key))
 
     async def index_add(self, key: str, member: str, score: float) -> None:
-        await self._call(self._redis.zadd(key, {member: score}))
+        await self._call(self._batch.call("ZADD", key, repr(score), member))
 
     async def index_remove(self, key: str, member: str) -> None:
-        await self._call(self._redis.zrem(key, member))
+        await self._call(self._batch.call("ZREM", key, member))
 
     async def index_range(
         self, key: str, max_score: float = float("inf"), limit: int = 1000
     ) -> list[tuple[str, float]]:
         upper = "+inf" if max_score == float("inf") else repr(max_score)
         rows = await self._call(
-            self._redis.zrangebyscore(key, "-inf", upper, start=0, num=limit, withscores=True)
+            self._batch.call(
+                "ZRANGEBYSCORE",
+                key,
+                "-inf",
+                upper,
+                "WITHSCORES",
+                "LIMIT",
+                0,
+                limit,
+                withscores=True,
+                score_cast_func=float,
+            )
         )
         return [(m.decode() if isinstance(m, bytes) else str(m), float(s)) for m, s in rows]
 
@@ -180,9 +203,10 @@ class RedisStore:
         return int(results[0])
 
     async def list_range(self, key: str, start: int = 0, end: int = -1) -> list[bytes]:
-        items: list[bytes] = await self._call(self._redis.lrange(key, start, end))
+        items: list[bytes] = await self._call(self._batch.call("LRANGE", key, start, end))
         return items
 
 
-def _ms(ttl_s: float | None) -> int | None:
-    return None if ttl_s is None else max(1, int(ttl_s * 1000))
+def _px(ttl_s: float | None) -> tuple[Any, ...]:
+    """The ``PX`` arguments of a SET with this time to live (none without one)."""
+    return () if ttl_s is None else ("PX", max(1, int(ttl_s * 1000)))

@@ -169,6 +169,7 @@ class Worker:
             ttl_s=config.claim_ttl_s,
         )
         self._parked: dict[tuple[str, int], dict[str, set[str]]] = {}
+        self._parked_loads: dict[tuple[str, int], asyncio.Future[dict[str, set[str]]]] = {}
         #: Partitions this member was fenced out of (exactly_once): nothing more of them is
         #: handled or counted as done here until they are assigned again.
         self._lost: set[TopicPartition] = set()
@@ -474,7 +475,9 @@ class Worker:
             if await self._replay_if_done(mark_key, handler_name, out):
                 return
             raise
-        outbox = _outbox_bytes(outputs)
+        records = self._encode(outputs)
+        # The outbox holds the very bytes published: each event is serialised once.
+        outbox = b"[" + b",".join(r.value for r in records if r.value is not None) + b"]"
         committed = await self.store.commit(
             expect=ctx.reads, ops=ctx.ops, mark=(mark_key, outbox, self.config.dedup_ttl_s)
         )
@@ -482,7 +485,7 @@ class Worker:
             if await self._replay_if_done(mark_key, handler_name, out):
                 return
             raise _CommitConflict(f"state changed while handling {mark_id}; handling again")
-        out += self._encode(outputs)
+        out += records
 
     async def _replay_if_done(
         self, mark_key: str, handler_name: str, out: list[OutgoingRecord]
@@ -570,13 +573,24 @@ class Worker:
         slot = (route.topic.value, partition)
         parked = self._parked.get(slot)
         if parked is None:
-            parked = {}
+            # One load per slot, however many records of a fresh partition ask at once.
+            loading = self._parked_loads.get(slot)
+            if loading is None:
+                loading = asyncio.ensure_future(self._load_parked(route, partition))
+                self._parked_loads[slot] = loading
+            parked = self._parked.setdefault(slot, await asyncio.shield(loading))
+        return parked
+
+    async def _load_parked(self, route: Route, partition: int) -> dict[str, set[str]]:
+        parked: dict[str, set[str]] = {}
+        try:
             for member, _ in await self.store.index_range(
                 self._parked_index(route, partition), limit=1_000_000
             ):
                 key, _, event_id = member.rpartition(_SEP)
                 parked.setdefault(key, set()).add(event_id)
-            self._parked[slot] = parked
+        finally:
+            self._parked_loads.pop((route.topic.value, partition), None)
         return parked
 
     async def _is_parked(self, route: Route, record: Record) -> bool:
@@ -830,10 +844,6 @@ def _fields(record: Record, event: Envelope[Any] | None) -> dict[str, Any]:
     if event is not None:
         fields["request_id"] = event.request_id
     return fields
-
-
-def _outbox_bytes(events: Sequence[Envelope[Any]]) -> bytes:
-    return b"[" + b",".join(e.model_dump_json(exclude_none=True).encode() for e in events) + b"]"
 
 
 def _outbox_events(raw: bytes) -> list[Envelope[Any]]:
