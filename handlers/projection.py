@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from handlers.context import Context
 from handlers.route import Route
@@ -138,8 +138,8 @@ class RequestRecord(BaseModel):
     held: LogEntry | None = None
     response_logged: bool = False
     #: Call ids logged so far, and results that arrived before their call (held back).
-    calls_seen: list[str] = []
-    held_results: list[LogEntry] = []
+    calls_seen: list[str] = Field(default_factory=list)
+    held_results: list[LogEntry] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:

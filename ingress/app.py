@@ -12,20 +12,22 @@ reject a request before anything is published.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Route
 
 from handlers.metrics import Metrics
 from handlers.projection import RequestRecord
 from handlers.store import StateStore
-from ingress.auth import ApiKeys, Principal
+from ingress.auth import Admission, ApiKeys, Principal
 from ingress.config import AppSettings
+from ingress.create import PATH, CreateEndpoint, FastPath
 from ingress.errors import (
     ApiError,
     documented_errors,
@@ -33,14 +35,7 @@ from ingress.errors import (
     json_response,
     without_null_parameters,
 )
-from ingress.intake import (
-    CREATE_OPENAPI,
-    build_event,
-    claim_for,
-    parse_body,
-    parse_params,
-    wait_seconds,
-)
+from ingress.intake import CREATE_OPENAPI, wait_seconds
 from ingress.limits import BodySizeLimit, RateLimiter
 from ingress.models import (
     AcceptedResponse,
@@ -52,10 +47,9 @@ from ingress.models import (
     Turn,
 )
 from ingress.observe import HttpMetrics
-from ingress.requests import Claim, ClaimConflict, RequestRepository
+from ingress.requests import RequestRepository
 from ingress.sse import event_stream
-from schemas import RetryableError, UserRequest, encode
-from topics import Bus, Kind, OutgoingRecord, Topic
+from topics import Bus, Kind, Topic
 
 __all__ = ["ApiError", "create_app"]
 
@@ -73,7 +67,7 @@ def create_app(
     request_topic = catalog.name(Topic.USER_REQUEST)
     main_topics = [catalog.name(t, Kind.MAIN) for t in Topic]
     keys = ApiKeys.from_config(opts.api_keys)
-    limiter = RateLimiter(opts.rate_per_second, opts.rate_burst)
+    admission = Admission(keys, RateLimiter(opts.rate_per_second, opts.rate_burst))
     repo = RequestRepository(
         store,
         settings.namespace,
@@ -102,28 +96,6 @@ def create_app(
 
     # -- dependencies -------------------------------------------------------------------
 
-    def authorize(authorization: str | None, client: str | None) -> Principal:
-        """The caller, or 401; then one token of its rate bucket, or 429."""
-        token = None
-        if authorization:
-            scheme, _, credentials = authorization.partition(" ")
-            if scheme.lower() == "bearer":
-                token = credentials.strip()
-        who = keys.authenticate(token)
-        if who is None:
-            raise ApiError(
-                401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"}
-            )
-        bucket = f"open:{client}" if keys.open and client else who.key_id
-        wait = limiter.take(bucket)
-        if wait > 0:
-            raise ApiError(
-                429,
-                "rate limit exceeded for this API key",
-                headers={"Retry-After": str(limiter.retry_after(wait))},
-            )
-        return who
-
     async def caller(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),
@@ -131,47 +103,13 @@ def create_app(
         # ``credentials`` only documents the scheme; the header is parsed by authorize().
         del credentials
         client = request.client.host if request.client is not None else None
-        return authorize(request.headers.get("authorization"), client)
+        return admission.admit(request.headers.get("authorization"), client)
 
     async def owned(request_id: str, who: Principal) -> RequestRecord:
         record = await repo.get(request_id)
         if record is None or record.tenant != who.tenant:
             raise ApiError(404, "no such request")
         return record
-
-    async def answer(record: RequestRecord, wait: float | None) -> Response:
-        if wait is not None and wait > 0 and not record.terminal:
-            record = await repo.wait_terminal(record.request_id, wait) or record
-        if wait is not None and record.terminal:
-            return json_response(RequestView.of(record), 200)
-        accepted = AcceptedResponse(
-            request_id=record.request_id,
-            conversation_id=record.conversation_id,
-            status=record.status,
-        )
-        return json_response(accepted, 202, {"Location": f"/v1/requests/{record.request_id}"})
-
-    async def publish(event: UserRequest) -> None:
-        key, value, headers = encode(event)
-        record = OutgoingRecord(request_topic, value, key, tuple(headers))
-        try:
-            async with asyncio.timeout(opts.publish_timeout_s):
-                await bus.publish(record)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "publish of request %s failed, answering 503: %r",
-                event.request_id,
-                exc,
-                extra={"request_id": event.request_id, "topic": request_topic},
-            )
-            raise ApiError(
-                503,
-                "the broker did not acknowledge the request; it was not accepted",
-                headers=retry_after,
-            ) from exc
-        metrics.produced.labels(request_topic).inc()
 
     # -- routes -------------------------------------------------------------------------
 
@@ -187,51 +125,10 @@ def create_app(
         },
         openapi_extra={**CREATE_OPENAPI, "security": [{"HTTPBearer": []}]},
     )
-    async def create_request(request: Request) -> Response:
-        client = request.client.host if request.client is not None else None
-        who = authorize(request.headers.get("authorization"), client)
-        params = parse_params(request, opts.max_wait_s)
-        body = await parse_body(request)
-        tenant, key = who.tenant, params.idempotency_key
-        claim: Claim | None = None
-        if key is not None:
-            claim = claim_for(tenant, key, body)
-            try:
-                earlier = await repo.claim(tenant, key, claim, wait_s=opts.publish_timeout_s + 1)
-            except ClaimConflict as exc:
-                headers = retry_after if exc.in_flight else None
-                raise ApiError(409, str(exc), headers=headers) from None
-            if earlier is not None:
-                metrics.ingress_idempotent_replays.inc()
-                record = await repo.get(earlier.request_id)
-                if record is None:  # expired before its key did
-                    same = AcceptedResponse(
-                        request_id=earlier.request_id,
-                        conversation_id=earlier.conversation_id,
-                        status="accepted",
-                    )
-                    return json_response(same, 202)
-                return await answer(record, params.wait)
-
-        event = build_event(body, tenant, params.traceparent, claim)
-        try:
-            await publish(event)
-        except ApiError:
-            if key is not None:
-                with contextlib.suppress(Exception):
-                    await repo.release(tenant, key)
-            raise
-        # The event is durable now: a store hiccup below must not turn it into an error
-        # (the projection writes the record anyway; a retry with the key republishes the
-        # same event id, which is deduplicated).
-        record = RequestRecord.from_request(event)
-        try:
-            record = await repo.accept(event)
-            if claim is not None and key is not None:
-                await repo.confirm(tenant, key, claim)
-        except RetryableError as exc:
-            log.warning("request %s accepted but not recorded: %s", event.request_id, exc)
-        return await answer(record, params.wait)
+    async def create_request() -> NoReturn:
+        # Documentation only: the operation is served by ``create`` (below), which
+        # FastPath and the router both reach before this route.
+        raise AssertionError("POST /v1/requests is served by ingress.create.CreateEndpoint")
 
     @app.get(
         "/v1/requests/{request_id}",
@@ -381,4 +278,27 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # -- the hot path -------------------------------------------------------------------
+    # POST /v1/requests bypasses FastAPI (docs/adr/0013-ingress-fast-path.md). FastPath
+    # takes the plain case in front of every middleware, with the same metrics and body
+    # limit around the endpoint; anything it lets through (a root_path) still reaches the
+    # endpoint through a Starlette route placed before the documentation-only one.
+    [documented] = [
+        r
+        for r in app.routes
+        if isinstance(r, APIRoute) and r.path == PATH and r.methods == {"POST"}
+    ]
+    create = CreateEndpoint(
+        opts=opts,
+        admission=admission,
+        repo=repo,
+        bus=bus,
+        request_topic=request_topic,
+        metrics=metrics,
+        route=documented,
+    )
+    app.router.routes.insert(0, Route(PATH, create, methods=["POST"], include_in_schema=False))
+    fast = HttpMetrics(BodySizeLimit(create, max_bytes=opts.max_body_bytes), metrics=metrics)
+    app.add_middleware(FastPath, endpoint=fast)
     return app

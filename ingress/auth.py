@@ -18,9 +18,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ingress.errors import ApiError
+from ingress.limits import RateLimiter
 from schemas.errors import ConfigError
 
-__all__ = ["OPEN_TENANT", "ApiKeys", "Principal"]
+__all__ = ["OPEN_TENANT", "Admission", "ApiKeys", "Principal"]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +83,35 @@ class ApiKeys:
         if found is None:
             return None
         return Principal(found, presented.hex()[:16])
+
+
+class Admission:
+    """Authentication, then the rate limit: :meth:`admit` returns the caller or raises the
+    :class:`~ingress.errors.ApiError` to answer with."""
+
+    def __init__(self, keys: ApiKeys, limiter: RateLimiter) -> None:
+        self.keys = keys
+        self.limiter = limiter
+
+    def admit(self, authorization: str | None, client: str | None) -> Principal:
+        """The caller presenting the ``Authorization`` header value, or 401; then one token
+        of its bucket (per key; per client address in open mode), or 429."""
+        token = None
+        if authorization:
+            scheme, _, credentials = authorization.partition(" ")
+            if scheme.lower() == "bearer":
+                token = credentials.strip()
+        who = self.keys.authenticate(token)
+        if who is None:
+            raise ApiError(
+                401, "missing or unknown API key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        bucket = f"open:{client}" if self.keys.open and client else who.key_id
+        wait = self.limiter.take(bucket)
+        if wait > 0:
+            raise ApiError(
+                429,
+                "rate limit exceeded for this API key",
+                headers={"Retry-After": str(self.limiter.retry_after(wait))},
+            )
+        return who

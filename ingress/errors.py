@@ -23,6 +23,7 @@ from schemas import RetryableError
 __all__ = [
     "ApiError",
     "documented_errors",
+    "error_for",
     "error_response",
     "install_error_handlers",
     "json_response",
@@ -96,15 +97,16 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return json_response(body, status, headers)
 
 
-def install_error_handlers(app: FastAPI, retry_after: dict[str, str]) -> None:
-    """Answer every error of ``app`` with :class:`ErrorBody`; ``retry_after`` goes on 503s."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> Response:
+def error_for(exc: Exception, retry_after: dict[str, str]) -> Response | None:
+    """The answer to ``exc`` (an :class:`ApiError`, an :class:`HTTPException`, a
+    :class:`RequestValidationError`, a :class:`RetryableError`); None for any other
+    exception, which is a 500. The FastAPI handlers and the ``POST /v1/requests`` fast path
+    (:mod:`ingress.create`) both answer through this, so their errors cannot drift apart."""
+    if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.headers)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(_: Request, exc: HTTPException) -> Response:
+    if isinstance(exc, RequestValidationError):
+        return _invalid_response(exc)
+    if isinstance(exc, HTTPException):
         if exc.status_code == 400:
             # FastAPI's answer to a body it cannot decode (not UTF-8): a schema error too.
             invalid = FieldError(loc=["body"], msg="body is not UTF-8 JSON", type="json_invalid")
@@ -113,27 +115,37 @@ def install_error_handlers(app: FastAPI, retry_after: dict[str, str]) -> None:
             )
             return json_response(body, 422)
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
-        fields = [
-            FieldError(
-                loc=[p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
-                msg=str(err.get("msg", "")),
-                type=str(err.get("type", "")),
-            )
-            for err in exc.errors()
-        ]
-        named = "; ".join(f"{'.'.join(str(p) for p in f.loc)}: {f.msg}" for f in fields[:10])
-        body = ErrorBody(
-            error="validation_error", message=f"invalid request: {named}", detail=fields
-        )
-        return json_response(body, 422)
-
-    @app.exception_handler(RetryableError)
-    async def _unavailable(_: Request, exc: RetryableError) -> Response:
+    if isinstance(exc, RetryableError):
         log.warning("ingress dependency unavailable: %s", exc)
         return error_response(503, "a dependency is unavailable, retry later", retry_after)
+    return None
+
+
+def _invalid_response(exc: RequestValidationError) -> Response:
+    fields = [
+        FieldError(
+            loc=[p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+            msg=str(err.get("msg", "")),
+            type=str(err.get("type", "")),
+        )
+        for err in exc.errors()
+    ]
+    named = "; ".join(f"{'.'.join(str(p) for p in f.loc)}: {f.msg}" for f in fields[:10])
+    body = ErrorBody(error="validation_error", message=f"invalid request: {named}", detail=fields)
+    return json_response(body, 422)
+
+
+def install_error_handlers(app: FastAPI, retry_after: dict[str, str]) -> None:
+    """Answer every error of ``app`` with :class:`ErrorBody`; ``retry_after`` goes on 503s."""
+
+    async def _handle(_: Request, exc: Exception) -> Response:
+        response = error_for(exc, retry_after)
+        if response is None:  # only registered for the classes error_for answers
+            raise exc
+        return response
+
+    for cls in (ApiError, HTTPException, RequestValidationError, RetryableError):
+        app.add_exception_handler(cls, _handle)
 
 
 def without_null_parameters(document: dict[str, Any]) -> dict[str, Any]:

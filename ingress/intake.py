@@ -1,8 +1,8 @@
 """Turning ``POST /v1/requests`` into a validated request: parameters, body, event, ids.
 
-``POST /v1/requests`` is the hot path, so its parameters are read here straight from the
-ASGI request rather than through FastAPI's per-parameter dependency machinery (which costs
-more than everything else the ingress does per request). The OpenAPI document still
+``POST /v1/requests`` is the hot path and does not go through FastAPI at all
+(:mod:`ingress.create`, ``docs/adr/0013-ingress-fast-path.md``), so its parameters are
+parsed here from the raw query string and header values. The OpenAPI document still
 describes them (:data:`CREATE_OPENAPI`), and a bad value is a 422 naming the field, like
 everywhere else.
 """
@@ -15,8 +15,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -29,6 +29,7 @@ __all__ = [
     "MAX_WAIT_PARAM_S",
     "CreateParams",
     "build_event",
+    "check_content_type",
     "claim_for",
     "parse_body",
     "parse_params",
@@ -91,10 +92,22 @@ def _invalid(loc: tuple[str | int, ...], msg: str, kind: str) -> RequestValidati
     return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
 
 
-def parse_params(request: Request, max_wait_s: float) -> CreateParams:
-    """The query and header parameters; :class:`RequestValidationError` when one is bad."""
+def parse_params(
+    query_string: bytes,
+    idempotency_key: str | None,
+    prefer: str | None,
+    traceparent: str | None,
+    max_wait_s: float,
+) -> CreateParams:
+    """The query and header parameters, from the raw query string and the header values;
+    :class:`RequestValidationError` when one is bad. A repeated query parameter counts by
+    its last value, as in Starlette's ``request.query_params``."""
     wait: float | None = None
-    raw_wait = request.query_params.get("wait")
+    raw_wait = None
+    if query_string:
+        for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if name == "wait":
+                raw_wait = value
     if raw_wait is not None:
         try:
             wait = float(raw_wait)
@@ -104,32 +117,32 @@ def parse_params(request: Request, max_wait_s: float) -> CreateParams:
             raise _invalid(
                 ("query", "wait"), f"Input should be between 0 and {MAX_WAIT_PARAM_S:g}", "range"
             )
-    headers = request.headers
-    key = headers.get("idempotency-key")
-    if key is not None and not 1 <= len(key) <= _KEY_MAX:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= _KEY_MAX:
         raise _invalid(
             ("header", "Idempotency-Key"),
             f"String should have 1 to {_KEY_MAX} characters",
             "string_length",
         )
     return CreateParams(
-        wait=wait_seconds(wait, headers.get("prefer"), max_wait_s),
-        idempotency_key=key,
-        traceparent=valid_traceparent(headers.get("traceparent")),
+        wait=wait_seconds(wait, prefer, max_wait_s),
+        idempotency_key=idempotency_key,
+        traceparent=valid_traceparent(traceparent),
     )
 
 
-async def parse_body(request: Request) -> CreateRequest:
-    """The JSON body as :class:`CreateRequest`; :class:`RequestValidationError` naming the
-    fields otherwise."""
-    content_type = request.headers.get("content-type")
+def check_content_type(content_type: str | None) -> None:
+    """A JSON media type, or none at all; :class:`RequestValidationError` otherwise."""
     if content_type is not None:
         media = content_type.split(";", 1)[0].strip().lower()
         if media != "application/json" and not media.endswith("+json"):
             raise _invalid(
                 ("header", "content-type"), "Expected an application/json body", "content_type"
             )
-    raw = await request.body()
+
+
+def parse_body(raw: bytes) -> CreateRequest:
+    """The JSON body as :class:`CreateRequest`; :class:`RequestValidationError` naming the
+    fields otherwise."""
     try:
         return CreateRequest.model_validate_json(raw)
     except ValidationError as exc:

@@ -72,10 +72,13 @@ class RequestRepository:
         raw = (await self.store.get(self.keys.request(request_id))).value
         return None if raw is None else RequestRecord.model_validate_json(raw)
 
-    async def accept(self, event: UserRequest) -> RequestRecord:
-        """Write the ``accepted`` record of a request just published, unless the projection
-        (or an earlier accept) already wrote one; return whichever is stored."""
-        record = RequestRecord.from_request(event)
+    async def accept(
+        self, event: UserRequest, record: RequestRecord | None = None
+    ) -> RequestRecord:
+        """Write the ``accepted`` record of a request just published (``record``, if the
+        caller built it already), unless the projection (or an earlier accept) already
+        wrote one; return whichever is stored."""
+        record = record or RequestRecord.from_request(event)
         committed = await self.store.commit(
             expect={self.keys.request(event.request_id): 0},
             ops=[

@@ -1,0 +1,240 @@
+"""``POST /v1/requests`` as a raw ASGI app: the ingress's hot path, served in front of FastAPI.
+
+FastAPI's per-request machinery (routing, the ``Request`` object, dependency solving, the
+exception middleware, ``Response`` objects) cost more CPU than everything the ingress does
+to accept a request, so this one operation is served by :class:`CreateEndpoint` directly
+and :class:`FastPath` hands it the requests before FastAPI sees them (see
+``docs/adr/0013-ingress-fast-path.md``). Everything else stays on FastAPI, and so does the
+operation's OpenAPI entry: a documentation-only FastAPI route describes it.
+
+The endpoint keeps the contract of ADR 6 step by step: the API key and the rate limit
+first, then the parameters, the content type and the body (whose size
+:class:`~ingress.limits.BodySizeLimit` polices), then the idempotency claim, the publish
+(202 only after the broker acknowledged it, 503 otherwise) and the first record. Errors are
+answered by :func:`ingress.errors.error_for`, the very function behind the FastAPI
+handlers, so both sides of the ingress answer errors alike; any other exception is left to
+Starlette's 500, as on every other route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from handlers.metrics import Metrics
+from handlers.projection import RequestRecord
+from ingress.auth import Admission
+from ingress.config import IngressOptions
+from ingress.errors import ApiError, error_for
+from ingress.intake import build_event, check_content_type, claim_for, parse_body, parse_params
+from ingress.models import AcceptedResponse, RequestView
+from ingress.requests import Claim, ClaimConflict, RequestRepository
+from schemas import RetryableError, UserRequest, encode
+from topics import Bus, OutgoingRecord
+
+__all__ = ["PATH", "CreateEndpoint", "FastPath"]
+
+log = logging.getLogger(__name__)
+
+#: The path of the operation served here.
+PATH = "/v1/requests"
+
+_JSON = (b"content-type", b"application/json")
+#: (status, body, headers) of an answer; headers in Starlette's order (extra headers, then
+#: content-length, then content-type), so that the bytes match a ``Response``'s exactly.
+_Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+
+def _json(status: int, body: str, extra: list[tuple[bytes, bytes]] | None = None) -> _Answer:
+    raw = body.encode()
+    headers = [*(extra or ()), (b"content-length", str(len(raw)).encode()), _JSON]
+    return status, raw, headers
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole body, like Starlette's ``request.body()`` (a disconnect raises
+    :class:`ClientDisconnect`)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class CreateEndpoint:
+    """``POST /v1/requests``: validate, claim the idempotency key, publish, record, answer.
+
+    ``route`` is set as ``scope["route"]``, as FastAPI's router would, so that the HTTP
+    metrics label the request with the route template."""
+
+    def __init__(
+        self,
+        *,
+        opts: IngressOptions,
+        admission: Admission,
+        repo: RequestRepository,
+        bus: Bus,
+        request_topic: str,
+        metrics: Metrics,
+        route: BaseRoute | None = None,
+    ) -> None:
+        self.opts = opts
+        self.admission = admission
+        self.repo = repo
+        self.bus = bus
+        self.request_topic = request_topic
+        self.metrics = metrics
+        self.route = route
+        self.retry_after = {"Retry-After": str(opts.retry_after_s)}
+        self._produced = metrics.produced.labels(request_topic)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.route is not None:
+            scope["route"] = self.route
+        try:
+            status, body, headers = await self._create(scope, receive)
+        except Exception as exc:
+            response = error_for(exc, self.retry_after)
+            if response is None:
+                raise
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _create(self, scope: Scope, receive: Receive) -> _Answer:
+        # The first value of each header counts, as with Starlette's ``request.headers``.
+        authorization = content_type = key = prefer = traceparent = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is None:
+                    authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = value.decode("latin-1")
+            elif name == b"idempotency-key":
+                if key is None:
+                    key = value.decode("latin-1")
+            elif name == b"prefer":
+                if prefer is None:
+                    prefer = value.decode("latin-1")
+            elif name == b"traceparent" and traceparent is None:
+                traceparent = value.decode("latin-1")
+        client = scope.get("client")
+        who = self.admission.admit(authorization, client[0] if client else None)
+        params = parse_params(
+            scope.get("query_string", b""), key, prefer, traceparent, self.opts.max_wait_s
+        )
+        check_content_type(content_type)
+        body = parse_body(await _read_body(receive))
+
+        tenant = who.tenant
+        claim: Claim | None = None
+        if key is not None:
+            claim = claim_for(tenant, key, body)
+            try:
+                earlier = await self.repo.claim(
+                    tenant, key, claim, wait_s=self.opts.publish_timeout_s + 1
+                )
+            except ClaimConflict as exc:
+                headers = self.retry_after if exc.in_flight else None
+                raise ApiError(409, str(exc), headers=headers) from None
+            if earlier is not None:
+                self.metrics.ingress_idempotent_replays.inc()
+                record = await self.repo.get(earlier.request_id)
+                if record is None:  # expired before its key did
+                    same = AcceptedResponse(
+                        request_id=earlier.request_id,
+                        conversation_id=earlier.conversation_id,
+                        status="accepted",
+                    )
+                    return _json(202, same.model_dump_json())
+                return await self._answer(record, params.wait)
+
+        event = build_event(body, tenant, params.traceparent, claim)
+        try:
+            await self._publish(event)
+        except ApiError:
+            if key is not None:
+                with contextlib.suppress(Exception):
+                    await self.repo.release(tenant, key)
+            raise
+        # The event is durable now: a store hiccup below must not turn it into an error
+        # (the projection writes the record anyway; a retry with the key republishes the
+        # same event id, which is deduplicated).
+        record = RequestRecord.from_request(event)
+        try:
+            record = await self.repo.accept(event, record)
+            if claim is not None and key is not None:
+                await self.repo.confirm(tenant, key, claim)
+        except RetryableError as exc:
+            log.warning("request %s accepted but not recorded: %s", event.request_id, exc)
+        return await self._answer(record, params.wait)
+
+    async def _answer(self, record: RequestRecord, wait: float | None) -> _Answer:
+        if wait is not None and wait > 0 and not record.terminal:
+            record = await self.repo.wait_terminal(record.request_id, wait) or record
+        if wait is not None and record.terminal:
+            return _json(200, RequestView.of(record).model_dump_json())
+        accepted = AcceptedResponse(
+            request_id=record.request_id,
+            conversation_id=record.conversation_id,
+            status=record.status,
+        )
+        location = f"{PATH}/{record.request_id}".encode("latin-1")
+        return _json(202, accepted.model_dump_json(), [(b"location", location)])
+
+    async def _publish(self, event: UserRequest) -> None:
+        key, value, headers = encode(event)
+        record = OutgoingRecord(self.request_topic, value, key, tuple(headers))
+        try:
+            async with asyncio.timeout(self.opts.publish_timeout_s):
+                await self.bus.publish(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "publish of request %s failed, answering 503: %r",
+                event.request_id,
+                exc,
+                extra={"request_id": event.request_id, "topic": self.request_topic},
+            )
+            raise ApiError(
+                503,
+                "the broker did not acknowledge the request; it was not accepted",
+                headers=self.retry_after,
+            ) from exc
+        self._produced.inc()
+
+
+class FastPath:
+    """ASGI middleware: ``POST /v1/requests`` goes to ``endpoint``, everything else to
+    ``app``. Only the exact path without a ``root_path`` is taken here; anything else goes
+    on to the app, whose router serves this operation with the same endpoint."""
+
+    def __init__(self, app: ASGIApp, *, endpoint: ASGIApp) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == PATH
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
