@@ -53,13 +53,20 @@ class OneProducerBus:
         return self.producer
 
 
-def make_delivery(
-    producer: RecordingTransactions, offsets: dict[TopicPartition, PartitionOffsets]
-) -> TransactionalDelivery:
+async def claimed(
+    *in_flight: int, fence_after: int | None = None
+) -> tuple[RecordingTransactions, PartitionOffsets, TransactionalDelivery]:
+    """A delivery that claimed ``TP``, with ``in_flight`` offsets begun on it."""
+    producer = RecordingTransactions(fence_after)
+    tracker = PartitionOffsets()
+    for offset in in_flight:
+        tracker.begin(offset)
     bus: Any = OneProducerBus(producer)
-    return TransactionalDelivery(
-        bus, "g", offsets, Metrics(), backoff=lambda exc, n: 0.0, owns=lambda tp: True
+    delivery = TransactionalDelivery(
+        bus, "g", {TP: tracker}, Metrics(), backoff=lambda exc, n: 0.0, owns=lambda tp: True
     )
+    await delivery.acquire({TP})
+    return producer, tracker, delivery
 
 
 def out(name: str) -> list[OutgoingRecord]:
@@ -67,12 +74,7 @@ def out(name: str) -> list[OutgoingRecord]:
 
 
 async def test_a_later_event_waits_for_the_earlier_one_and_shares_its_transaction() -> None:
-    producer = RecordingTransactions()
-    tracker = PartitionOffsets()
-    for offset in (10, 11, 12):
-        tracker.begin(offset)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, tracker, delivery = await claimed(10, 11, 12)
 
     later = asyncio.create_task(delivery.deliver(out("twelve"), TP, 12))
     middle = asyncio.create_task(delivery.deliver(out("eleven"), TP, 11))
@@ -89,12 +91,7 @@ async def test_a_later_event_waits_for_the_earlier_one_and_shares_its_transactio
 
 
 async def test_in_order_events_commit_one_by_one_with_the_next_offset() -> None:
-    producer = RecordingTransactions()
-    tracker = PartitionOffsets()
-    for offset in (0, 1, 2):
-        tracker.begin(offset)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, tracker, delivery = await claimed(0, 1, 2)
     await delivery.deliver(out("a"), TP, 0)
     await delivery.deliver([], TP, 1)  # no outputs: still moves the offset, in order
     assert producer.commits == [([b"a"], {TP: 1}), ([], {TP: 2})]
@@ -102,12 +99,7 @@ async def test_in_order_events_commit_one_by_one_with_the_next_offset() -> None:
 
 
 async def test_events_that_become_ready_during_a_commit_go_in_the_next_one() -> None:
-    producer = RecordingTransactions()
-    tracker = PartitionOffsets()
-    for offset in (0, 1, 2):
-        tracker.begin(offset)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, _tracker, delivery = await claimed(0, 1, 2)
     producer.gate.clear()
     first = asyncio.create_task(delivery.deliver(out("a"), TP, 0))
     await asyncio.sleep(0.01)
@@ -122,12 +114,7 @@ async def test_events_that_become_ready_during_a_commit_go_in_the_next_one() -> 
 
 
 async def test_fencing_fails_the_batch_and_everything_waiting_behind_it() -> None:
-    producer = RecordingTransactions(fence_after=0)
-    tracker = PartitionOffsets()
-    for offset in (0, 1, 2):
-        tracker.begin(offset)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, tracker, delivery = await claimed(0, 1, 2, fence_after=0)
     waiting = asyncio.create_task(delivery.deliver(out("c"), TP, 2))
     await asyncio.sleep(0.01)
     with pytest.raises(Fenced):
@@ -141,12 +128,7 @@ async def test_fencing_fails_the_batch_and_everything_waiting_behind_it() -> Non
 
 
 async def test_revoking_the_partition_releases_waiting_events() -> None:
-    producer = RecordingTransactions()
-    tracker = PartitionOffsets()
-    for offset in (0, 1):
-        tracker.begin(offset)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, _tracker, delivery = await claimed(0, 1)
     waiting = asyncio.create_task(delivery.deliver(out("b"), TP, 1))
     await asyncio.sleep(0.01)
     await delivery.release({TP})
@@ -156,10 +138,6 @@ async def test_revoking_the_partition_releases_waiting_events() -> None:
 
 
 async def test_jobs_without_an_offset_commit_at_once() -> None:
-    producer = RecordingTransactions()
-    tracker = PartitionOffsets()
-    tracker.begin(5)
-    delivery = make_delivery(producer, {TP: tracker})
-    await delivery.acquire({TP})
+    producer, _tracker, delivery = await claimed(5)
     await delivery.deliver(out("timed_out"), TP, None)
     assert producer.commits == [([b"timed_out"], {})]
