@@ -44,7 +44,7 @@ ASYNCAPI_VERSION = "3.0.0"
 CONTRACT_VERSION = "1.0.0"
 JSON_SCHEMA_FORMAT = "application/schema+json;version=2020-12"
 _KAFKA_BINDING = "0.5.0"
-#: Headers the runtime adds when it moves a record to ``T.retry`` (handlers/runtime.py).
+#: Headers the runtime adds when it moves a record to ``T.retry`` (handlers/parking.py).
 _RETRY_HEADERS = (
     "x-retry-attempt",
     "x-retry-due",
