@@ -306,6 +306,9 @@ class Worker:
         if route is None:
             log.warning("record of unexpected topic %s dropped", record.topic)
             return
+        if record.tp not in self._claimed:
+            # Fetched before its partition was revoked: the next owner handles it.
+            return
         if record.offset < self._skip_below.get(record.tp, -1):
             return
         tracker = self._offsets.setdefault(record.tp, PartitionOffsets())

@@ -143,11 +143,15 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        # From here until the next assignment the member owns nothing, whatever aiokafka's
+        # subscription still lists (it keeps the old partitions during the rejoin).
+        self._consumer.rejoining = True
         tps = {TopicPartition(tp.topic, tp.partition) for tp in revoked}
         if tps and self._consumer.on_revoke is not None:
             await self._consumer.on_revoke(tps)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._consumer.rejoining = False
         log.info("%s: assigned %d partition(s)", self._consumer.group_id, len(assigned))
         log.debug("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
@@ -166,6 +170,8 @@ class KafkaConsumer:
     ) -> None:
         self.group_id = group_id
         self.on_revoke = on_revoke
+        #: Between a revoke and the next assignment (see :meth:`assignment`).
+        self.rejoining = False
         self._assignment_waiter: asyncio.Future[None] | None = None
         self._bus = bus
         self._topics = list(topics)
@@ -264,6 +270,11 @@ class KafkaConsumer:
         return None if offset is None or offset < 0 else int(offset)
 
     def assignment(self) -> set[TopicPartition]:
+        # aiokafka keeps listing the revoked partitions until the group has rejoined; a
+        # caller that acted on them then (claiming a producer for one, exactly_once) would
+        # fence the partition's next owner.
+        if self.rejoining:
+            return set()
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
     def pause(self, *partitions: TopicPartition) -> None:

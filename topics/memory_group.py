@@ -263,7 +263,9 @@ class InProcessConsumer:
         return self._group.committed(tp)
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self._assigned)
+        # Partitions being revoked are not owned any more (as on Kafka, where nothing is
+        # owned between a revoke and the next assignment); they stay committable.
+        return self._assigned - self._revoking
 
     def pause(self, *partitions: TopicPartition) -> None:
         self._paused.update(tp for tp in partitions if tp in self._assigned)

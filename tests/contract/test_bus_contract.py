@@ -338,9 +338,12 @@ async def test_on_revoke_may_commit_before_handover_and_zombies_cannot_commit(
     revocations: list[set[TopicPartition]] = []
     holder: list[Consumer] = []
 
+    owned_while_revoking: list[set[TopicPartition]] = []
+
     async def on_revoke(tps: set[TopicPartition]) -> None:
         # The runtime's pattern: commit finished work of the partitions about to move.
         revocations.append(set(tps))
+        owned_while_revoking.append(holder[0].assignment() & tps)
         await holder[0].commit(dict.fromkeys(tps, 4))
 
     await bus.publish_many(
@@ -358,6 +361,10 @@ async def test_on_revoke_may_commit_before_handover_and_zombies_cannot_commit(
             )
             (tp_b,) = b.assignment()
             assert any(tp_b in revoked for revoked in revocations)
+            # Once revoked, a partition is not listed as owned (a member acting on it then,
+            # e.g. claiming its transactional producer, would fence the next owner).
+            assert owned_while_revoking
+            assert all(not owned for owned in owned_while_revoking)
             assert offsets_of(got_b, tp_b) == list(range(4, 10))
 
             with pytest.raises(RetryableError):
