@@ -96,7 +96,7 @@ def test_triggers_reach_the_same_kafka_as_the_workers(monkeypatch: pytest.Monkey
         for trigger in so["spec"]["triggers"]:
             meta = trigger["metadata"]
             assert meta["bootstrapServers"] == configmap_data()["KAFKA_BOOTSTRAP_SERVERS"]
-            # The consumer starts a new group at the earliest offset (topics/kafka.py);
+            # The consumer starts a new group at the earliest offset (topics/kafka_consumer.py);
             # KEDA must count lag the same way, or a new group looks idle.
             assert meta["offsetResetPolicy"] == "earliest"
             tls = kafka.security_protocol in ("SSL", "SASL_SSL")
