@@ -7,7 +7,7 @@ Run state lives in the store, so any instance continues any request:
   order, so every turn sees the history of the turns before it.
 - ``run:<request_id>``: the :class:`agents.RunState` of one request.
 - ``deadlines:<partition>``: active runs by deadline, for the sweeper that ends runs whose
-  tools never answered (:class:`DeadlineSweeper`).
+  tools never answered (:class:`handlers.deadlines.DeadlineSweeper`).
 
 Every request ends in exactly one terminal ``agent_response``: its id is derived from the
 request id alone, and it is emitted only by the step that moves the run to a terminal state.
@@ -17,17 +17,14 @@ event reuses the reply instead of calling the model again.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from agents import (
-    MEMORY_TOOLS,
     CallTools,
     Fail,
     Finish,
@@ -42,24 +39,18 @@ from agents import (
     start_run,
 )
 from agents.routing import ModelRouter, UnknownModel, cache_key
+from handlers.agent_events import Addressee, call_for, ids_from_raw, response_for
 from handlers.context import Context
+from handlers.deadlines import DeadlineSweeper
 from handlers.metrics import Metrics
-from handlers.periodic import run_periodically
-from handlers.route import Job, Route
-from handlers.runtime import Worker
+from handlers.route import Route
 from schemas import (
-    AgentResponse,
-    AgentResponseData,
     Envelope,
-    MemoryCall,
     ResponseStatus,
     SchemaError,
-    ToolCall,
-    ToolCallData,
     ToolResult,
     Usage,
     UserRequest,
-    derive_id,
 )
 from topics import Topic
 
@@ -67,41 +58,10 @@ __all__ = ["AgentConfig", "AgentHandlers", "ConversationState", "DeadlineSweeper
 
 log = logging.getLogger(__name__)
 
-SOURCE = "agent-worker"
-
 
 def _is_rejection(error: BaseException) -> bool:
     """The request itself is at fault, not the pipeline."""
     return isinstance(error, SchemaError | UnknownModel)
-
-
-def _ids_from_raw(raw: bytes | None) -> dict[str, str] | None:
-    """Correlation ids from a record that did not decode, if it has them at all."""
-    try:
-        data = json.loads(raw or b"")
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    ids = {k: data.get(k) for k in ("request_id", "conversation_id")}
-    if not all(isinstance(v, str) and v for v in ids.values()):
-        return None
-    tenant = data.get("tenant")
-    return {
-        "request_id": str(ids["request_id"]),
-        "conversation_id": str(ids["conversation_id"]),
-        "tenant": tenant if isinstance(tenant, str) and tenant else "default",
-    }
-
-
-@dataclass(frozen=True)
-class _Who:
-    """Whom to answer when only the correlation ids of a request are known."""
-
-    request_id: str
-    conversation_id: str
-    tenant: str
-    traceparent: str | None
 
 
 class ConversationState(BaseModel):
@@ -192,13 +152,13 @@ class AgentHandlers:
         """
         reason = f"{type(error).__name__}: {error}"
         if event is None:
-            ids = _ids_from_raw(raw)
+            ids = ids_from_raw(raw)
             if ids is None:
                 return []  # nothing tells whom to answer; the dead letter is all there is
-            origin = _Who(ids["request_id"], ids["conversation_id"], ids["tenant"], None)
+            origin = Addressee(ids["request_id"], ids["conversation_id"], ids["tenant"], None)
             if await ctx.load(ctx.key("run", origin.request_id), RunState) is not None:
                 return await self._fail_running(origin.request_id, reason, ctx)
-            return [self._response(origin, "rejected", None, reason, Usage(), steps=0, tools=[])]
+            return [response_for(origin, "rejected", None, reason, Usage(), steps=0, tools=[])]
         state = await ctx.load(ctx.key("run", event.request_id), RunState)
         if state is not None:
             if state.status != "running":
@@ -213,7 +173,7 @@ class AgentHandlers:
             marker.model_copy(update={"status": "failed", "error": reason}),
             self.config.run_ttl_s,
         )
-        return [self._response(event, status, None, reason, Usage(), steps=0, tools=[])]
+        return [response_for(event, status, None, reason, Usage(), steps=0, tools=[])]
 
     async def _fail_running(
         self, request_id: str, reason: str, ctx: Context
@@ -255,7 +215,7 @@ class AgentHandlers:
         state, decision = apply_reply(state, reply, ctx.now())
         if isinstance(decision, CallTools):
             ctx.save(ctx.key("run", state.request_id), state, self.config.run_ttl_s)
-            return [self._call(state, inv, i) for i, inv in enumerate(decision.invocations)]
+            return [call_for(state, inv, i) for i, inv in enumerate(decision.invocations)]
         if isinstance(decision, Finish):
             return await self._finish(state, "completed", decision.text, None, ctx)
         assert isinstance(decision, Fail)
@@ -299,28 +259,6 @@ class AgentHandlers:
         self.metrics.llm_tokens.labels(reply.model, "completion", tenant).inc(u.completion_tokens)
         self.metrics.llm_cost.labels(reply.model, tenant).inc(u.cost_usd)
 
-    def _call(self, state: RunState, invocation: Any, index: int) -> Envelope[Any]:
-        cls: type[ToolCall] | type[MemoryCall] = (
-            MemoryCall if invocation.name in MEMORY_TOOLS else ToolCall
-        )
-        data = ToolCallData(
-            call_id=invocation.id,
-            step=state.step,
-            tool=invocation.name,
-            arguments=invocation.arguments,
-            user=state.user,
-        )
-        return cls(
-            id=derive_id(state.request_id, f"call:{state.step}", index),
-            source=SOURCE,
-            request_id=state.request_id,
-            conversation_id=state.conversation_id,
-            causation_id=state.request_id,
-            tenant=state.tenant,
-            traceparent=state.traceparent,
-            data=data,
-        )
-
     async def _finish(
         self,
         state: RunState,
@@ -340,9 +278,7 @@ class AgentHandlers:
             )
         self.metrics.responses.labels(status, state.tenant).inc()
         outputs: list[Envelope[Any]] = [
-            self._response(
-                state, status, text, error, state.usage, state.step, state.tool_calls_made
-            )
+            response_for(state, status, text, error, state.usage, state.step, state.tool_calls_made)
         ]
         conv_key = ctx.key("conv", state.conversation_id)
         conv = await ctx.load(conv_key, ConversationState) or ConversationState()
@@ -356,35 +292,6 @@ class AgentHandlers:
         else:
             ctx.save(conv_key, conv, self.config.run_ttl_s)
         return outputs
-
-    def _response(
-        self,
-        origin: RunState | Envelope[Any] | _Who,
-        status: ResponseStatus,
-        text: str | None,
-        error: str | None,
-        usage: Usage,
-        steps: int,
-        tools: list[str],
-    ) -> AgentResponse:
-        return AgentResponse(
-            id=derive_id(origin.request_id, "response"),
-            source=SOURCE,
-            request_id=origin.request_id,
-            conversation_id=origin.conversation_id,
-            causation_id=origin.request_id,
-            tenant=origin.tenant,
-            traceparent=origin.traceparent,
-            data=AgentResponseData(
-                status=status,
-                text=text,
-                error=error,
-                steps=steps,
-                model=origin.model if isinstance(origin, RunState) else None,
-                usage=usage,
-                tool_calls=list(tools),
-            ),
-        )
 
     # -- deadlines ----------------------------------------------------------------------
 
@@ -400,79 +307,3 @@ class AgentHandlers:
         return await self._finish(
             state, "timed_out", None, "deadline passed", ctx, keep_deadline=True
         )
-
-
-class DeadlineSweeper:
-    """Ends runs whose deadline passed while they waited for tools.
-
-    Every ``interval_s`` it looks up the expired runs of the partitions this worker owns and
-    submits a job into the conversation's lane, so the expiry is ordered with that
-    conversation's events and committed like one (its mark makes it happen once).
-    """
-
-    def __init__(
-        self,
-        worker: Worker,
-        handlers: AgentHandlers,
-        namespace: str,
-        topic_name: str,
-        interval_s: float = 1.0,
-    ) -> None:
-        self.worker = worker
-        self.handlers = handlers
-        self.namespace = namespace
-        self.topic_name = topic_name
-        self.interval_s = interval_s
-        self._submitted: set[str] = set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await run_periodically(self.worker, stop, self.interval_s, self.sweep, "deadline sweep")
-
-    async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
-        """Submit (or, with ``wait``, run one by one) the expiry of every run whose deadline
-        passed, on ``partitions`` (default: those this worker owns). Returns how many.
-
-        Running without owning a partition is safe: the expiry commits with the same
-        version checks and dedup mark as any event, so it cannot race a handler into a
-        second answer. The Lambda deployment uses that from a schedule."""
-        now = self.worker.now().timestamp()
-        owned = self.worker.owned_partitions(self.topic_name)
-        expired: set[str] = set()
-        for partition in sorted(owned if partitions is None else partitions):
-            index = f"{self.namespace}:deadlines:{partition}"
-            for member, _ in await self.worker.store.index_range(index, max_score=now):
-                expired.add(member)
-                if member in self._submitted:
-                    continue
-                request_id, _, conversation_id = member.partition("|")
-                self._submitted.add(member)
-                job = Job(
-                    key=conversation_id.encode(),
-                    partition=partition,
-                    mark_id=f"deadline:{request_id}",
-                    name="agent.deadline",
-                    run=self._expiry(request_id, member),
-                    delivered=self._delivered(index, member),
-                )
-                if wait:
-                    await self.worker.run_job(job)
-                else:
-                    self.worker.submit_job(job)
-        # Forget jobs that were abandoned on a rebalance, so they are submitted again.
-        self._submitted &= expired
-        return len(expired)
-
-    def _delivered(self, index: str, member: str) -> Callable[[], Awaitable[None]]:
-        # Until the answer is delivered the entry stays, and so does the member in
-        # ``_submitted``: a sweep in between must not submit the job a second time.
-        async def remove() -> None:
-            await self.worker.store.index_remove(index, member)
-            self._submitted.discard(member)
-
-        return remove
-
-    def _expiry(self, request_id: str, member: str) -> Any:
-        async def run(ctx: Context) -> Sequence[Envelope[Any]]:
-            return await self.handlers.expire(request_id, ctx)
-
-        return run

@@ -19,21 +19,18 @@ its mark: emitted once, and a rerun emits the same ids. A fact whose window is s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from handlers.context import Context
-from handlers.periodic import run_periodically
-from handlers.route import Job, Route
-from handlers.runtime import Worker
+from handlers.route import Route
+from handlers.stats_closer import WindowCloser
+from handlers.stats_windows import Fact, Row, WindowKeys, aggregate, latency_ms, member_of
 from handlers.store import Put, StateStore
 from schemas import (
     ALL_TENANTS,
@@ -42,11 +39,9 @@ from schemas import (
     AgentStatsData,
     Envelope,
     LatencyStats,
-    ResponseStatus,
     StatsCounts,
     StatsDimension,
     ToolResult,
-    Usage,
     UserRequest,
     derive_id,
     stats_key,
@@ -95,91 +90,6 @@ class _Sealed(BaseModel):
     until: int
 
 
-class _Fact(BaseModel):
-    """One request or tool call as filed under its window; ``id`` (its event's) keeps the
-    index members distinct."""
-
-    id: str
-    kind: Literal["request", "tool"]
-    tenant: str
-    status: ResponseStatus | None = None
-    model: str | None = None
-    tool: str | None = None
-    ok: bool | None = None
-    latency_ms: float | None = None
-    usage: Usage | None = None
-    late: bool = False
-
-
-def _member(fact: _Fact) -> str:
-    return fact.model_dump_json(exclude_none=True, exclude_defaults=True)
-
-
-def _latency_ms(start: datetime, end: datetime) -> float:
-    return round(max(0.0, (end - start).total_seconds() * 1000), 3)
-
-
-@dataclass(frozen=True)
-class _Keys:
-    """The store keys of one partition's windows."""
-
-    namespace: str
-    partition: int
-
-    @property
-    def windows(self) -> str:
-        return f"{self.namespace}:stats:{self.partition}:windows"
-
-    @property
-    def sealed(self) -> str:
-        return f"{self.namespace}:stats:{self.partition}:sealed"
-
-    def facts(self, start: int) -> str:
-        return f"{self.namespace}:stats:{self.partition}:facts:{start}"
-
-
-@dataclass
-class _Row:
-    """One (dimension, value) of a window while it is being added up."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    samples: list[float] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-
-    def add(self, fact: _Fact, *, timing: bool) -> None:
-        if fact.kind == "request":
-            outcome = str(fact.status)
-        else:
-            outcome = "tool_ok" if fact.ok else "tool_error"
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        if fact.late:
-            self.counts["late"] = self.counts.get("late", 0) + 1
-        if timing and fact.latency_ms is not None:
-            self.samples.append(fact.latency_ms)
-        if fact.kind == "request" and fact.usage is not None:
-            self.usage = self.usage + fact.usage
-
-
-def _aggregate(facts: Iterable[_Fact]) -> dict[tuple[StatsDimension, str], _Row]:
-    """The rows of a window's facts: a request counts for its tenant and its model (with its
-    latency, tokens and cost), a tool call for its tenant and its tool (with its duration in
-    the tool row only). A request that never reached a model has no model row."""
-    rows: dict[tuple[StatsDimension, str], _Row] = {}
-
-    def row(dimension: StatsDimension, value: str) -> _Row:
-        return rows.setdefault((dimension, value[:200]), _Row())
-
-    for fact in facts:
-        if fact.kind == "request":
-            row("tenant", fact.tenant).add(fact, timing=True)
-            if fact.model:
-                row("model", fact.model).add(fact, timing=True)
-        else:
-            row("tenant", fact.tenant).add(fact, timing=False)
-            row("tool", fact.tool or "unknown").add(fact, timing=True)
-    return rows
-
-
 class StatsHandlers:
     """The routes of the stats worker, and the closing of one window (see the module doc)."""
 
@@ -203,15 +113,15 @@ class StatsHandlers:
             ctx.save(ctx.key("stats", "start", event.request_id), start, self.config.start_ttl_s)
             return []
         ctx.delete(answered_key)
-        keys = _Keys(ctx.namespace, answered.partition)
+        keys = WindowKeys(ctx.namespace, answered.partition)
         sealed = await ctx.load(keys.sealed, _Sealed)
         if sealed is not None and answered.window < sealed.until:
             return []  # emitted already, without this latency
-        fact = _Fact.model_validate_json(answered.member).model_copy(
-            update={"latency_ms": _latency_ms(event.time, answered.at)}
+        fact = Fact.model_validate_json(answered.member).model_copy(
+            update={"latency_ms": latency_ms(event.time, answered.at)}
         )
         ctx.index_remove(keys.facts(answered.window), answered.member)
-        ctx.index_add(keys.facts(answered.window), _member(fact), answered.at.timestamp())
+        ctx.index_add(keys.facts(answered.window), member_of(fact), answered.at.timestamp())
         return []
 
     async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
@@ -220,13 +130,13 @@ class StatsHandlers:
         if start is not None:
             ctx.delete(start_key)
         d = event.data
-        fact = _Fact(
+        fact = Fact(
             id=event.id,
             kind="request",
             tenant=event.tenant,
             status=d.status,
             model=d.model,
-            latency_ms=None if start is None else _latency_ms(start.at, event.time),
+            latency_ms=None if start is None else latency_ms(start.at, event.time),
             usage=d.usage,
         )
         window, member = await self._file(fact, event.time, ctx)
@@ -241,7 +151,7 @@ class StatsHandlers:
 
     async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
         d = event.data
-        fact = _Fact(
+        fact = Fact(
             id=event.id,
             kind="tool",
             tenant=event.tenant,
@@ -252,10 +162,10 @@ class StatsHandlers:
         await self._file(fact, event.time, ctx)
         return []
 
-    async def _file(self, fact: _Fact, at: datetime, ctx: Context) -> tuple[int, str]:
+    async def _file(self, fact: Fact, at: datetime, ctx: Context) -> tuple[int, str]:
         """Add ``fact`` to the window of ``at`` (never later than now), or as late to the
         window open now when that one is sealed. Returns the window and the member."""
-        keys = _Keys(ctx.namespace, ctx.origin.partition)
+        keys = WindowKeys(ctx.namespace, ctx.origin.partition)
         now = ctx.now().timestamp()
         sealed = await ctx.load(keys.sealed, _Sealed)
         until = sealed.until if sealed else 0
@@ -264,7 +174,7 @@ class StatsHandlers:
         if start < until:
             fact = fact.model_copy(update={"late": True})
             start = max(self.config.window_of(now), -(-until // w) * w)
-        member = _member(fact)
+        member = member_of(fact)
         ctx.index_add(keys.facts(start), member, at.timestamp())
         ctx.index_add(keys.windows, str(start), start + w + self.config.grace_s)
         return start, member
@@ -276,17 +186,17 @@ class StatsHandlers:
 
         Runs as a job (its mark makes it happen once); the seal is committed on its own,
         before the facts are read, so no fact can be added after the read."""
-        keys = _Keys(ctx.namespace, partition)
+        keys = WindowKeys(ctx.namespace, partition)
         end = start + self.config.window_s
         await _seal(ctx.store, keys.sealed, end)
         members = await ctx.store.index_range(keys.facts(start), limit=_MAX_FACTS)
         if len(members) >= _MAX_FACTS:
             log.warning("window %d of partition %d has too many facts; some stay", start, partition)
-        facts = [_Fact.model_validate_json(member) for member, _ in members]
+        facts = [Fact.model_validate_json(member) for member, _ in members]
         for member, _ in members:
             ctx.index_remove(keys.facts(start), member)
         ctx.index_remove(keys.windows, str(start))
-        rows = _aggregate(facts)
+        rows = aggregate(facts)
         return [
             self._event(partition, start, end, dimension, value, rows[(dimension, value)])
             for dimension, value in sorted(rows)
@@ -299,7 +209,7 @@ class StatsHandlers:
         end: int,
         dimension: StatsDimension,
         value: str,
-        row: _Row,
+        row: Row,
     ) -> AgentStats:
         window_start = datetime.fromtimestamp(start, UTC)
         key = stats_key(window_start, dimension, value)
@@ -335,78 +245,3 @@ async def _seal(store: StateStore, key: str, until: int) -> None:
         value = _Sealed(until=until).model_dump_json().encode()
         if await store.commit(expect={key: current.version}, ops=[Put(key, value)]):
             return
-
-
-class WindowCloser:
-    """Emits the windows that are due.
-
-    Every ``interval_s`` it looks up the due windows of the partitions this worker owns on
-    ``topic_name`` (``agent_response``: one owner per partition number in the group) and
-    submits one job per (partition, window) into the partition's own lane; the job's mark
-    makes the emission happen once, whoever runs it. A job that never started (abandoned
-    on a rebalance) is submitted again after ``resubmit_after_s``.
-    """
-
-    def __init__(
-        self,
-        worker: Worker,
-        handlers: StatsHandlers,
-        namespace: str,
-        topic_name: str,
-        interval_s: float = 1.0,
-        resubmit_after_s: float = 30.0,
-    ) -> None:
-        self.worker = worker
-        self.handlers = handlers
-        self.namespace = namespace
-        self.topic_name = topic_name
-        self.interval_s = interval_s
-        self.resubmit_after_s = resubmit_after_s
-        self._pending: dict[str, float] = {}
-        self._running: set[str] = set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await run_periodically(self.worker, stop, self.interval_s, self.sweep, "stats window sweep")
-
-    async def sweep(self, partitions: Iterable[int] | None = None, *, wait: bool = False) -> int:
-        """Submit (or, with ``wait``, run one by one) the closing of every due window of
-        ``partitions`` (default: those this worker owns). Returns how many are due."""
-        now = self.worker.now().timestamp()
-        owned = self.worker.owned_partitions(self.topic_name)
-        due: set[str] = set()
-        for partition in sorted(owned if partitions is None else partitions):
-            keys = _Keys(self.namespace, partition)
-            windows = await self.worker.store.index_range(keys.windows, max_score=now)
-            for member, _ in sorted(windows, key=lambda item: int(item[0])):
-                tag = f"{partition}:{member}"
-                due.add(tag)
-                submitted = self._pending.get(tag)
-                if tag in self._running or (
-                    submitted is not None and time.monotonic() - submitted < self.resubmit_after_s
-                ):
-                    continue
-                self._pending[tag] = time.monotonic()
-                job = Job(
-                    key=f"stats:{partition}".encode(),
-                    partition=partition,
-                    mark_id=f"stats:{partition}:{member}",
-                    name="stats.close",
-                    run=self._closing(partition, int(member), tag),
-                )
-                if wait:
-                    await self.worker.run_job(job)
-                else:
-                    self.worker.submit_job(job)
-        self._pending = {tag: at for tag, at in self._pending.items() if tag in due}
-        return len(due)
-
-    def _closing(self, partition: int, start: int, tag: str) -> Any:
-        async def run(ctx: Context) -> Sequence[Envelope[Any]]:
-            self._pending.pop(tag, None)
-            self._running.add(tag)
-            try:
-                return await self.handlers.close(partition, start, ctx)
-            finally:
-                self._running.discard(tag)
-
-        return run

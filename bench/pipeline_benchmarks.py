@@ -1,0 +1,189 @@
+"""The two benchmarks of ``bench/pipeline.py``, on one rig: (a) throughput of the
+pipeline against a relay chain, (b) saturation of one agent worker with a slow model, and
+a census of the Redis commands per request.
+
+Each returns the rows of its table (see the module doc of ``bench/pipeline.py`` for what
+they mean).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from bench.pipeline_batch import BenchError, check_answers, mean_sizes
+from bench.pipeline_rig import Rig
+from bench.pipeline_workload import HOPS, make_requests, padded
+
+TARGET_RATIO = 0.5
+TARGET_FRACTION = 0.9
+
+
+async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Benchmark (a) on one bus: pipeline and relay, rounds interleaved."""
+    from topics import Topic
+
+    o = rig.o
+    assert rig.bus is not None
+    settings, pids = await rig.pipeline(0.0, o.in_flight, ["agent", "tool"])
+    catalog = settings.catalog()
+    source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
+    warm_tag = f"w{uuid.uuid4().hex[:6]}"
+    for scenario, hops in HOPS.items():
+        warm = make_requests(o.warmup, min(o.conversations, o.warmup), scenario, warm_tag)
+        check_answers(await rig.batch(source, sink, warm, hops, pids), warm, scenario)
+    chain_topics = [catalog.name(t) for t in Topic if t is not Topic.MEMORY_CALL]
+    sizes = await mean_sizes(rig.bus, chain_topics, warm_tag)
+    log(f"  {rig.kind}: workers warm; mean record size per scenario: {sizes}")
+    relays = {hops: await rig.relay(settings.topics.prefix, hops) for hops in HOPS.values()}
+    for scenario, hops in HOPS.items():
+        first, last, relay_pids = relays[hops]
+        warm = padded(make_requests(o.warmup, o.warmup, scenario, warm_tag), sizes[scenario])
+        await rig.batch(first, last, warm, hops, relay_pids)
+    rounds: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {s: [] for s in HOPS}
+    for r in range(o.rounds):
+        for scenario, hops in HOPS.items():
+            tag = f"r{r}{uuid.uuid4().hex[:6]}"
+            requests = make_requests(o.requests, o.conversations, scenario, tag)
+            batch = await rig.batch(source, sink, requests, hops, pids)
+            check_answers(batch, requests, scenario)
+            first, last, relay_pids = relays[hops]
+            relay_batch = await rig.batch(
+                first, last, padded(requests, sizes[scenario]), hops, relay_pids
+            )
+            p, b = batch.summary(), relay_batch.summary()
+            rounds[scenario].append((p, b))
+            log(
+                f"  {rig.kind} {scenario} round {r + 1}: pipeline {p['per_hop_per_s']:.0f} "
+                f"hops/s, relay {b['per_hop_per_s']:.0f} hops/s, "
+                f"ratio {p['per_hop_per_s'] / b['per_hop_per_s']:.2f}"
+            )
+    rows = []
+    for scenario, hops in HOPS.items():
+        pairs = rounds[scenario]
+        ratios = [p["per_hop_per_s"] / b["per_hop_per_s"] for p, b in pairs]
+        rows.append(
+            {
+                "bus": rig.kind,
+                "scenario": scenario,
+                "hops": hops,
+                "requests": o.requests,
+                "conversations": o.conversations,
+                "mean_record_bytes": sizes[scenario],
+                "pipeline": median_round([p for p, _ in pairs]),
+                "relay": median_round([b for _, b in pairs]),
+                "ratio_per_hop": round(statistics.median(ratios), 3),
+                "ratio_rounds": [round(x, 3) for x in ratios],
+                "target_ratio": TARGET_RATIO,
+            }
+        )
+    return rows
+
+
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(rounds, key=lambda r: r["per_hop_per_s"])
+    return {
+        **ordered[len(ordered) // 2],
+        "rounds_per_hop_per_s": [r["per_hop_per_s"] for r in rounds],
+    }
+
+
+async def saturation(rig: Rig, in_flight: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Benchmark (b) on one bus: one agent worker, a slow model, many conversations."""
+    from topics import Topic
+
+    o = rig.o
+    ideal = min(in_flight, o.slow_conversations) / o.slow_latency
+    row: dict[str, Any] = {
+        "bus": rig.kind,
+        "max_in_flight": in_flight,
+        "latency_s": o.slow_latency,
+        "partitions": o.partitions,
+        "conversations": o.slow_conversations,
+        "turns": o.slow_turns,
+        "ideal_per_s": round(ideal, 1),
+        "target_fraction": TARGET_FRACTION,
+    }
+    settings, pids = await rig.pipeline(o.slow_latency, in_flight, ["agent"])
+    catalog = settings.catalog()
+    source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
+    try:
+        warm_n = min(o.slow_conversations, max(in_flight, 200))
+        warm = make_requests(warm_n, warm_n, "chat", f"w{uuid.uuid4().hex[:6]}")
+        await rig.batch(source, sink, warm, 1, pids)
+        n = o.slow_conversations * o.slow_turns
+        requests = make_requests(n, o.slow_conversations, "chat", f"s{uuid.uuid4().hex[:6]}")
+        batch = await rig.batch(source, sink, requests, 1, pids)
+        check_answers(batch, requests, "chat")
+    except BenchError as exc:
+        # A failure of the worker is a result too: record it with the worker's errors.
+        row["error"] = str(exc)
+        row["worker_errors"] = rig.worker_errors()
+        log(f"  {rig.kind} max_in_flight={in_flight}: FAILED: {exc}; {row['worker_errors']}")
+        return row
+    finally:
+        await rig.stop_workers()
+    s = batch.summary()
+    row.update(s)
+    row["fraction"] = round((s["steady_requests_per_s"] or 0) / ideal, 3)
+    row["fraction_end_to_end"] = round(s["requests_per_s"] / ideal, 3)
+    # What one core could sustain at this CPU cost per request, were it all ours.
+    cpu_ms = s["cpu_ms_per_request"]
+    row["cpu_bound_per_s"] = round(1000 / cpu_ms, 1) if cpu_ms else None
+    log(
+        f"  {rig.kind} max_in_flight={in_flight}: steady {s['steady_requests_per_s']} req/s of "
+        f"{ideal:.0f} ideal ({row['fraction']:.2f}), worker cpu {s['cpu_percent']}%"
+    )
+    return row
+
+
+async def redis_census(rig: Rig, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Store commands per request, counted with MONITOR on a small untimed batch."""
+    cli = shutil.which("redis-cli")
+    if cli is None or rig.kind != "kafka":
+        return None
+    from topics import Topic
+
+    settings, pids = await rig.pipeline(0.0, rig.o.in_flight, ["agent", "tool"])
+    catalog = settings.catalog()
+    source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
+    result: dict[str, Any] = {}
+    for scenario, hops in HOPS.items():
+        # A warm-up as wide as the census: every connection of the pool is open already.
+        n = 100
+        warm = make_requests(n, n, scenario, f"w{uuid.uuid4().hex[:6]}")
+        await rig.batch(source, sink, warm, hops, pids)
+        requests = make_requests(n, n, scenario, f"c{uuid.uuid4().hex[:6]}")
+        with tempfile.TemporaryFile() as out:
+            monitor = await asyncio.create_subprocess_exec(
+                cli, "-u", rig.redis_url, "monitor", stdout=out
+            )
+            await asyncio.sleep(0.5)
+            await rig.batch(source, sink, requests, hops, pids)
+            await asyncio.sleep(0.3)
+            monitor.terminate()
+            await monitor.wait()
+            out.seek(0)
+            client: dict[str, int] = {}
+            scripted: dict[str, int] = {}
+            for line in out.read().decode(errors="replace").splitlines():
+                _, _, rest = line.partition("] ")
+                if not rest.startswith('"'):
+                    continue
+                command = rest.split('"')[1].upper()
+                counts = scripted if "[0 lua]" in line else client
+                counts[command] = counts.get(command, 0) + 1
+        result[scenario] = {
+            "requests": n,
+            "round_trips_per_request": round(sum(client.values()) / n, 2),
+            "by_command": {k: round(v / n, 2) for k, v in sorted(client.items())},
+            "inside_scripts_per_request": round(sum(scripted.values()) / n, 2),
+        }
+        log(f"  redis {scenario}: {result[scenario]['round_trips_per_request']} round trips/req")
+    await rig.stop_workers()
+    return result

@@ -1,0 +1,192 @@
+"""The rig of ``bench/pipeline.py``: one bus, its topics, its pipeline workers and relay
+chains, and the batches run through them.
+
+On Kafka the workers and relays are processes (:class:`bench.pipeline_services.Procs`);
+on the in-process bus they are tasks of this process on the same bus and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bench.pipeline_batch import Batch, bus_batch, kafka_batch
+from bench.pipeline_services import Procs, bench_settings, worker_env
+from bench.pipeline_workload import Request
+from bench.relay import relay_bus
+from topics import Bus, TopicDescription
+
+WorkerKind = Literal["agent", "tool", "memory"]
+
+
+@dataclass
+class Options:
+    requests: int
+    conversations: int
+    rounds: int
+    partitions: int
+    in_flight: int
+    warmup: int
+    slow_latency: float
+    slow_conversations: int
+    slow_turns: int
+    slow_in_flight: list[int]
+
+
+class Rig:
+    """One bus, its topics and its workers: runs batches through the pipeline or a relay."""
+
+    def __init__(self, kind: str, options: Options, procs: Procs | None = None) -> None:
+        self.kind = kind
+        self.o = options
+        self.procs = procs
+        self.bootstrap = ""
+        self.redis_url = ""
+        self.bus: Bus | None = None
+        self.producer: Any = None
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self._workers: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(self, bootstrap: str = "", redis_url: str = "") -> None:
+        self.bootstrap, self.redis_url = bootstrap, redis_url
+        if self.kind == "kafka":
+            from aiokafka import AIOKafkaProducer
+
+            from topics.config import KafkaConfig
+            from topics.kafka import KafkaBus
+
+            self.bus = KafkaBus(KafkaConfig(bootstrap_servers=bootstrap))
+            self.producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+            )
+            await self.producer.start()
+        else:
+            from topics.memory import InProcessBus
+
+            self.bus = InProcessBus(default_partitions=self.o.partitions)
+        await self.bus.start()
+
+    async def close(self) -> None:
+        await self.stop_workers()
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.bus is not None:
+            await self.bus.stop()
+
+    async def batch(
+        self, source: str, sink: str, requests: Sequence[Request], hops: int, pids: Sequence[int]
+    ) -> Batch:
+        timeout = 120 + len(requests) * hops / 20
+        assert self.bus is not None
+        if self.kind == "kafka":
+            return await kafka_batch(
+                self.bootstrap,
+                self.producer,
+                source,
+                sink,
+                self.o.partitions,
+                requests,
+                hops,
+                pids,
+                timeout,
+            )
+        return await bus_batch(self.bus, source, sink, requests, hops, timeout)
+
+    async def pipeline(self, latency: float, in_flight: int, kinds: Sequence[WorkerKind]) -> Any:
+        """Topics of a fresh prefix and workers of ``kinds`` on them; returns the settings
+        and the worker pids (empty in process)."""
+        from agentstream.process import build_workers
+        from agentstream.wiring import ensure_topics
+        from handlers.metrics import Metrics
+        from handlers.store import InProcessStore
+
+        assert self.bus is not None
+        settings = bench_settings(self.kind, self.o.partitions, self.bootstrap, self.redis_url)
+        settings = settings.model_copy(
+            update={
+                "model": settings.model.model_copy(update={"offline_latency_s": latency}),
+                "runtime": settings.runtime.model_copy(update={"max_in_flight": in_flight}),
+            }
+        )
+        await ensure_topics(self.bus, settings.catalog(), create=True)
+        pids: list[int] = []
+        if self.kind == "kafka":
+            assert self.procs is not None
+            env = worker_env(
+                self.bootstrap,
+                self.redis_url,
+                settings.topics.prefix,
+                self.o.partitions,
+                latency,
+                in_flight,
+            )
+            for kind in kinds:
+                pids.append(self.procs.worker(f"{kind}-{settings.topics.prefix}", kind, env))
+        else:
+            stop = asyncio.Event()
+            workers = build_workers(
+                list(kinds), settings, self.bus, InProcessStore(), Metrics(), stop
+            )
+            self._workers.append((stop, asyncio.create_task(workers.run(stop))))
+        return settings, pids
+
+    async def stop_workers(self) -> None:
+        """Stop every pipeline worker started so far (processes, or tasks in process)."""
+        if self.procs is not None:
+            self.procs.stop(*[n for n in self.procs.procs if not n.startswith("relay")])
+        for stop, _ in self._workers:
+            stop.set()
+        await asyncio.gather(*(task for _, task in self._workers), return_exceptions=True)
+        self._workers.clear()
+
+    def worker_errors(self, top: int = 3) -> list[str]:
+        """The most frequent errors in the logs of the running workers, with counts."""
+        if self.procs is None:
+            return []
+        counts: dict[str, int] = {}
+        for name in self.procs.procs:
+            if name.startswith("relay"):
+                continue
+            for line in (self.procs.logs / f"{name}.log").read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError, AttributeError):
+                    entry = json.loads(line)
+                    if entry.get("level") == "ERROR":
+                        what = (entry.get("exc") or entry["message"]).strip().splitlines()[-1]
+                        counts[what] = counts.get(what, 0) + 1
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [f"{n}x {what}" for what, n in ranked]
+
+    async def stop_relays(self) -> None:
+        if self.procs is not None:
+            self.procs.stop(*[n for n in self.procs.procs if n.startswith("relay")])
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        self.stop = asyncio.Event()
+
+    async def relay(self, prefix: str, hops: int) -> tuple[str, str, list[int]]:
+        """A relay chain of ``hops`` hops laid out like the workers: the agent's hops (the
+        first and, with a tool, the last) in one process, the tool's hop in another."""
+        assert self.bus is not None
+        names = [f"{prefix}relay{hops}.h{i}" for i in range(hops + 1)]
+        await self.bus.create_topics([TopicDescription(n, self.o.partitions, 1) for n in names])
+        routes = {names[i]: names[i + 1] for i in range(hops)}
+        layout = [{k: v for i, (k, v) in enumerate(routes.items()) if i != 1}]
+        if hops > 1:
+            layout.append({names[1]: names[2]})
+        pids = []
+        for i, part in enumerate(layout):
+            if self.kind == "kafka":
+                assert self.procs is not None
+                pids.append(self.procs.relay(f"relay{hops}-{i}", self.bootstrap, part))
+            else:
+                group = f"relay{hops}-{i}"
+                self.tasks.append(asyncio.create_task(relay_bus(self.bus, group, part, self.stop)))
+        return names[0], names[-1], pids
