@@ -80,15 +80,10 @@ async def test_a_paused_zombie_agent_is_fenced_in_exactly_once_mode(
     # The forgery really is on the log, and only read_committed readers are spared it.
     assert seen_forged
     assert not any(r.value == forged for r in await c.responses())
-    # Nothing lost, no conflicting answer, order kept, and the thawed zombie was fenced.
-    # KNOWN ISSUE (docs/chaos.md, issue 6): since transactions commit in offset order, a
-    # copy beyond the first is rare (1 run in 15 on the development machine, none in the
-    # others), but not yet impossible; copies are recorded above (and printed with where
-    # each landed), not asserted away.
-    broken = [v for v in report.violations if not v.startswith("exactly_once:")]
-    assert not broken, report.describe() + c.tails()
-    if report.violations:
-        print(report.describe())
+    # Nothing lost, no conflicting answer, order kept, exactly one copy of every event on
+    # every topic (read_committed), and the thawed zombie was fenced.
+    assert not report.violations, report.describe() + c.tails()
+    assert report.duplicates == 0
     assert "fenced" in c.tail("agent-1", 1_000_000), "the zombie's transactions were refused"
 
 
