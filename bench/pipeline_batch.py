@@ -114,6 +114,14 @@ class Collector:
         elif rid in self.answers:
             self.copies += 1
 
+    def batch(
+        self, requests: int, hops: int, started: float, published_s: float, used: Usage
+    ) -> Batch:
+        """The measured batch: what was collected, with its clock and CPU readings."""
+        return Batch(
+            requests, hops, started, published_s, self.done, used, self.answers, self.copies
+        )
+
 
 async def kafka_batch(
     bootstrap: str,
@@ -160,16 +168,7 @@ async def kafka_batch(
             f"({len(collector.done)} answered, then none for {STALL_S:.0f}s or the "
             f"{timeout_s:.0f}s limit)"
         )
-    return Batch(
-        len(requests),
-        hops,
-        started,
-        published,
-        collector.done,
-        spent(before, after),
-        collector.answers,
-        collector.copies,
-    )
+    return collector.batch(len(requests), hops, started, published, spent(before, after))
 
 
 async def bus_batch(
@@ -198,16 +197,7 @@ async def bus_batch(
         await consumer.stop()
     if collector.wanted:
         raise BenchError(f"{len(collector.wanted)} of {len(requests)} requests unanswered")
-    return Batch(
-        len(requests),
-        hops,
-        started,
-        published,
-        collector.done,
-        spent(before, after),
-        collector.answers,
-        collector.copies,
-    )
+    return collector.batch(len(requests), hops, started, published, spent(before, after))
 
 
 def check_answers(batch: Batch, requests: Sequence[Request], scenario: str) -> None:
