@@ -48,12 +48,19 @@ class PartitionOffsets:
         """The highest offset begun since the partition was assigned (-1: none)."""
         return self._highest_seen
 
+    def start_at(self, offset: int) -> None:
+        """Everything below ``offset`` is done already (committed by a previous owner of
+        the partition): such records are dropped like re-fetched ones."""
+        self._highest_seen = max(self._highest_seen, offset - 1)
+        self.committed = offset
+
     def is_pending(self, offset: int) -> bool:
         return offset in self._pending
 
     def committable_without(self, *offsets: int) -> int:
         """The committable offset once ``offsets`` are finished too."""
-        lowest = min((o for o in self._pending if o not in offsets), default=None)
+        done = set(offsets)
+        lowest = min((o for o in self._pending if o not in done), default=None)
         if lowest is not None:
             return lowest
         return max((self._highest_seen, *offsets)) + 1

@@ -158,7 +158,6 @@ class Worker:
         #: handled or counted as done here until they are assigned again.
         self._lost: set[TopicPartition] = set()
         self._claimed: set[TopicPartition] = set()
-        self._skip_below: dict[TopicPartition, int] = {}
         #: Claiming (which awaits the broker) and releasing on revoke never interleave:
         #: aiokafka runs the revoke callback in its coordinator task, concurrently with the
         #: fetch loop, and a claim finishing after a revoke would mark as claimed a
@@ -250,8 +249,9 @@ class Worker:
 
     async def _claim(self, consumer: Consumer) -> None:
         """Claim partitions assigned since the last look, before handling their records."""
-        if not consumer.assignment() - self._claimed:
-            self._claimed = consumer.assignment()
+        assigned = consumer.assignment()
+        if not assigned - self._claimed:
+            self._claimed = assigned
             return
         async with self._ownership:
             await self._claim_new(consumer)
@@ -279,7 +279,7 @@ class Worker:
                     before = now
                 for tp, committed in before.items():
                     if committed is not None:
-                        self._skip_below[tp] = committed
+                        self._offsets.setdefault(tp, PartitionOffsets()).start_at(committed)
                 log.info(
                     "claimed %d partition(s) in %.1fs, previous owners fenced; starting at %s",
                     len(new),
@@ -309,14 +309,13 @@ class Worker:
         if record.tp not in self._claimed:
             # Fetched before its partition was revoked: the next owner handles it.
             return
-        if record.offset < self._skip_below.get(record.tp, -1):
-            return
         tracker = self._offsets.setdefault(record.tp, PartitionOffsets())
         if record.offset <= tracker.highest_seen:
-            # Fetched again within one assignment (the client reset its position): the
-            # first copy is in flight or done, and a second run would publish its outbox
-            # again, outside the order exactly_once commits in.
-            log.debug("%s[%d]@%d fetched again, dropped", *record.tp, record.offset)
+            # Below where the claim started (done by the previous owner), or fetched again
+            # within one assignment (the client reset its position): the first copy is in
+            # flight or done, and a second run would publish its outbox again, outside the
+            # order exactly_once commits in.
+            log.debug("%s[%d]@%d done or in flight already, dropped", *record.tp, record.offset)
             return
         self.metrics.consumed.labels(record.topic, self.config.group_id).inc()
         tracker.begin(record.offset)
@@ -445,9 +444,8 @@ class Worker:
             self._claimed -= revoked
             self._lost -= revoked
             for tp in revoked:
-                self._skip_below.pop(tp, None)
+                self._offsets.pop(tp, None)
         for tp in revoked:
-            self._offsets.pop(tp, None)
             route = self._routes.get(tp.topic)
             if route is not None:
                 self._parking.forget(route, tp.partition)

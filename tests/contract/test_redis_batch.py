@@ -152,7 +152,6 @@ async def test_a_silent_server_times_out_every_caller() -> None:
 
 
 def test_c_packing_sends_the_bytes_redis_py_would() -> None:
-    pytest.importorskip("hiredis")
     pool = aioredis.ConnectionPool.from_url("redis://127.0.0.1:1/0")
     plain = pool.make_connection()
     pack_in_c(pool)

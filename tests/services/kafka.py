@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -21,11 +20,12 @@ from typing import Protocol
 
 from tests.services.processes import (
     ServiceError,
+    dispose,
     pid_alive,
     register,
     send_signal,
+    signal_running,
     tail,
-    unregister,
     wait_gone,
 )
 
@@ -204,25 +204,16 @@ class KafkaBroker:
 
     def pause(self) -> None:
         """SIGSTOP: the broker hangs, its connections stay open."""
-        if self.pid is None:
-            raise ServiceError("the broker is not running")
-        send_signal(self.pid, signal.SIGSTOP)
+        signal_running("the broker", self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
-        if self.pid is None:
-            raise ServiceError("the broker is not running")
-        send_signal(self.pid, signal.SIGCONT)
+        signal_running("the broker", self.pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the broker and delete the data dir if this object created it."""
         self._closed = True
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            if self._owns_dir:
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+        dispose(self, self.data_dir, self._owns_dir)
 
 
 class KafkaFactory(Protocol):

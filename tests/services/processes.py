@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -21,10 +22,13 @@ from typing import Protocol
 __all__ = [
     "Server",
     "ServiceError",
+    "Stoppable",
+    "dispose",
     "free_port",
     "pid_alive",
     "register",
     "send_signal",
+    "signal_running",
     "tail",
     "unregister",
     "wait_gone",
@@ -39,6 +43,27 @@ class Server(Protocol):
     """A started server: ``close()`` stops it and removes what it owns."""
 
     def close(self) -> None: ...
+
+
+class Stoppable(Server, Protocol):
+    def stop(self, timeout: float = 20.0) -> None: ...
+
+
+def signal_running(name: str, pid: int | None, sig: signal.Signals) -> None:
+    """``sig`` to a server's process (SIGSTOP/SIGCONT); ``ServiceError`` when not running."""
+    if pid is None:
+        raise ServiceError(f"{name} is not running")
+    send_signal(pid, sig)
+
+
+def dispose(server: Stoppable, data_dir: Path, owns_dir: bool) -> None:
+    """Stop ``server``, forget it, and delete ``data_dir`` if the server created it."""
+    try:
+        server.stop()
+    finally:
+        unregister(server)
+        if owns_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -21,11 +21,12 @@ from typing import Protocol
 
 from tests.services.processes import (
     ServiceError,
+    dispose,
     free_port,
     register,
     send_signal,
+    signal_running,
     tail,
-    unregister,
 )
 
 __all__ = ["RedisFactory", "RedisServer"]
@@ -176,24 +177,15 @@ class RedisServer:
         self.start()
 
     def pause(self) -> None:
-        if self._process is None:
-            raise ServiceError("redis-server is not running")
-        send_signal(self._process.pid, signal.SIGSTOP)
+        signal_running("redis-server", self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self._process is None:
-            raise ServiceError("redis-server is not running")
-        send_signal(self._process.pid, signal.SIGCONT)
+        signal_running("redis-server", self.pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Stop the server and delete the dir if this object created it."""
         self._closed = True
-        try:
-            self.stop()
-        finally:
-            unregister(self)
-            if self._owns_dir:
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+        dispose(self, self.data_dir, self._owns_dir)
 
 
 class RedisFactory(Protocol):

@@ -122,3 +122,14 @@ async def test_commit_index_and_delete(store: InProcessStore) -> None:
     assert await store.index_range("i", max_score=1.5) == [("b", 1.0)]
     await store.commit(expect={}, ops=[Put("x", b"1"), Delete("x")])
     assert (await store.get("x")).value is None
+
+
+def test_a_claim_start_drops_what_the_previous_owner_finished() -> None:
+    offsets = PartitionOffsets()
+    offsets.start_at(40)
+    assert offsets.highest_seen == 39  # the runtime drops records at or below this
+    assert offsets.committable() == 40
+    assert offsets.to_commit() is None  # nothing new to commit yet
+    offsets.begin(40)
+    offsets.finish(40)
+    assert offsets.to_commit() == 41
