@@ -113,6 +113,12 @@ _DIGIT = re.compile(r"\d")
 #: Every expression has a digit: in the text, or from one of the words these rules turn
 #: into a number ("squared" gives ``**2``, "half" ``0.5*``...).
 _MAY_HAVE_NUMBER = re.compile(r"\d|squared|cubed|double|twice|triple|half")
+#: Every operation comes from an operator character or from a word the rules above turn into
+#: one: without any of them there is nothing to calculate.
+_MAY_HAVE_OPERATION = re.compile(
+    r"[-+*/%^()\u00d7\u00f7]|\d\s*x|times|multiplied|divided|over|plus|minus|mod|power|"
+    r"raised|to the|squared|cubed|double|twice|triple|half|percent|sqrt|square root"
+)
 _TRAILING_OPERATORS = re.compile(r"[-+*/%^,\s]+$")
 _LEADING_GLUE = re.compile(r"^(?:and\s+)?(?:that\s+)?", re.IGNORECASE)
 _SPAN = re.compile(r"(?:\d+(?:\.\d+)?|sqrt|abs|round|min|max|log|pi|\*\*|[-+*/%()^,]|\s)+")
@@ -156,6 +162,8 @@ def expression_in(text: str) -> str | None:
     """The arithmetic expression in ``text`` ("what is 12 times 7?" gives ``12 * 7``), if any."""
     normalized = text.lower()
     if _MAY_HAVE_NUMBER.search(normalized) is None:
+        return None
+    if _MAY_HAVE_OPERATION.search(normalized) is None:
         return None
     for pattern, replacement in _ARITHMETIC_WORDS:
         normalized = pattern.sub(replacement, normalized)
@@ -257,6 +265,8 @@ def _clock_time(text: str) -> str | None:
 
 def _units(clause: str) -> dict[str, str | float] | None:
     text = clause.strip().rstrip("?.! ")
+    if _DIGIT.search(text) is None:  # both patterns need a value
+        return None
     for pattern in (_UNITS, _UNITS_HOW_MANY):
         match = pattern.search(text)
         if match is None:
@@ -293,13 +303,16 @@ def _classify(clause: str, question: bool) -> Ask:
     if _STATEMENT.match(clause) and not question:
         fact = _LEADING_GLUE.sub("", clause)
         return Ask("remember", clause, {"fact": fact.strip()})
-    zones = zones_in(clause)
+    # Zones are read only when a time is asked about: the scan over every zone name is the
+    # costliest step here.
     at = _clock_time(clause)
-    if at is not None and len(zones) >= 2:
+    zones = zones_in(clause) if at is not None else None
+    if at is not None and zones is not None and len(zones) >= 2:
         return Ask("convert_time", clause, {"time": at, "from_zone": zones[0], "to_zone": zones[1]})
     if (units := _units(clause)) is not None:
         return Ask("units", clause, units)
     if _TIME.search(clause):
+        zones = zones_in(clause) if zones is None else zones
         return Ask("time", clause, {"zone": zones[0] if zones else "UTC"})
     if (expression := expression_in(clause)) is not None:
         return Ask("calculate", clause, {"expression": expression})

@@ -116,7 +116,10 @@ class AgentHandlers:
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
         conv_key = ctx.key("conv", event.conversation_id)
-        await ctx.prefetch(ctx.key("run", event.request_id), conv_key)
+        # The first model call's recorded reply is read along (a redelivered request).
+        await ctx.prefetch(
+            ctx.key("run", event.request_id), conv_key, effects=[_model_effect(event.request_id, 0)]
+        )
         if await ctx.load(ctx.key("run", event.request_id), RunState) is not None:
             log.info("request %s already started; duplicate user_request ignored", event.request_id)
             return []
@@ -223,12 +226,15 @@ class AgentHandlers:
 
     async def _complete(self, state: RunState, ctx: Context) -> ModelReply:
         model = self.router.choose(state)
-        key = f"model:{state.request_id}:{state.step}"
 
         async def call() -> ModelReply:
             return await self._cached_call(model, state, ctx)
 
-        reply, replayed = await ctx.once(key, ModelReply, call)
+        # Recorded with the commit: after a crash the model is asked again, which only costs
+        # the call (nothing of this run was published), and a round trip is saved.
+        reply, replayed = await ctx.once(
+            _model_effect(state.request_id, state.step), ModelReply, call, with_commit=True
+        )
         if not replayed and not reply.usage.cached_calls:
             self._count(reply, state.tenant)
         return reply
@@ -249,7 +255,7 @@ class AgentHandlers:
         except Exception:
             self.metrics.llm_calls.labels(model.name, "error").inc()
             raise
-        await ctx.store.put(ck, reply.model_dump_json().encode(), self.config.cache_ttl_s)
+        ctx.put_value(ck, reply.model_dump_json().encode(), self.config.cache_ttl_s)
         return reply
 
     def _count(self, reply: ModelReply, tenant: str) -> None:
@@ -307,3 +313,8 @@ class AgentHandlers:
         return await self._finish(
             state, "timed_out", None, "deadline passed", ctx, keep_deadline=True
         )
+
+
+def _model_effect(request_id: str, step: int) -> str:
+    """The idempotency key of the model call of ``step`` of a run."""
+    return f"model:{request_id}:{step}"

@@ -8,20 +8,32 @@ anything it read changed meanwhile, the commit is refused and the event runs aga
 
 Side effects outside Kafka (an LLM call, a tool run) go through :meth:`Context.once`: the
 first run records the result under an idempotency key (``request_id`` + step, or the tool
-call id), a redelivered event gets the recorded result back instead of calling again.
+call id), a redelivered event gets the recorded result back instead of calling again. A
+result is recorded at once (a tool that acts on the world must not act twice after a crash)
+or, with ``with_commit=True``, with the handler's commit (an LLM reply: calling again after
+a crash only costs the call, and the reply saves a round trip).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from handlers.store import Delete, IndexAdd, IndexRemove, Op, Put, StateStore, Versioned
+from handlers.store import (
+    Delete,
+    IndexAdd,
+    IndexRemove,
+    Op,
+    Put,
+    PutValue,
+    StateStore,
+    Versioned,
+)
 
 __all__ = ["Context", "Origin"]
 
@@ -51,17 +63,24 @@ class Context:
     ops: list[Op] = field(default_factory=list)
     _staged: dict[str, bytes | None] = field(default_factory=dict)
     _prefetched: dict[str, Versioned] = field(default_factory=dict)
+    _values: dict[str, bytes | None] = field(default_factory=dict)
 
     def key(self, *parts: str) -> str:
         """A store key in this deployment's namespace."""
         return ":".join((self.namespace, *parts))
 
-    async def prefetch(self, *keys: str) -> None:
+    async def prefetch(self, *keys: str, effects: Sequence[str] = ()) -> None:
         """Read ``keys`` in one round trip; later ``load``s of them need none. A key only
-        prefetched, never loaded, does not count as read."""
+        prefetched, never loaded, does not count as read. ``effects``: idempotency keys of
+        :meth:`once` calls to come, read in the same round trip."""
         wanted = [k for k in keys if k not in self._prefetched and k not in self._staged]
-        if wanted:
-            self._prefetched.update(zip(wanted, await self.store.get_many(wanted), strict=True))
+        values = [self.key("effect", k) for k in effects]
+        values = [k for k in values if k not in self._values]
+        if not wanted and not values:
+            return
+        versioned, plain = await self.store.read_many(wanted, values)
+        self._prefetched.update(zip(wanted, versioned, strict=True))
+        self._values.update(zip(values, plain, strict=True))
 
     async def load(self, key: str, model: type[ModelT]) -> ModelT | None:
         """The state at ``key`` as ``model`` (staged writes of this handler included)."""
@@ -88,19 +107,34 @@ class Context:
     def index_remove(self, key: str, member: str) -> None:
         self.ops.append(IndexRemove(key, member))
 
+    def put_value(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        """Write the plain value ``key`` with the commit (a cache entry: lost if the run
+        does not count)."""
+        self.ops.append(PutValue(key, value, ttl_s))
+
     async def once(
         self,
         key: str,
         model: type[ModelT],
         call: Callable[[], Awaitable[ModelT]],
+        *,
+        with_commit: bool = False,
     ) -> tuple[ModelT, bool]:
         """Run the side effect ``call`` once per idempotency ``key``; returns the result and
-        whether it was recorded before (True: not called again)."""
-        stored = await self.store.fetch(self.key("effect", key))
+        whether it was recorded before (True: not called again). The result is recorded
+        at once, or with the commit when ``with_commit`` (see the module docstring)."""
+        effect_key = self.key("effect", key)
+        if effect_key in self._values:
+            stored = self._values[effect_key]
+        else:
+            stored = await self.store.fetch(effect_key)
         if stored is not None:
             return model.model_validate_json(stored), True
         result = await call()
-        await self.store.put(
-            self.key("effect", key), result.model_dump_json().encode(), self.effect_ttl_s
-        )
+        data = result.model_dump_json().encode()
+        if with_commit:
+            self.put_value(effect_key, data, self.effect_ttl_s)
+        else:
+            await self.store.put(effect_key, data, self.effect_ttl_s)
+        self._values[effect_key] = data
         return result, False

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from handlers.redis_batch import AutoPipeline, pack_in_c
-from handlers.store import Delete, IndexAdd, Op, Put, Versioned
+from handlers.store import Delete, IndexAdd, Op, Put, PutValue, Versioned
 from schemas.errors import RetryableError
 
 __all__ = ["RedisStore"]
@@ -49,6 +49,9 @@ while a <= #ARGV do
     redis.call('HSET', key, 'd', x)
     if tonumber(y) > 0 then redis.call('EXPIRE', key, tonumber(y))
     else redis.call('PERSIST', key) end
+  elseif kind == 'set' then
+    if tonumber(y) > 0 then redis.call('SET', key, x, 'PX', tonumber(y))
+    else redis.call('SET', key, x) end
   elseif kind == 'del' then
     redis.call('DEL', key)
   elseif kind == 'zadd' then
@@ -117,6 +120,20 @@ class RedisStore:
             for version, data in rows
         ]
 
+    async def read_many(
+        self, keys: Sequence[str], value_keys: Sequence[str]
+    ) -> tuple[list[Versioned], list[bytes | None]]:
+        commands: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (("HMGET", k, "v", "d"), {}) for k in keys
+        ]
+        commands += [(("GET", k), {}) for k in value_keys]
+        rows = await self._call(self._batch.call_many(commands))
+        versioned = [
+            Versioned(None, 0) if version is None else Versioned(data, int(version))
+            for version, data in rows[: len(keys)]
+        ]
+        return versioned, list(rows[len(keys) :])
+
     async def commit(
         self,
         *,
@@ -139,6 +156,8 @@ class RedisStore:
             keys.append(op.key)
             if isinstance(op, Put):
                 args += ["put", op.value, op.ttl_s or 0]
+            elif isinstance(op, PutValue):
+                args += ["set", op.value, max(1, int(op.ttl_s * 1000)) if op.ttl_s else 0]
             elif isinstance(op, Delete):
                 args += ["del", "", 0]
             elif isinstance(op, IndexAdd):

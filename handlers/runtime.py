@@ -5,8 +5,10 @@ guarantees, and how:
 
 - *Many in flight, ordered per key*: every record goes to the lane of its key
   (``conversation_id``); lanes run concurrently, a lane runs its records one at a time.
-- *Bounded*: at most ``max_in_flight`` records are held; fetching pauses when the budget is
-  full and resumes below three quarters of it.
+- *Bounded*: at most ``max_in_flight`` records are in flight; fetched records wait for a
+  slot in :mod:`handlers.admission`, which starts them at a paced rate (so a backlog is taken
+  up without synchronised waves), and fetching pauses while a quarter of the budget waits
+  there.
 - *Commit only what is done*: per partition, offsets are committed up to the lowest offset
   still in flight (:mod:`handlers.offsets`), every ``commit_interval_s``.
 - *Alive while handlers are slow*: the fetch loop keeps calling the consumer even while all
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from handlers.admission import Admission
 from handlers.claims import ClaimCheck
 from handlers.dead_letters import DeadLetters
 from handlers.delivery import Delivery, PlainDelivery, TransactionalDelivery
@@ -82,6 +85,7 @@ class _Item:
     route: Route | None
     record: Record | None = None
     job: Job | None = None
+    started: float = 0.0
 
     @property
     def tp(self) -> TopicPartition | None:
@@ -114,6 +118,7 @@ class Worker:
             self._routes[catalog.name(route.topic, Kind.RETRY)] = route
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._lanes: Lanes[_Item] = Lanes(self._run_item)
+        self._admission = Admission(config.max_in_flight)
         self._jobs_held = 0
         self._consumer: Consumer | None = None
         self._delivery: Delivery = (
@@ -184,8 +189,14 @@ class Worker:
     # -- public -------------------------------------------------------------------------
 
     @property
-    def held(self) -> int:
+    def in_flight(self) -> int:
+        """Records started and not finished, and jobs."""
         return sum(len(o) for o in self._offsets.values()) + self._jobs_held
+
+    @property
+    def held(self) -> int:
+        """Everything in memory: in flight, and fetched records waiting to start."""
+        return self.in_flight + len(self._admission)
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this member owns now (empty before it joined its group)."""
@@ -230,21 +241,26 @@ class Worker:
         self._consumer = consumer
         self.started.set()
         committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
+        admitter = asyncio.create_task(
+            self._admission.run(lambda: self.in_flight, self._accept), name="admission"
+        )
         try:
             while not stop.is_set():
                 self._apply_backpressure(consumer)
-                room = max(1, self.config.max_in_flight - self.held)
+                room = max(1, self._admission.prefetch - len(self._admission))
                 records = await consumer.getmany(
                     timeout_ms=100, max_records=min(room, self.config.max_batch)
                 )
                 await self._claim(consumer)
-                for record in records:
-                    self._accept(record)
+                self._admission.offer(records)
         finally:
             self._stopping = True
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+            for task in (committer, admitter):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # Fetched but never started: not counted, so fetched again after a restart.
+            self._admission.purge()
             await self._shutdown(consumer)
 
     async def _claim(self, consumer: Consumer) -> None:
@@ -293,11 +309,11 @@ class Worker:
     # -- scheduling ---------------------------------------------------------------------
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
-        held = self.held
-        if not self._paused_for_budget and held >= self.config.max_in_flight:
+        waiting, prefetch = len(self._admission), self._admission.prefetch
+        if not self._paused_for_budget and waiting >= prefetch:
             consumer.pause(*consumer.assignment())
             self._paused_for_budget = True
-        elif self._paused_for_budget and held < self.config.max_in_flight * 3 // 4:
+        elif self._paused_for_budget and waiting < prefetch // 2:
             consumer.resume(*consumer.assignment())
             self._paused_for_budget = False
 
@@ -309,7 +325,9 @@ class Worker:
         if record.tp not in self._claimed:
             # Fetched before its partition was revoked: the next owner handles it.
             return
-        tracker = self._offsets.setdefault(record.tp, PartitionOffsets())
+        tracker = self._offsets.get(record.tp)
+        if tracker is None:
+            tracker = self._offsets[record.tp] = PartitionOffsets()
         if record.offset <= tracker.highest_seen:
             # Below where the claim started (done by the previous owner), or fetched again
             # within one assignment (the client reset its position): the first copy is in
@@ -324,7 +342,7 @@ class Worker:
             if record.key
             else f"{record.topic}/{record.partition}/{record.offset}".encode()
         )
-        self._lanes.submit(key, _Item(route=route, record=record))
+        self._lanes.submit(key, _Item(route=route, record=record, started=time.monotonic()))
 
     async def _run_item(self, item: _Item) -> None:
         try:
@@ -350,6 +368,7 @@ class Worker:
             offsets = self._offsets.get(item.record.tp)
             if offsets is not None:
                 offsets.finish(item.record.offset)
+            self._admission.finished(time.monotonic() - item.started)
 
     def _stall(self, tp: TopicPartition) -> None:
         # Leaving the offset in flight blocks commits past it; the record is redelivered
@@ -422,6 +441,7 @@ class Worker:
                 tracker.committed = offset
 
     async def _on_revoke(self, revoked: set[TopicPartition]) -> None:
+        self._admission.purge(revoked)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_timeout_s
         while loop.time() < deadline and any(len(self._offsets.get(tp, ())) for tp in revoked):

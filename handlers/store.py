@@ -27,6 +27,7 @@ __all__ = [
     "IndexRemove",
     "Op",
     "Put",
+    "PutValue",
     "StateStore",
     "Versioned",
 ]
@@ -45,6 +46,16 @@ class Put:
     key: str
     value: bytes
     ttl_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PutValue:
+    """A plain value (a recorded effect, a cache entry) written with the commit: unversioned,
+    readable with ``fetch``. For what only matters if the handler's run counts."""
+
+    key: str
+    value: bytes
+    ttl_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,7 @@ class IndexRemove:
     member: str
 
 
-Op = Put | Delete | IndexAdd | IndexRemove
+Op = Put | PutValue | Delete | IndexAdd | IndexRemove
 
 
 @runtime_checkable
@@ -81,6 +92,11 @@ class StateStore(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
         """Several versioned values in one round trip."""
+
+    async def read_many(
+        self, keys: Sequence[str], value_keys: Sequence[str]
+    ) -> tuple[list[Versioned], list[bytes | None]]:
+        """Versioned values of ``keys`` and plain values of ``value_keys``, one round trip."""
 
     async def commit(
         self,
@@ -151,6 +167,11 @@ class InProcessStore:
     async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
         return [await self.get(key) for key in keys]
 
+    async def read_many(
+        self, keys: Sequence[str], value_keys: Sequence[str]
+    ) -> tuple[list[Versioned], list[bytes | None]]:
+        return await self.get_many(keys), [await self.fetch(k) for k in value_keys]
+
     async def commit(
         self,
         *,
@@ -167,6 +188,8 @@ class InProcessStore:
             if isinstance(op, Put):
                 version = (await self.get(op.key)).version
                 self._versioned[op.key] = (op.value, version + 1, self._expiry(op.ttl_s))
+            elif isinstance(op, PutValue):
+                self._plain[op.key] = (op.value, self._expiry(op.ttl_s))
             elif isinstance(op, Delete):
                 self._versioned.pop(op.key, None)
             elif isinstance(op, IndexAdd):

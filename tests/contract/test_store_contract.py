@@ -8,7 +8,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from handlers.redis_store import RedisStore
-from handlers.store import Delete, IndexAdd, IndexRemove, InProcessStore, Put, StateStore
+from handlers.store import (
+    Delete,
+    IndexAdd,
+    IndexRemove,
+    InProcessStore,
+    Put,
+    PutValue,
+    StateStore,
+)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -37,6 +45,41 @@ async def test_versioned_commit_with_mark(store: StateStore, prefix: str) -> Non
     assert not await store.commit(expect={k: 0}, ops=[Put(k, b"three")])
     assert await store.commit(expect={k: 1}, ops=[Put(k, b"three"), Delete(f"{prefix}none")])
     assert (await store.get(k)).version == 2
+
+
+async def test_a_plain_value_is_written_only_by_a_commit_that_counts(
+    store: StateStore, prefix: str
+) -> None:
+    k, effect, mark = f"{prefix}state", f"{prefix}effect", f"{prefix}mark"
+    # Refused (a stale read): the plain value is not written either.
+    assert not await store.commit(expect={k: 3}, ops=[PutValue(effect, b"reply", 60)])
+    assert await store.fetch(effect) is None
+    assert await store.commit(
+        expect={k: 0}, ops=[Put(k, b"s"), PutValue(effect, b"reply", 60)], mark=(mark, b"[]", 60)
+    )
+    assert await store.fetch(effect) == b"reply"
+    # Refused because the mark exists: the value stays what the first commit wrote.
+    assert not await store.commit(
+        expect={}, ops=[PutValue(effect, b"other", 60)], mark=(mark, b"[]", 60)
+    )
+    assert await store.fetch(effect) == b"reply"
+    # It expires like any plain value.
+    await store.commit(expect={}, ops=[PutValue(f"{prefix}short", b"x", 0.2)])
+    assert await store.fetch(f"{prefix}short") == b"x"
+    await asyncio.sleep(0.4)
+    assert await store.fetch(f"{prefix}short") is None
+
+
+async def test_read_many_reads_state_and_plain_values_together(
+    store: StateStore, prefix: str
+) -> None:
+    a, b, plain = f"{prefix}a", f"{prefix}b", f"{prefix}plain"
+    await store.commit(expect={}, ops=[Put(a, b"A")])
+    await store.put(plain, b"P")
+    versioned, values = await store.read_many([a, b], [plain, f"{prefix}none"])
+    assert [(v.value, v.version) for v in versioned] == [(b"A", 1), (None, 0)]
+    assert values == [b"P", None]
+    assert await store.read_many([], []) == ([], [])
 
 
 async def test_concurrent_commits_one_winner(store: StateStore, prefix: str) -> None:

@@ -1,0 +1,169 @@
+"""Admission and the in-flight budget: records start paced, never more than the budget at
+once, fetching pauses while the backlog is full; and side effects recorded with the commit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentstream.wiring import ensure_topics
+from handlers.admission import Admission
+from handlers.context import Context, Origin
+from handlers.route import Route
+from handlers.runtime import RuntimeConfig, Worker
+from handlers.store import InProcessStore
+from schemas import UserRequest, UserRequestData, encode
+from topics import Catalog, OutgoingRecord, Record, Topic
+from topics.memory import InProcessBus
+
+
+def _record(offset: int, partition: int = 0) -> Record:
+    return Record("t", partition, offset, b"k%d" % offset, b"v", (), 0)
+
+
+async def test_a_backlog_is_started_at_the_paced_rate_not_at_once() -> None:
+    # Budget 10, records held 1 s (the initial estimate): 1.5 x 10 / 1 s = 15 starts per second.
+    admission = Admission(10, initial_hold_s=1.0)
+    started: list[float] = []
+    admission.offer([_record(i) for i in range(6)])
+    task = asyncio.create_task(admission.run(lambda: 0, lambda r: started.append(time.monotonic())))
+    try:
+        while len(started) < 6:
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    spread = started[-1] - started[0]
+    assert 5 / 15 * 0.8 <= spread <= 5 / 15 * 3, spread
+
+
+async def test_fast_handlers_are_not_held_back_and_the_budget_is_kept() -> None:
+    admission = Admission(4, initial_hold_s=1.0)
+    for _ in range(200):
+        admission.finished(0.001)  # the estimate follows what is measured
+    assert admission.hold_s < 0.01
+    in_flight = 0
+
+    def start_one(record: Record) -> None:
+        nonlocal in_flight
+        in_flight += 1
+
+    admission.offer([_record(i) for i in range(10)])
+    task = asyncio.create_task(admission.run(lambda: in_flight, start_one))
+    try:
+        await asyncio.sleep(0.05)
+        assert in_flight == 4  # all the budget at once (fast), not one more
+        assert len(admission) == 6
+        in_flight -= 2
+        admission.finished(0.001)
+        await asyncio.sleep(0.05)
+        assert in_flight == 4
+        assert len(admission) == 4
+    finally:
+        task.cancel()
+    assert admission.purge({_record(0).tp}) == 4
+    assert len(admission) == 0
+
+
+class _Reply(BaseModel):
+    n: int
+
+
+async def test_an_effect_recorded_with_the_commit_is_read_back_in_the_prefetch() -> None:
+    store = InProcessStore()
+    calls = 0
+
+    async def call() -> _Reply:
+        nonlocal calls
+        calls += 1
+        return _Reply(n=calls)
+
+    def context() -> Context:
+        return Context(store, Origin("t", 0, 0, "g"), "ns", lambda: datetime.now(UTC))
+
+    first = context()
+    reply, replayed = await first.once("model:r:0", _Reply, call, with_commit=True)
+    assert (reply.n, replayed) == (1, False)
+    assert await store.fetch("ns:effect:model:r:0") is None  # nothing before the commit
+    # A run whose commit is refused leaves no effect behind: the next run calls again.
+    assert not await store.commit(expect={"ns:x": 5}, ops=first.ops)
+    assert await store.fetch("ns:effect:model:r:0") is None
+    second = context()
+    reply, _ = await second.once("model:r:0", _Reply, call, with_commit=True)
+    assert reply.n == 2
+    assert await store.commit(expect=second.reads, ops=second.ops)
+    # Redelivered: the recorded reply comes with the prefetch, no call and no extra read.
+    third = context()
+    await third.prefetch("ns:run", effects=["model:r:0"])
+    reads = 0
+    fetch = store.fetch
+
+    async def counting_fetch(key: str) -> bytes | None:
+        nonlocal reads
+        reads += 1
+        return await fetch(key)
+
+    store.fetch = counting_fetch  # type: ignore[method-assign]
+    reply, replayed = await third.once("model:r:0", _Reply, call, with_commit=True)
+    assert (reply.n, replayed, calls, reads) == (2, True, 2, 0)
+
+
+async def test_the_worker_never_runs_more_than_its_budget_and_pauses_fetching() -> None:
+    bus = InProcessBus(default_partitions=2)
+    await bus.start()
+    catalog = Catalog(prefix="adm.", partitions=2)
+    await ensure_topics(bus, catalog, create=True)
+    running = 0
+    peak = 0
+    done = 0
+    release = asyncio.Event()
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        nonlocal running, peak, done
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        done += 1
+        return []
+
+    config = RuntimeConfig(group_id="g", source="test", max_in_flight=8, commit_interval_s=0.05)
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    topic = catalog.name(Topic.USER_REQUEST)
+    records = []
+    for i in range(120):
+        event = UserRequest(
+            source="test",
+            request_id=f"r{i}",
+            conversation_id=f"c{i}",
+            data=UserRequestData(text="hi"),
+        )
+        key, value, headers = encode(event)
+        records.append(OutgoingRecord(topic, value, key, tuple(headers)))
+    await bus.publish_many(records)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while running < 8 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        assert running == peak == 8  # the budget, and not one more
+        # Fetched and waiting at most a quarter of the budget (16 at least); the rest stays
+        # on the broker while the budget is full.
+        assert worker.held - worker.in_flight <= 16
+        assert worker.held < 120
+        release.set()
+        while done < 120 and time.monotonic() < deadline + 20:
+            await asyncio.sleep(0.02)
+        assert done == 120
+        assert peak == 8
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
