@@ -17,6 +17,7 @@ the estimate down within a few records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Container
@@ -26,6 +27,7 @@ from topics import Record, TopicPartition
 __all__ = ["Admission"]
 
 _TICK_S = 0.01
+_RECHECK_S = 0.05
 
 
 class Admission:
@@ -72,6 +74,10 @@ class Admission:
         self._hold_s += 0.05 * (held_s - self._hold_s)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Slots may have been freed without a record finishing: look again."""
+        self._wake.set()
+
     def purge(self, tps: Container[TopicPartition] | None = None) -> int:
         """Forget waiting records (of ``tps``, or all): they were never started, so their
         offsets were never counted and the next owner (or this one, later) fetches them."""
@@ -88,7 +94,11 @@ class Admission:
         while True:
             if not self._backlog or in_flight() >= self.max_in_flight:
                 self._wake.clear()
-                await self._wake.wait()
+                # Woken by an offer or a finished record; the timeout covers slots freed
+                # otherwise (work abandoned on a revoke, a partition lost to fencing).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RECHECK_S):
+                        await self._wake.wait()
                 continue
             now = self._clock()
             rate = self.rate

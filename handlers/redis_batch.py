@@ -28,6 +28,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
+from handlers.redis_wire import RedisWire
+
 try:
     import hiredis
 
@@ -63,9 +65,14 @@ class AutoPipeline:
     concurrently on as many pooled connections.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, max_batch: int = 512) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, max_batch: int = 512, wire: RedisWire | None = None
+    ) -> None:
         self._redis = redis
-        self._max_batch = max_batch
+        #: When set, batches go on this one pipelined connection instead of redis-py's
+        #: pipelines (:mod:`handlers.redis_wire`); ``max_batch`` then does not split them.
+        self._wire = wire
+        self._max_batch = max_batch if wire is None else 1 << 30
         self._queue: list[_Entry] = []
         self._queued_commands = 0
         self._scheduled = False
@@ -106,12 +113,17 @@ class AutoPipeline:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Entry]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for entry in batch:
-            for args, options in entry.commands:
-                pipe.execute_command(*args, **options)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            if self._wire is not None:
+                commands = [c for entry in batch for c in entry.commands]
+                raw = await self._wire.send([args for args, _ in commands])
+                replies = [_shaped(c, r) for c, r in zip(commands, raw, strict=True)]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for entry in batch:
+                    for args, options in entry.commands:
+                        pipe.execute_command(*args, **options)
+                replies = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
             for entry in batch:
                 entry.future.cancel()
@@ -139,6 +151,19 @@ class AutoPipeline:
         self._flush()
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+def _shaped(command: Command, reply: Any) -> Any:
+    """A raw reply as redis-py's callbacks give it, for the commands the store sends."""
+    args, options = command
+    if isinstance(reply, Exception):
+        return reply
+    if options.get("withscores"):
+        cast = options.get("score_cast_func", float)
+        return [(reply[i], cast(reply[i + 1])) for i in range(0, len(reply), 2)]
+    if args[0] == "SET" and reply == b"OK":
+        return True
+    return reply
 
 
 class _CPacking:

@@ -6,7 +6,8 @@ script, so the version checks, the dedup mark and the writes happen atomically o
 failures become ``RetryableError``: the runtime retries the event, it is never lost.
 
 Commands go through :class:`handlers.redis_batch.AutoPipeline`: those issued by concurrent
-handlers in one event-loop tick share one pipeline and one connection.
+handlers in one event-loop tick share one pipeline, sent on one pipelined connection
+(:mod:`handlers.redis_wire`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from handlers.redis_batch import AutoPipeline, pack_in_c
+from handlers.redis_wire import RedisWire, supported
 from handlers.store import Delete, IndexAdd, Op, Put, PutValue, Versioned
 from schemas.errors import RetryableError
 
@@ -87,7 +89,8 @@ class RedisStore:
         pack_in_c(pool)
         self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._commit = self._redis.register_script(_COMMIT)
-        self._batch = AutoPipeline(self._redis)
+        self._wire = RedisWire(url, timeout_s=socket_timeout_s) if supported(url) else None
+        self._batch = AutoPipeline(self._redis, wire=self._wire)
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -105,6 +108,8 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._batch.aclose()
+        if self._wire is not None:
+            await self._wire.aclose()
         await self._redis.aclose(close_connection_pool=True)
 
     async def get(self, key: str) -> Versioned:

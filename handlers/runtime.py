@@ -469,6 +469,7 @@ class Worker:
             route = self._routes.get(tp.topic)
             if route is not None:
                 self._parking.forget(route, tp.partition)
+        self._admission.wake()  # what was abandoned freed its slots
 
     def _job_revoked(self, job: Job, revoked: set[tuple[str, int]]) -> bool:
         return any(p == job.partition for _, p in revoked)

@@ -164,3 +164,56 @@ def test_c_packing_sends_the_bytes_redis_py_would() -> None:
         ("SET", "k", "é", "PX", 1000),
     ]:
         assert packing.pack_command(*args) == [b"".join(plain.pack_command(*args))]
+
+
+async def test_the_store_talks_on_one_connection_to_the_database_of_its_url(
+    redis_url: str, prefix: str
+) -> None:
+    base = redis_url.rsplit("/", 1)[0]
+    store = RedisStore(f"{base}/3")
+    db3 = aioredis.Redis.from_url(f"{base}/3")
+    db0 = aioredis.Redis.from_url(f"{base}/0")
+    try:
+        await asyncio.gather(*(store.put(f"{prefix}db{i}", b"v", ttl_s=60) for i in range(50)))
+        assert await db3.get(f"{prefix}db7") == b"v"
+        assert await db0.get(f"{prefix}db7") is None
+        clients = [c for c in await db0.client_list() if c.get("db") == "3"]
+        assert len(clients) == 2  # the store's one connection, and db3's
+        assert await store.index_range(f"{prefix}none") == []
+        await store.index_add(f"{prefix}idx", "m", 2.5)
+        assert await store.index_range(f"{prefix}idx") == [("m", 2.5)]
+        assert await store.put_if_absent(f"{prefix}once", b"1") is True
+        assert await store.put_if_absent(f"{prefix}once", b"2") is False
+    finally:
+        await store.close()
+        await db3.aclose()
+        await db0.aclose()
+
+
+def test_the_store_works_on_uvloop(redis_url: str, prefix: str) -> None:
+    """Workers run on uvloop, whose transports are not asyncio's classes."""
+    import uvloop
+
+    async def use() -> list[bytes | None]:
+        store = RedisStore(redis_url)
+        try:
+            await store.put(f"{prefix}uv", b"1")
+            return await asyncio.gather(*(store.fetch(f"{prefix}uv") for _ in range(20)))
+        finally:
+            await store.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(use()) == [b"1"] * 20
+
+
+def test_error_replies_get_redis_pys_classes() -> None:
+    """A restarting server answers LOADING: retryable like a dropped connection."""
+    from redis.exceptions import BusyLoadingError, ConnectionError, NoScriptError
+
+    from handlers.redis_wire import _typed_error
+
+    assert isinstance(_typed_error(ResponseError("LOADING Redis is loading")), ConnectionError)
+    assert isinstance(_typed_error(ResponseError("LOADING x")), BusyLoadingError)
+    assert isinstance(_typed_error(ResponseError("NOSCRIPT No matching")), NoScriptError)
+    wrong = _typed_error(ResponseError("WRONGTYPE Operation against a key"))
+    assert type(wrong) is ResponseError
