@@ -211,5 +211,5 @@ def _command_args(command: tuple[Any, ...]) -> tuple[Any, ...]:
 def _typed_error(error: ResponseError) -> Exception:
     """The error class redis-py gives this reply: ``LOADING`` (a restarting server) is a
     ``ConnectionError``, ``NOSCRIPT`` a ``NoScriptError``..."""
-    typed: Exception = BaseParser.parse_error(str(error))
+    typed: Exception = BaseParser.parse_error(str(error))  # type: ignore[no-untyped-call]
     return typed
