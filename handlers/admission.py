@@ -27,6 +27,7 @@ from topics import Record, TopicPartition
 __all__ = ["Admission"]
 
 _TICK_S = 0.01
+_BURST_S = 0.05
 _RECHECK_S = 0.05
 
 
@@ -43,7 +44,7 @@ class Admission:
         self.max_in_flight = max_in_flight
         self.pace = pace
         #: Fetched records waiting at most: fetching pauses beyond it.
-        self.prefetch = prefetch if prefetch is not None else max(16, max_in_flight // 4)
+        self.prefetch = prefetch if prefetch is not None else max(16, max_in_flight // 2)
         self._hold_s = initial_hold_s
         self._clock = clock
         self._backlog: deque[Record] = deque()
@@ -102,10 +103,12 @@ class Admission:
                 continue
             now = self._clock()
             rate = self.rate
-            # Starts come in groups of a tick's worth: records started together share their
+            # Starts come in groups, a tick apart: records started together share their
             # store round trips, and a tick is short next to the hold time it spreads over.
-            # Fast handlers get a large group at once and are never held back.
-            burst = max(1.0, rate * _TICK_S)
+            # Up to a few ticks' worth is saved up, so a late wake-up on a busy loop (or
+            # slots freed together) loses no rate. Fast handlers get a large group at once
+            # and are never held back.
+            burst = max(1.0, rate * _BURST_S)
             self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
             self._refilled = now
             if self._tokens < 1.0:

@@ -313,7 +313,7 @@ class Worker:
         if not self._paused_for_budget and waiting >= prefetch:
             consumer.pause(*consumer.assignment())
             self._paused_for_budget = True
-        elif self._paused_for_budget and waiting < prefetch // 2:
+        elif self._paused_for_budget and waiting < prefetch * 3 // 4:
             consumer.resume(*consumer.assignment())
             self._paused_for_budget = False
 
