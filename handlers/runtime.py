@@ -7,8 +7,7 @@ guarantees, and how:
   (``conversation_id``); lanes run concurrently, a lane runs its records one at a time.
 - *Bounded*: at most ``max_in_flight`` records are in flight; fetched records wait for a
   slot in :mod:`handlers.admission`, which starts them at a paced rate (so a backlog is taken
-  up without synchronised waves), and fetching pauses while a quarter of the budget waits
-  there.
+  up without synchronised waves), and fetching pauses while half the budget waits there.
 - *Commit only what is done*: per partition, offsets are committed up to the lowest offset
   still in flight (:mod:`handlers.offsets`), every ``commit_interval_s``.
 - *Alive while handlers are slow*: the fetch loop keeps calling the consumer even while all

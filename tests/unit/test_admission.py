@@ -154,7 +154,7 @@ async def test_the_worker_never_runs_more_than_its_budget_and_pauses_fetching() 
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)
         assert running == peak == 8  # the budget, and not one more
-        # Fetched and waiting at most a quarter of the budget (16 at least); the rest stays
+        # Fetched and waiting at most half the budget (16 at least); the rest stays
         # on the broker while the budget is full.
         assert worker.held - worker.in_flight <= 16
         assert worker.held < 120
