@@ -30,6 +30,11 @@ so a crash between the append and the commit can append an entry twice: the hand
 an entry already at the log's tail, and readers drop entries whose ``event_id`` they have
 seen (:func:`unique_entries`). The terminal status is set only from ``agent_response``, and
 a terminal record never changes again.
+
+The ingress writes the first record of every request it accepts, with its conversation
+index, before answering 202 (:meth:`ingress.requests.RequestRepository.accept`). When the
+projection in the same process then consumes that very ``user_request``, there is nothing
+left to write: :class:`RecentlyRecorded` tells it so, and it skips the store read too.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ __all__ = [
     "LogEntry",
     "Projection",
     "ProjectionKeys",
+    "RecentlyRecorded",
     "RequestRecord",
     "RequestStatus",
     "unique_entries",
@@ -77,6 +83,7 @@ EntryKind = Literal["tool_call", "memory_call", "tool_result", "response"]
 
 _DEFAULT_TTL_S = 7 * 24 * 3600
 _TAIL = 16
+_RECORDED_CAPACITY = 10_000
 
 
 class ProjectionKeys:
@@ -183,6 +190,36 @@ class RequestRecord(BaseModel):
         )
 
 
+class RecentlyRecorded:
+    """Ids of requests whose first record (with its text and conversation index) this
+    process wrote itself, not yet seen by its projection.
+
+    The ingress adds an id once its ``accepted`` record is committed; the projection takes
+    it back (:meth:`take`) when it consumes the request's ``user_request`` and then writes
+    nothing, as it would have after reading the complete record back. A miss only costs that
+    read: a request accepted by another replica, a redelivery, an id pushed out by newer
+    ones. Hence the bound: ids whose event another replica projects are never taken here,
+    and the oldest go first past ``capacity``.
+    """
+
+    def __init__(self, capacity: int = _RECORDED_CAPACITY) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, request_id: str) -> None:
+        ids = self._ids
+        ids[request_id] = None
+        if len(ids) > self.capacity:
+            del ids[next(iter(ids))]
+
+    def take(self, request_id: str) -> bool:
+        """Whether ``request_id`` was recorded here (and forget it: asked once)."""
+        return self._ids.pop(request_id, False) is None
+
+
 def unique_entries(
     raw: Iterable[bytes], start: int = 0, seen: set[str] | None = None
 ) -> Iterator[tuple[int, LogEntry]]:
@@ -198,11 +235,19 @@ def unique_entries(
 
 
 class Projection:
-    """The handlers of :data:`PROJECTION_GROUP`; ``ttl_s`` bounds how long records live."""
+    """The handlers of :data:`PROJECTION_GROUP`; ``ttl_s`` bounds how long records live;
+    ``recorded``: the requests this process's ingress recorded itself (module docstring)."""
 
-    def __init__(self, namespace: str, *, ttl_s: int = _DEFAULT_TTL_S) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        ttl_s: int = _DEFAULT_TTL_S,
+        recorded: RecentlyRecorded | None = None,
+    ) -> None:
         self.keys = ProjectionKeys(namespace)
         self.ttl_s = ttl_s
+        self.recorded = recorded
 
     def routes(self) -> list[Route]:
         return [
@@ -214,6 +259,10 @@ class Projection:
         ]
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        if self.recorded is not None and self.recorded.take(event.request_id):
+            # Recorded by this process's ingress, text and index included: the read below
+            # would find it complete and lead to no write.
+            return []
         key = self.keys.request(event.request_id)
         record = await ctx.load(key, RequestRecord)
         if record is None:

@@ -23,7 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import Route
 
 from handlers.metrics import Metrics
-from handlers.projection import RequestRecord
+from handlers.projection import RecentlyRecorded, RequestRecord
 from handlers.store import StateStore
 from ingress.auth import Admission, ApiKeys, Principal
 from ingress.config import AppSettings
@@ -57,10 +57,17 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    settings: AppSettings, bus: Bus, store: StateStore, metrics: Metrics | None = None
+    settings: AppSettings,
+    bus: Bus,
+    store: StateStore,
+    metrics: Metrics | None = None,
+    *,
+    recorded: RecentlyRecorded | None = None,
 ) -> FastAPI:
     """The ingress app on a started ``bus`` and ``store`` (neither is started or stopped
-    here); ``metrics`` is what ``/metrics`` renders."""
+    here); ``metrics`` is what ``/metrics`` renders; ``recorded`` is shared with the
+    projection worker of the same process, if any (it then skips the requests recorded
+    here, :class:`~handlers.projection.RecentlyRecorded`)."""
     opts = settings.ingress
     metrics = metrics or Metrics()
     catalog = settings.catalog()
@@ -75,6 +82,7 @@ def create_app(
         idempotency_ttl_s=opts.idempotency_ttl_s,
         pending_ttl_s=2 * opts.publish_timeout_s + 5,
         poll_interval_s=opts.poll_interval_s,
+        recorded=recorded,
     )
     retry_after = {"Retry-After": str(opts.retry_after_s)}
     bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer KEY`.")
@@ -281,9 +289,10 @@ def create_app(
 
     # -- the hot path -------------------------------------------------------------------
     # POST /v1/requests bypasses FastAPI (docs/adr/0013-ingress-fast-path.md). FastPath
-    # takes the plain case in front of every middleware, with the same metrics and body
-    # limit around the endpoint; anything it lets through (a root_path) still reaches the
-    # endpoint through a Starlette route placed before the documentation-only one.
+    # takes the plain case in front of every middleware, and the endpoint applies the
+    # same metrics and body limit itself; anything it lets through (a root_path) still
+    # reaches the endpoint through a Starlette route placed before the documentation-only
+    # one, inside the app's middlewares.
     [documented] = [
         r
         for r in app.routes
@@ -299,6 +308,5 @@ def create_app(
         route=documented,
     )
     app.router.routes.insert(0, Route(PATH, create, methods=["POST"], include_in_schema=False))
-    fast = HttpMetrics(BodySizeLimit(create, max_bytes=opts.max_body_bytes), metrics=metrics)
-    app.add_middleware(FastPath, endpoint=fast)
+    app.add_middleware(FastPath, endpoint=create.direct)
     return app

@@ -8,12 +8,15 @@ and :class:`FastPath` hands it the requests before FastAPI sees them (see
 operation's OpenAPI entry: a documentation-only FastAPI route describes it.
 
 The endpoint keeps the contract of ADR 6 step by step: the API key and the rate limit
-first, then the parameters, the content type and the body (whose size
-:class:`~ingress.limits.BodySizeLimit` polices), then the idempotency claim, the publish
-(202 only after the broker acknowledged it, 503 otherwise) and the first record. Errors are
+first, then the parameters, the content type and the body (under the size limit), then
+the idempotency claim, the publish (202 only after the broker acknowledged it, 503
+otherwise) and the first record. Errors are
 answered by :func:`ingress.errors.error_for`, the very function behind the FastAPI
 handlers, so both sides of the ingress answer errors alike; any other exception is left to
-Starlette's 500, as on every other route.
+Starlette's 500, as on every other route. Taken by :class:`FastPath`
+(:meth:`CreateEndpoint.direct`), the endpoint also does what the app's
+:class:`~ingress.limits.BodySizeLimit` and :class:`~ingress.observe.HttpMetrics` do around
+every other route, inline: the same answers and counts, without two more ASGI layers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
@@ -32,7 +36,9 @@ from ingress.auth import Admission
 from ingress.config import IngressOptions
 from ingress.errors import ApiError, error_for
 from ingress.intake import build_event, check_content_type, claim_for, parse_body, parse_params
+from ingress.limits import BodyTooLarge, content_length, refuse_too_large
 from ingress.models import AcceptedResponse, RequestView
+from ingress.observe import RouteMetrics
 from ingress.requests import Claim, ClaimConflict, RequestRepository
 from schemas import RetryableError, UserRequest, encode
 from topics import Bus, OutgoingRecord
@@ -56,15 +62,20 @@ def _json(status: int, body: str, extra: list[tuple[bytes, bytes]] | None = None
     return status, raw, headers
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive, limit: int | None) -> bytes:
     """The whole body, like Starlette's ``request.body()`` (a disconnect raises
-    :class:`ClientDisconnect`)."""
+    :class:`ClientDisconnect`); past ``limit`` bytes :class:`BodyTooLarge`, as
+    :class:`~ingress.limits.BodySizeLimit` raises it."""
     chunks: list[bytes] = []
+    received = 0
     while True:
         message = await receive()
         if message["type"] == "http.request":
             chunk = message.get("body", b"")
             if chunk:
+                received += len(chunk)
+                if limit is not None and received > limit:
+                    raise BodyTooLarge(limit)
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -76,6 +87,8 @@ async def _read_body(receive: Receive) -> bytes:
 class CreateEndpoint:
     """``POST /v1/requests``: validate, claim the idempotency key, publish, record, answer.
 
+    Called as an ASGI app (the router's way in), it relies on the app's middlewares for
+    the body limit and the HTTP metrics; :meth:`direct` (FastPath's) does both itself.
     ``route`` is set as ``scope["route"]``, as FastAPI's router would, so that the HTTP
     metrics label the request with the route template."""
 
@@ -99,22 +112,48 @@ class CreateEndpoint:
         self.route = route
         self.retry_after = {"Retry-After": str(opts.retry_after_s)}
         self._produced = metrics.produced.labels(request_topic)
+        self._routes = RouteMetrics(metrics)
+        self._route_name: str = getattr(route, "path", "other")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._serve(scope, receive, send, None)
+
+    async def direct(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request with the body limit and the HTTP metrics of the app's
+        middlewares done here: a ``Content-Length`` over the limit is refused unread (and
+        counted under route ``other``, as the middleware refuses it before routing), a
+        longer body is cut while read; every answer is counted by status, a failure as 500."""
+        started = time.perf_counter()
+        limit = self.opts.max_body_bytes
+        route, status = "other", 500
+        try:
+            declared = content_length(scope)
+            if declared is not None and declared > limit:
+                status = 413
+                await refuse_too_large(send, limit)
+                return
+            route = self._route_name
+            status = await self._serve(scope, receive, send, limit)
+        finally:
+            self._routes.observe(route, status, time.perf_counter() - started)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, limit: int | None) -> int:
+        """Answer the request; returns the status sent."""
         if self.route is not None:
             scope["route"] = self.route
         try:
-            status, body, headers = await self._create(scope, receive)
+            status, body, headers = await self._create(scope, receive, limit)
         except Exception as exc:
             response = error_for(exc, self.retry_after)
             if response is None:
                 raise
             await response(scope, receive, send)
-            return
+            return response.status_code
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        return status
 
-    async def _create(self, scope: Scope, receive: Receive) -> _Answer:
+    async def _create(self, scope: Scope, receive: Receive, limit: int | None) -> _Answer:
         # The first value of each header counts, as with Starlette's ``request.headers``.
         authorization = content_type = key = prefer = traceparent = None
         for name, value in scope["headers"]:
@@ -138,7 +177,7 @@ class CreateEndpoint:
             scope.get("query_string", b""), key, prefer, traceparent, self.opts.max_wait_s
         )
         check_content_type(content_type)
-        body = parse_body(await _read_body(receive))
+        body = parse_body(await _read_body(receive, limit))
 
         tenant = who.tenant
         claim: Claim | None = None

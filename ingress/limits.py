@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "RateLimiter"]
+__all__ = ["BodySizeLimit", "BodyTooLarge", "RateLimiter", "content_length", "refuse_too_large"]
 
 
 class BodyTooLarge(HTTPException):
@@ -41,9 +41,9 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            await refuse_too_large(send, self.max_bytes)
             return
         received = 0
         started = False
@@ -69,30 +69,34 @@ class BodySizeLimit:
             # Only when the app let it escape (a route that reads the body itself).
             if started:
                 raise
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": "payload_too_large",
-                "message": f"request body larger than {self.max_bytes} bytes",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            await refuse_too_large(send, self.max_bytes)
 
 
-def _content_length(scope: Scope) -> int | None:
+async def refuse_too_large(send: Send, max_bytes: int) -> None:
+    """The 413 for a body declared larger than ``max_bytes``, answered without reading it
+    (hence ``Connection: close``)."""
+    body = json.dumps(
+        {
+            "error": "payload_too_large",
+            "message": f"request body larger than {max_bytes} bytes",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def content_length(scope: Scope) -> int | None:
+    """The declared ``Content-Length``; None when absent or not a number."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:

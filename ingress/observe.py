@@ -17,7 +17,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handlers.metrics import Metrics
 
-__all__ = ["HttpMetrics"]
+__all__ = ["HttpMetrics", "RouteMetrics"]
+
+
+class RouteMetrics:
+    """The labelled children of the HTTP metrics, cached by route template and status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        # Bounded: route templates times status codes.
+        self._counts: dict[tuple[str, int], Counter] = {}
+        self._seconds: dict[str, Histogram] = {}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        count = self._counts.get((route, status))
+        if count is None:
+            count = self._counts[route, status] = self.metrics.http_requests.labels(
+                route, str(status)
+            )
+        count.inc()
+        histogram = self._seconds.get(route)
+        if histogram is None:
+            histogram = self._seconds[route] = self.metrics.http_seconds.labels(route)
+        histogram.observe(seconds)
 
 
 class HttpMetrics:
@@ -26,9 +48,7 @@ class HttpMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        # Bounded: route templates times status codes.
-        self._counts: dict[tuple[str, int], Counter] = {}
-        self._seconds: dict[str, Histogram] = {}
+        self.routes = RouteMetrics(metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,16 +66,5 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", "other")
-            elapsed = time.perf_counter() - started
-            count = self._counts.get((name, status))
-            if count is None:
-                count = self._counts[name, status] = self.metrics.http_requests.labels(
-                    name, str(status)
-                )
-            count.inc()
-            seconds = self._seconds.get(name)
-            if seconds is None:
-                seconds = self._seconds[name] = self.metrics.http_seconds.labels(name)
-            seconds.observe(elapsed)
+            name = getattr(scope.get("route"), "path", "other")
+            self.routes.observe(name, status, time.perf_counter() - started)

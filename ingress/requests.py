@@ -20,7 +20,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from handlers.projection import LogEntry, ProjectionKeys, RequestRecord, unique_entries
+from handlers.projection import (
+    LogEntry,
+    ProjectionKeys,
+    RecentlyRecorded,
+    RequestRecord,
+    unique_entries,
+)
 from handlers.store import IndexAdd, Put, StateStore
 from schemas import UserRequest
 
@@ -58,13 +64,17 @@ class RequestRepository:
         idempotency_ttl_s: int,
         pending_ttl_s: float = 60.0,
         poll_interval_s: float = 0.1,
+        recorded: RecentlyRecorded | None = None,
     ) -> None:
+        """``recorded``: where :meth:`accept` notes the records it wrote, for the
+        projection of the same process (:class:`~handlers.projection.RecentlyRecorded`)."""
         self.store = store
         self.keys = ProjectionKeys(namespace)
         self.record_ttl_s = record_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
         self.pending_ttl_s = pending_ttl_s
         self.poll_interval_s = poll_interval_s
+        self.recorded = recorded
 
     # -- records ------------------------------------------------------------------------
 
@@ -95,6 +105,8 @@ class RequestRepository:
             ],
         )
         if committed:
+            if self.recorded is not None:
+                self.recorded.add(event.request_id)
             return record
         return await self.get(event.request_id) or record
 

@@ -18,7 +18,7 @@ from collections.abc import Generator
 import uvicorn
 
 from handlers.metrics import Metrics
-from handlers.projection import PROJECTION_GROUP, Projection
+from handlers.projection import PROJECTION_GROUP, Projection, RecentlyRecorded
 from handlers.runtime import RuntimeConfig, Worker
 from handlers.store import StateStore
 from ingress.app import create_app
@@ -43,15 +43,20 @@ def projection_worker(
     store: StateStore,
     metrics: Metrics,
     config: RuntimeConfig | None = None,
+    *,
+    recorded: RecentlyRecorded | None = None,
 ) -> Worker:
-    """The projection's consumer-group member (group ``{prefix}ingress-projection``)."""
+    """The projection's consumer-group member (group ``{prefix}ingress-projection``);
+    ``recorded``: the one the app of the same process writes to (see :func:`create_app`)."""
     catalog = settings.catalog()
     config = config or RuntimeConfig(
         group_id=f"{catalog.prefix}{PROJECTION_GROUP}",
         source="ingress",
         namespace=settings.namespace,
     )
-    projection = Projection(settings.namespace, ttl_s=settings.ingress.record_ttl_s)
+    projection = Projection(
+        settings.namespace, ttl_s=settings.ingress.record_ttl_s, recorded=recorded
+    )
     return Worker(bus, store, catalog, projection.routes(), config, metrics=metrics)
 
 
@@ -71,9 +76,11 @@ class IngressServer:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.app = create_app(settings, bus, store, self.metrics)
+        # The projection skips the requests this app recorded itself.
+        recorded = RecentlyRecorded() if run_projection else None
+        self.app = create_app(settings, bus, store, self.metrics, recorded=recorded)
         self.worker = (
-            projection_worker(settings, bus, store, self.metrics, projection)
+            projection_worker(settings, bus, store, self.metrics, projection, recorded=recorded)
             if run_projection
             else None
         )

@@ -20,7 +20,7 @@ from agentstream.settings import IngressSettings, Settings, TopicSettings
 from agentstream.wiring import ensure_topics
 from handlers.context import Context, Origin
 from handlers.metrics import Metrics
-from handlers.projection import Projection, ProjectionKeys
+from handlers.projection import Projection, ProjectionKeys, RecentlyRecorded
 from handlers.store import InProcessStore
 from ingress import create_app
 from ingress.intake import valid_traceparent, wait_seconds
@@ -499,10 +499,11 @@ async def test_in_process_bus_end_to_end() -> None:
     bus, store, metrics = InProcessBus(default_partitions=3), InProcessStore(), Metrics()
     await bus.start()
     await ensure_topics(bus, config.catalog(), create=True)
-    worker = projection_worker(config, bus, store, metrics)
+    recorded = RecentlyRecorded()
+    worker = projection_worker(config, bus, store, metrics, recorded=recorded)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
-    app = create_app(config, bus, store, metrics)
+    app = create_app(config, bus, store, metrics, recorded=recorded)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://ingress"
@@ -512,6 +513,12 @@ async def test_in_process_bus_end_to_end() -> None:
             request = decode(record.value)
             assert isinstance(request, UserRequest)
             assert request.request_id == body["request_id"]
+            # The projection took the request the app recorded (nothing left to write).
+            for _ in range(500):
+                if not recorded:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(recorded) == 0
             catalog = config.catalog()
             for event in progress(request):
                 key, value, headers = encode(event)

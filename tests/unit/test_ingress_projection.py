@@ -10,6 +10,7 @@ from handlers.projection import (
     LogEntry,
     Projection,
     ProjectionKeys,
+    RecentlyRecorded,
     RequestRecord,
     unique_entries,
 )
@@ -229,3 +230,70 @@ async def test_a_held_response_is_released_by_readers_when_progress_never_comes(
     assert [e.kind for e in await log_of(store, "r1")] == ["response"]
     await project(store, projection, tool_call(request))  # too late: not logged
     assert [e.kind for e in await log_of(store, "r1")] == ["response"]
+
+
+# -- requests the ingress of the same process recorded itself ----------------------------
+
+
+class CountingStore(InProcessStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += 1
+        return await super().get(key)
+
+
+def test_recently_recorded_is_taken_once_and_bounded() -> None:
+    recorded = RecentlyRecorded(capacity=3)
+    for request_id in ("r1", "r2", "r3", "r4"):
+        recorded.add(request_id)
+    assert len(recorded) == 3
+    assert not recorded.take("r1")  # the oldest went first
+    assert recorded.take("r2")
+    assert not recorded.take("r2")  # asked once
+    assert not recorded.take("unknown")
+
+
+async def test_a_request_recorded_by_the_ingress_is_not_read_back() -> None:
+    """The projection of the process that accepted a request skips its read; the stored
+    record and index are the same as when it reads them back and finds nothing to do."""
+    states = []
+    request = user_request()
+    for shared in (False, True):
+        store = CountingStore()
+        recorded = RecentlyRecorded()
+        repo = RequestRepository(
+            store, NS, record_ttl_s=60, idempotency_ttl_s=60, recorded=recorded
+        )
+        projection = Projection(NS, recorded=recorded if shared else None)
+        await repo.accept(request)
+        assert len(recorded) == 1
+        reads = store.reads
+        ctx = Context(store, Origin("t", 0, 0, "g"), NS, lambda: datetime.now(UTC))
+        assert await projection.on_user_request(request, ctx) == []
+        assert store.reads - reads == (0 if shared else 1)
+        if shared:
+            assert (ctx.reads, ctx.ops) == ({}, [])
+        assert await store.commit(expect=ctx.reads, ops=ctx.ops)
+        index = ProjectionKeys(NS).conversation("acme", "c1")
+        states.append((await record_of(store, "r1"), await store.index_range(index)))
+        # A redelivery of the same event reads the record again, as before.
+        reads = store.reads
+        await projection.on_user_request(request, ctx)
+        assert store.reads - reads == 1
+    assert states[0] == states[1]
+    assert states[0][0] is not None
+    assert states[0][0].text == "What is 12 * 7?"
+
+
+async def test_only_a_record_the_ingress_wrote_itself_counts() -> None:
+    """When the projection wrote the record first, the ingress's commit is refused and
+    the id is not noted: an upstream or earlier record is always read."""
+    store, recorded = InProcessStore(), RecentlyRecorded()
+    repo = RequestRepository(store, NS, record_ttl_s=60, idempotency_ttl_s=60, recorded=recorded)
+    request = user_request()
+    assert await project(store, Projection(NS), request)
+    await repo.accept(request)
+    assert len(recorded) == 0
