@@ -72,7 +72,7 @@ class AutoPipeline:
         #: When set, batches go on this one pipelined connection instead of redis-py's
         #: pipelines (:mod:`handlers.redis_wire`); ``max_batch`` then does not split them.
         self._wire = wire
-        self._max_batch = max_batch if wire is None else 1 << 30
+        self._max_batch = max_batch
         self._queue: list[_Entry] = []
         self._queued_commands = 0
         self._scheduled = False
@@ -95,7 +95,7 @@ class AutoPipeline:
             return future
         self._queue.append(_Entry(commands, future, single))
         self._queued_commands += len(commands)
-        if self._queued_commands >= self._max_batch:
+        if self._wire is None and self._queued_commands >= self._max_batch:
             self._flush()
         elif not self._scheduled:
             self._scheduled = True

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from handlers.redis_batch import AutoPipeline, pack_in_c
+from handlers.redis_batch import AutoPipeline, Command, pack_in_c
 from handlers.redis_wire import RedisWire, supported
 from handlers.store import Delete, IndexAdd, Op, Put, PutValue, Versioned
 from schemas.errors import RetryableError
@@ -113,31 +113,19 @@ class RedisStore:
         await self._redis.aclose(close_connection_pool=True)
 
     async def get(self, key: str) -> Versioned:
-        version, data = await self._call(self._batch.call("HMGET", key, "v", "d"))
-        if version is None:
-            return Versioned(None, 0)
-        return Versioned(data, int(version))
+        return _versioned(await self._call(self._batch.call("HMGET", key, "v", "d")))
 
     async def get_many(self, keys: Sequence[str]) -> list[Versioned]:
-        rows = await self._call(self._batch.call_many([(("HMGET", k, "v", "d"), {}) for k in keys]))
-        return [
-            Versioned(None, 0) if version is None else Versioned(data, int(version))
-            for version, data in rows
-        ]
+        versioned, _ = await self.read_many(keys, ())
+        return versioned
 
     async def read_many(
         self, keys: Sequence[str], value_keys: Sequence[str]
     ) -> tuple[list[Versioned], list[bytes | None]]:
-        commands: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-            (("HMGET", k, "v", "d"), {}) for k in keys
-        ]
+        commands: list[Command] = [(("HMGET", k, "v", "d"), {}) for k in keys]
         commands += [(("GET", k), {}) for k in value_keys]
         rows = await self._call(self._batch.call_many(commands))
-        versioned = [
-            Versioned(None, 0) if version is None else Versioned(data, int(version))
-            for version, data in rows[: len(keys)]
-        ]
-        return versioned, list(rows[len(keys) :])
+        return [_versioned(row) for row in rows[: len(keys)]], list(rows[len(keys) :])
 
     async def commit(
         self,
@@ -162,7 +150,7 @@ class RedisStore:
             if isinstance(op, Put):
                 args += ["put", op.value, op.ttl_s or 0]
             elif isinstance(op, PutValue):
-                args += ["set", op.value, max(1, int(op.ttl_s * 1000)) if op.ttl_s else 0]
+                args += ["set", op.value, _ms(op.ttl_s) if op.ttl_s else 0]
             elif isinstance(op, Delete):
                 args += ["del", "", 0]
             elif isinstance(op, IndexAdd):
@@ -231,6 +219,17 @@ class RedisStore:
         return items
 
 
+def _versioned(row: Sequence[Any]) -> Versioned:
+    """A versioned value from its hash fields ``[v, d]`` (both None: no such key)."""
+    version, data = row
+    return Versioned(None, 0) if version is None else Versioned(data, int(version))
+
+
+def _ms(ttl_s: float) -> int:
+    """A time to live in whole milliseconds, at least one."""
+    return max(1, int(ttl_s * 1000))
+
+
 def _px(ttl_s: float | None) -> tuple[Any, ...]:
     """The ``PX`` arguments of a SET with this time to live (none without one)."""
-    return () if ttl_s is None else ("PX", max(1, int(ttl_s * 1000)))
+    return () if ttl_s is None else ("PX", _ms(ttl_s))
