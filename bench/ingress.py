@@ -6,6 +6,9 @@ generator (``--concurrency`` keep-alive connections posting for ``--duration`` s
 - ``bare``: a bare ASGI app on uvicorn that reads the body and answers 202: the floor,
 - ``fastapi``: a bare FastAPI app validating the same body model and answering 202 (what
   the web framework alone costs),
+- ``produce``: the bare app that also publishes the body to Kafka with aiokafka (acks=all,
+  idempotent, the ingress's linger) and answers 202 once the broker acknowledged it: the
+  floor of any Python ingress that keeps "202 only after the ack", on this machine,
 - ``memory``: the ingress on the in-process bus and store (the embedded default),
 - ``kafka``: the ingress on real Kafka (acks=all) and real Redis.
 
@@ -49,7 +52,7 @@ sys.path.insert(0, str(REPO))
 KEY = "bench-key"
 BODY = json.dumps({"text": "What is 12 * 7?"}).encode()
 TARGET_RATIO = 0.6
-KINDS = ("bare", "fastapi", "memory", "kafka")
+KINDS = ("bare", "fastapi", "produce", "memory", "kafka")
 
 
 # -- servers (run in child processes) -----------------------------------------------------
@@ -96,9 +99,63 @@ def fastapi_app() -> Any:
     return app
 
 
+def produce_app(bootstrap: str, topic: str) -> Any:
+    """The bare app plus the one thing an ingress must do: publish, wait for the ack."""
+    from aiokafka import AIOKafkaProducer
+
+    producer: AIOKafkaProducer | None = None
+    body_202 = b'{"request_id":"x","conversation_id":"y","status":"accepted"}'
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal producer
+        if scope["type"] != "http":
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        if producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=int(os.environ.get("BENCH_PRODUCE_LINGER_MS", "2")),
+            )
+            await producer.start()
+        await producer.send_and_wait(topic, b"".join(chunks), key=b"k")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body_202})
+
+    return app
+
+
 async def serve_target(kind: str, port: int) -> None:
     import uvicorn
 
+    if kind == "produce":
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        topic = os.environ["BENCH_PREFIX"] + "produce_floor"
+        admin = AIOKafkaAdminClient(bootstrap_servers=os.environ["BENCH_KAFKA"])
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 6, 1)])
+        finally:
+            await admin.close()
+        app = produce_app(os.environ["BENCH_KAFKA"], topic)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
+        )
+        await uvicorn.Server(config).serve()
+        return
     if kind in ("bare", "fastapi"):
         config = uvicorn.Config(
             bare_app if kind == "bare" else fastapi_app(),
@@ -368,7 +425,7 @@ def main() -> None:
             **ordered[len(ordered) // 2],
             "rounds_per_s": [r["accepted_per_s"] for r in rounds[kind]],
         }
-    for kind in ("fastapi", "memory", "kafka"):
+    for kind in ("fastapi", "produce", "memory", "kafka"):
         for floor in ("bare", "fastapi"):
             if kind == floor:
                 continue

@@ -10,6 +10,13 @@ and the worker runs in waves at a fraction of its budget (and hands the provider
 that trip its rate limits). Paced, the starts spread over the hold time and the waves
 never form; in steady state the pace is above the turnover, so it never limits throughput.
 
+Why 1.1 and not more: once waves exist, records start when slots free, so starts copy the
+completions of one hold time before; a pace caps the density of a wave at ``pace`` times
+the mean rate, and the loop's work per request is spread over at least ``1 / pace`` of the
+time. At 1.5 a worker with a 0.5 s model still alternated busy phases at a full core with
+idle ones (traced every 20 ms); at 1.1 the waves flatten within a few hold times
+(bench/README.md, "Pace").
+
 With no measurement yet the hold time is taken as ``initial_hold_s``; fast handlers bring
 the estimate down within a few records.
 """
@@ -36,7 +43,7 @@ class Admission:
         self,
         max_in_flight: int,
         *,
-        pace: float = 1.5,
+        pace: float = 1.1,
         initial_hold_s: float = 1.0,
         prefetch: int | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -226,37 +226,41 @@ class AgentHandlers:
 
     async def _complete(self, state: RunState, ctx: Context) -> ModelReply:
         model = self.router.choose(state)
+        cache = (
+            ctx.key("cache", cache_key(model.name, state.messages, self.tools))
+            if self.config.cache
+            else None
+        )
 
         async def call() -> ModelReply:
-            return await self._cached_call(model, state, ctx)
+            return await self._cached_call(model, state, cache, ctx)
 
         # Recorded with the commit: after a crash the model is asked again, which only costs
         # the call (nothing of this run was published), and a round trip is saved.
-        reply, replayed = await ctx.once(
-            _model_effect(state.request_id, state.step), ModelReply, call, with_commit=True
-        )
+        effect = _model_effect(state.request_id, state.step)
+        reply, replayed = await ctx.once(effect, ModelReply, call, with_commit=True)
         if not replayed and not reply.usage.cached_calls:
             self._count(reply, state.tenant)
+            recorded = ctx.recorded(effect)
+            if cache is not None and recorded is not None:
+                # The cache entry is the recorded reply: the same bytes, serialised once.
+                ctx.put_value(cache, recorded, self.config.cache_ttl_s)
         return reply
 
-    async def _cached_call(self, model: Model, state: RunState, ctx: Context) -> ModelReply:
-        if not self.config.cache:
-            return await model.complete(state.messages, self.tools)
-        ck = ctx.key("cache", cache_key(model.name, state.messages, self.tools))
-        cached = await ctx.store.fetch(ck)
-        if cached is not None:
+    async def _cached_call(
+        self, model: Model, state: RunState, cache: str | None, ctx: Context
+    ) -> ModelReply:
+        if cache is not None and (cached := await ctx.store.fetch(cache)) is not None:
             reply = ModelReply.model_validate_json(cached)
             usage = reply.usage.model_copy(
                 update={"cost_usd": 0.0, "cached_calls": 1, "model_calls": 0}
             )
             return reply.model_copy(update={"usage": usage})
         try:
-            reply = await model.complete(state.messages, self.tools)
+            return await model.complete(state.messages, self.tools)
         except Exception:
             self.metrics.llm_calls.labels(model.name, "error").inc()
             raise
-        ctx.put_value(ck, reply.model_dump_json().encode(), self.config.cache_ttl_s)
-        return reply
 
     def _count(self, reply: ModelReply, tenant: str) -> None:
         u = reply.usage

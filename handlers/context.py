@@ -6,6 +6,13 @@ remembered) and ``save``s new state (staged); the runtime commits the staged wri
 with the event's dedup mark and its outputs, atomically, after the handler returns. If
 anything it read changed meanwhile, the commit is refused and the event runs again.
 
+``save`` stages the object itself, like a unit of work: it is serialised when the writes are
+taken for the commit (:attr:`Context.ops`), a key saved twice is written once (the last
+save wins), and a ``load`` of a key this handler saved gives back that very object. So a
+handler that saves a state and later loads, changes and saves it again (the agent's
+conversation state, at the start and at the end of a run) pays one serialisation and no
+parse; what is committed is the object as it is when the handler returns.
+
 Side effects outside Kafka (an LLM call, a tool run) go through :meth:`Context.once`: the
 first run records the result under an idempotency key (``request_id`` + step, or the tool
 call id), a redelivered event gets the recorded result back instead of calling again. A
@@ -52,6 +59,13 @@ class Origin:
     attempt: int = 1
 
 
+@dataclass(slots=True)
+class _Save:
+    key: str
+    value: BaseModel
+    ttl_s: int | None
+
+
 @dataclass
 class Context:
     store: StateStore
@@ -60,8 +74,8 @@ class Context:
     now: Callable[[], datetime]
     effect_ttl_s: int = 7 * 24 * 3600
     reads: dict[str, int] = field(default_factory=dict)
-    ops: list[Op] = field(default_factory=list)
-    _staged: dict[str, bytes | None] = field(default_factory=dict)
+    _ops: list[Op | _Save] = field(default_factory=list)
+    _staged: dict[str, BaseModel | None] = field(default_factory=dict)
     _prefetched: dict[str, Versioned] = field(default_factory=dict)
     _values: dict[str, bytes | None] = field(default_factory=dict)
 
@@ -82,35 +96,56 @@ class Context:
         self._prefetched.update(zip(wanted, versioned, strict=True))
         self._values.update(zip(values, plain, strict=True))
 
+    @property
+    def ops(self) -> list[Op]:
+        """The staged writes, in order, as the store commits them: saved objects serialised
+        now, a key saved more than once written once, by its last save."""
+        last = {op.key: i for i, op in enumerate(self._ops) if isinstance(op, _Save | Delete)}
+        ops: list[Op] = []
+        for i, op in enumerate(self._ops):
+            if not isinstance(op, _Save):
+                ops.append(op)
+            elif last[op.key] == i:
+                ops.append(Put(op.key, op.value.model_dump_json().encode(), op.ttl_s))
+        return ops
+
     async def load(self, key: str, model: type[ModelT]) -> ModelT | None:
-        """The state at ``key`` as ``model`` (staged writes of this handler included)."""
+        """The state at ``key`` as ``model``. A key this handler saved gives back the saved
+        object itself (or None after a delete)."""
         if key in self._staged:
-            raw = self._staged[key]
-        else:
-            current = self._prefetched.get(key) or await self.store.get(key)
-            self.reads.setdefault(key, current.version)
-            raw = current.value
-        return None if raw is None else model.model_validate_json(raw)
+            staged = self._staged[key]
+            if staged is None or isinstance(staged, model):
+                return staged
+            return model.model_validate_json(staged.model_dump_json())
+        current = self._prefetched.get(key) or await self.store.get(key)
+        self.reads.setdefault(key, current.version)
+        return None if current.value is None else model.model_validate_json(current.value)
 
     def save(self, key: str, value: BaseModel, ttl_s: int | None = None) -> None:
-        data = value.model_dump_json().encode()
-        self._staged[key] = data
-        self.ops.append(Put(key, data, ttl_s))
+        """Stage ``value`` as the new state at ``key`` (serialised for the commit, see the
+        module docstring)."""
+        self._staged[key] = value
+        self._ops.append(_Save(key, value, ttl_s))
 
     def delete(self, key: str) -> None:
         self._staged[key] = None
-        self.ops.append(Delete(key))
+        self._ops.append(Delete(key))
 
     def index_add(self, key: str, member: str, score: float) -> None:
-        self.ops.append(IndexAdd(key, member, score))
+        self._ops.append(IndexAdd(key, member, score))
 
     def index_remove(self, key: str, member: str) -> None:
-        self.ops.append(IndexRemove(key, member))
+        self._ops.append(IndexRemove(key, member))
 
     def put_value(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         """Write the plain value ``key`` with the commit (a cache entry: lost if the run
         does not count)."""
-        self.ops.append(PutValue(key, value, ttl_s))
+        self._ops.append(PutValue(key, value, ttl_s))
+
+    def recorded(self, key: str) -> bytes | None:
+        """The bytes :meth:`once` recorded (or found recorded) for idempotency ``key`` in
+        this handler, if any."""
+        return self._values.get(self.key("effect", key))
 
     async def once(
         self,

@@ -158,7 +158,9 @@ class KafkaBus:
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> list[RecordMetadata]:
         if not records:
             return []
-        await self.require_topics(sorted({r.topic for r in records}))
+        known = self._known_topics
+        if any(r.topic not in known for r in records):
+            await self.require_topics(sorted({r.topic for r in records}))
         producer = self.producer
         timeout = self.config.delivery_timeout_ms / 1000
 
@@ -178,7 +180,9 @@ class KafkaBus:
         try:
             # One deadline for enqueueing and acknowledgement alike: send() itself may
             # wait (for metadata, for buffer space) while the broker is away.
-            results = await asyncio.wait_for(send_all(), timeout)
+            # (asyncio.timeout, not wait_for: no task per publish.)
+            async with asyncio.timeout(timeout):
+                results = await send_all()
         except MessageSizeTooLargeError as exc:
             raise RecordTooLarge(
                 f"a record for {records[0].topic!r} exceeds the broker's size limit: {exc}"

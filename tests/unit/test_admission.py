@@ -27,7 +27,7 @@ def _record(offset: int, partition: int = 0) -> Record:
 
 async def test_a_backlog_is_started_at_the_paced_rate_not_at_once() -> None:
     # Budget 10, records held 1 s (the initial estimate): 1.5 x 10 / 1 s = 15 starts per second.
-    admission = Admission(10, initial_hold_s=1.0)
+    admission = Admission(10, pace=1.5, initial_hold_s=1.0)
     started: list[float] = []
     admission.offer([_record(i) for i in range(6)])
     task = asyncio.create_task(admission.run(lambda: 0, lambda r: started.append(time.monotonic())))

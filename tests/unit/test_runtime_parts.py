@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
+from pydantic import BaseModel
 
+from handlers.context import Context, Origin
 from handlers.lanes import Lanes
 from handlers.offsets import PartitionOffsets
 from handlers.retries import RetryPolicy, Verdict
@@ -133,3 +136,50 @@ def test_a_claim_start_drops_what_the_previous_owner_finished() -> None:
     offsets.begin(40)
     offsets.finish(40)
     assert offsets.to_commit() == 41
+
+
+class _Conv(BaseModel):
+    history: list[str] = []
+    active: str | None = None
+
+
+async def test_context_save_stages_the_object_and_writes_each_key_once() -> None:
+    store = InProcessStore()
+    await store.commit(expect={}, ops=[Put("ns:conv", b'{"history":["a"],"active":null}')])
+    ctx = Context(store, Origin("t", 0, 0, "g"), "ns", lambda: datetime.now(UTC))
+    conv = await ctx.load("ns:conv", _Conv)
+    assert conv is not None
+    assert conv.history == ["a"]
+    conv.active = "r1"
+    ctx.save("ns:conv", conv, 60)
+    ctx.index_add("ns:deadlines", "r1", 1.0)
+    # Loaded again in the same handler: the saved object itself, no parse.
+    again = await ctx.load("ns:conv", _Conv)
+    assert again is conv
+    again.history = ["a", "b"]
+    again.active = None
+    ctx.save("ns:conv", again, 60)
+    ctx.save("ns:gone", _Conv(), None)
+    ctx.delete("ns:gone")
+    ops = ctx.ops
+    # One write of the conversation (the last save, as the object is at commit time), the
+    # index op kept in order, a save followed by a delete is only the delete.
+    assert [type(op).__name__ for op in ops] == ["IndexAdd", "Put", "Delete"]
+    assert isinstance(ops[1], Put)
+    assert _Conv.model_validate_json(ops[1].value) == _Conv(history=["a", "b"])
+    assert ops[1].ttl_s == 60
+    assert await ctx.load("ns:gone", _Conv) is None
+    assert await store.commit(expect=ctx.reads, ops=ops)
+    stored = await store.get("ns:conv")
+    assert stored.value is not None
+    assert _Conv.model_validate_json(stored.value).history == ["a", "b"]
+
+
+async def test_context_load_of_a_saved_key_as_another_model_parses_a_copy() -> None:
+    class _Other(BaseModel):
+        active: str | None = None
+
+    ctx = Context(InProcessStore(), Origin("t", 0, 0, "g"), "ns", lambda: datetime.now(UTC))
+    ctx.save("ns:conv", _Conv(active="r2"))
+    other = await ctx.load("ns:conv", _Other)
+    assert other == _Other(active="r2")
