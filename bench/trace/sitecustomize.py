@@ -1,0 +1,101 @@
+"""A tracer for agent worker processes under ``bench/saturation_trace.py``.
+
+On the worker's ``PYTHONPATH`` (the driver puts it there) and with ``BENCH_TRACE`` set, it
+wraps ``handlers.runtime.Worker.run`` with a task that writes one JSON line every
+``BENCH_TRACE_TICK_S`` (0.1 s): records in flight, backlog, model calls in flight, the
+loop's lag, the CPU share of the last tick, and the cumulative count and seconds of each
+phase of a record's hold (lane wait, ``Processor.process``, ``_decide``, the state read, the
+model call, the commit, the delivery). Nothing here runs in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+
+def _install() -> None:
+    import agents.offline as offline
+    import handlers.delivery as delivery
+    import handlers.processing as processing
+    import handlers.redis_store as redis_store
+    import handlers.runtime as runtime
+
+    phases: dict[str, list[float]] = {}
+    model = {"in_flight": 0}
+
+    def timed(cls: Any, name: str, phase: str) -> None:
+        original = getattr(cls, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            if phase == "model":
+                model["in_flight"] += 1
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                if phase == "model":
+                    model["in_flight"] -= 1
+                entry = phases.setdefault(phase, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.perf_counter() - started
+
+        setattr(cls, name, wrapper)
+
+    timed(processing.Processor, "process", "process")
+    timed(processing.Processor, "_decide", "decide")
+    timed(delivery.PlainDelivery, "deliver", "deliver")
+    timed(redis_store.RedisStore, "commit", "commit")
+    timed(redis_store.RedisStore, "read_many", "read_many")
+    timed(offline.OfflineModel, "complete", "model")
+
+    run_item = runtime.Worker._run_item
+
+    async def traced_item(self: Any, item: Any) -> None:
+        if item.record is not None:
+            entry = phases.setdefault("lane_wait", [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.monotonic() - item.started
+        await run_item(self, item)
+
+    runtime.Worker._run_item = traced_item  # type: ignore[method-assign]
+    run = runtime.Worker.run
+    tick = float(os.environ.get("BENCH_TRACE_TICK_S", "0.1"))
+
+    async def traced_run(self: Any, stop: asyncio.Event) -> None:
+        path = f"{os.environ['BENCH_TRACE']}.{os.getpid()}.jsonl"
+
+        async def trace() -> None:
+            with open(path, "w") as out:  # noqa: ASYNC230 (a local file, one line a tick)
+                last, cpu_last = time.monotonic(), time.process_time()
+                while True:
+                    await asyncio.sleep(tick)
+                    now, cpu = time.monotonic(), time.process_time()
+                    line = {
+                        "t": round(now, 3),
+                        "lag_s": round(now - last - tick, 4),
+                        "cpu": round((cpu - cpu_last) / (now - last), 3),
+                        "in_flight": self.in_flight,
+                        "backlog": len(self._admission),
+                        "hold_s": round(self._admission.hold_s, 4),
+                        "model_in_flight": model["in_flight"],
+                        "phases": {k: [int(v[0]), round(v[1], 4)] for k, v in phases.items()},
+                    }
+                    out.write(json.dumps(line) + "\n")
+                    out.flush()
+                    last, cpu_last = now, cpu
+
+        task = asyncio.create_task(trace())
+        try:
+            await run(self, stop)
+        finally:
+            task.cancel()
+
+    runtime.Worker.run = traced_run  # type: ignore[method-assign]
+
+
+if os.environ.get("BENCH_TRACE"):
+    _install()
