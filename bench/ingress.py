@@ -137,33 +137,29 @@ def produce_app(bootstrap: str, topic: str) -> Any:
     return app
 
 
+async def _produce_topic() -> str:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = os.environ["BENCH_PREFIX"] + "produce_floor"
+    admin = AIOKafkaAdminClient(bootstrap_servers=os.environ["BENCH_KAFKA"])
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 6, 1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 async def serve_target(kind: str, port: int) -> None:
     import uvicorn
 
-    if kind == "produce":
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        topic = os.environ["BENCH_PREFIX"] + "produce_floor"
-        admin = AIOKafkaAdminClient(bootstrap_servers=os.environ["BENCH_KAFKA"])
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 6, 1)])
-        finally:
-            await admin.close()
-        app = produce_app(os.environ["BENCH_KAFKA"], topic)
+    if kind in ("bare", "fastapi", "produce"):
+        if kind == "produce":
+            app = produce_app(os.environ["BENCH_KAFKA"], await _produce_topic())
+        else:
+            app = bare_app if kind == "bare" else fastapi_app()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
-        )
-        await uvicorn.Server(config).serve()
-        return
-    if kind in ("bare", "fastapi"):
-        config = uvicorn.Config(
-            bare_app if kind == "bare" else fastapi_app(),
-            host="127.0.0.1",
-            port=port,
-            lifespan="off",
-            log_level="warning",
-            access_log=False,
         )
         await uvicorn.Server(config).serve()
         return

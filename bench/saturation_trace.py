@@ -5,8 +5,8 @@ call, 1000 conversations x ``--turns``) ``--rounds`` times and prints one line p
 fraction of the ideal, CPU ms per request, the worker's CPU and CPU-wait per cent and how
 busy the whole machine was. With ``--trace PREFIX`` the worker runs with
 ``bench/trace/sitecustomize.py`` and writes ``PREFIX.<pid>.jsonl`` (records in flight,
-backlog, model calls in flight, loop lag, phase timings); ``--summary`` prints what the
-trace of each round says. Rounds of two checkouts can be interleaved by running this file
+backlog, model calls in flight, loop lag, phase timings) and a summary of each round's
+trace is printed after its line. Rounds of two checkouts can be interleaved by running this file
 from each (``REPO`` is the checkout the file is in), which is how same-minute A/B figures
 in bench/README.md were made.
 

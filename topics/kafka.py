@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -140,9 +140,11 @@ class KafkaBus:
             raise RuntimeError("KafkaBus is not started")
         return self._admin
 
-    async def require_topics(self, names: Sequence[str]) -> None:
-        """Raise ``TopicMissing`` naming the first of ``names`` absent from the cluster."""
-        unknown = [n for n in names if n not in self._known_topics]
+    async def require_topics(self, names: Iterable[str]) -> None:
+        """Raise ``TopicMissing`` naming the first (by name) of ``names`` absent from the
+        cluster. Topics seen before cost no call to the broker."""
+        known = self._known_topics
+        unknown = sorted({n for n in names if n not in known})
         if not unknown:
             return
         async with self._topic_lock:
@@ -158,9 +160,7 @@ class KafkaBus:
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> list[RecordMetadata]:
         if not records:
             return []
-        known = self._known_topics
-        if any(r.topic not in known for r in records):
-            await self.require_topics(sorted({r.topic for r in records}))
+        await self.require_topics(r.topic for r in records)
         producer = self.producer
         timeout = self.config.delivery_timeout_ms / 1000
 
