@@ -132,19 +132,24 @@ def print_tables(report: dict[str, Any]) -> None:
         f"(a) zero-latency model, {s['requests']} requests over {s['conversations']} "
         f"conversations, {s['partitions']} partitions, max_in_flight {s['in_flight']}, "
         f"median of {s['rounds']} round(s). cpu ms: CPU of the worker (relay) processes per "
-        f"request; wait %: time they were runnable but had no core, per cent of the run"
+        f"request; wait %: time they were runnable but had no core, per cent of the run; "
+        f"floor: the guarded relay (decode, state read, dedup mark + outbox + state commit, "
+        f"produce per record; Kafka only), vs floor = pipeline / floor"
     )
     print(
         f"{'bus':<7}{'scenario':<9}{'hops':>4} {'req/s':>8} {'hops/s':>8} {'relay hops/s':>13} "
-        f"{'ratio':>6} {'target':>7} {'cpu ms':>7} {'relay cpu':>10} {'wait %':>7}"
+        f"{'ratio':>6} {'target':>7} {'cpu ms':>7} {'relay cpu':>10} {'wait %':>7} "
+        f"{'floor hops/s':>13} {'floor/relay':>12} {'vs floor':>9} {'floor cpu':>10}"
     )
     for row in report["throughput"]:
-        p, b = row["pipeline"], row["relay"]
+        p, b, f = row["pipeline"], row["relay"], row.get("guarded_floor") or {}
         print(
             f"{row['bus']:<7}{row['scenario']:<9}{row['hops']:>4} {p['requests_per_s']:>8.1f} "
             f"{p['per_hop_per_s']:>8.1f} {b['per_hop_per_s']:>13.1f} {row['ratio_per_hop']:>6.2f} "
             f"{'>=' + str(row['target_ratio']):>7} {_num(p['cpu_ms_per_request']):>7} "
-            f"{_num(b['cpu_ms_per_request']):>10} {_num(p['cpu_wait_percent']):>7}"
+            f"{_num(b['cpu_ms_per_request']):>10} {_num(p['cpu_wait_percent']):>7} "
+            f"{_num(f.get('per_hop_per_s')):>13} {_num(row.get('floor_ratio_per_hop')):>12} "
+            f"{_num(row.get('ratio_to_floor')):>9} {_num(f.get('cpu_ms_per_request')):>10}"
         )
     print(
         f"(b) model sleeping {s['slow_latency']}s per call, one agent worker, {s['partitions']} "

@@ -41,11 +41,22 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
     sizes = await mean_sizes(rig.bus, chain_topics, warm_tag)
     log(f"  {rig.kind}: workers warm; mean record size per scenario: {sizes}")
     relays = {hops: await rig.relay(settings.topics.prefix, hops) for hops in HOPS.values()}
+    # The guarded floor needs Redis: on Kafka only.
+    guarded = rig.kind == "kafka"
+    floors = {
+        hops: await rig.relay(settings.topics.prefix, hops, guarded=True)
+        for hops in (HOPS.values() if guarded else ())
+    }
     for scenario, hops in HOPS.items():
         first, last, relay_pids = relays[hops]
         warm = padded(make_requests(o.warmup, o.warmup, scenario, warm_tag), sizes[scenario])
         await rig.batch(first, last, warm, hops, relay_pids)
+        if guarded:
+            first, last, floor_pids = floors[hops]
+            warm = make_requests(o.warmup, o.warmup, scenario, warm_tag)
+            await rig.batch(first, last, warm, hops, floor_pids)
     rounds: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {s: [] for s in HOPS}
+    floor_rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in HOPS}
     for r in range(o.rounds):
         for scenario, hops in HOPS.items():
             tag = f"r{r}{uuid.uuid4().hex[:6]}"
@@ -58,15 +69,24 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
             )
             p, b = batch.summary(), relay_batch.summary()
             rounds[scenario].append((p, b))
+            floor_note = ""
+            if guarded:
+                first, last, floor_pids = floors[hops]
+                # The same requests again, as they are: the guarded relay decodes them.
+                again = make_requests(o.requests, o.conversations, scenario, f"{tag}g")
+                f = (await rig.batch(first, last, again, hops, floor_pids)).summary()
+                floor_rounds[scenario].append(f)
+                floor_note = f", guarded floor {f['per_hop_per_s']:.0f} hops/s"
             log(
                 f"  {rig.kind} {scenario} round {r + 1}: pipeline {p['per_hop_per_s']:.0f} "
-                f"hops/s, relay {b['per_hop_per_s']:.0f} hops/s, "
+                f"hops/s, relay {b['per_hop_per_s']:.0f} hops/s{floor_note}, "
                 f"ratio {p['per_hop_per_s'] / b['per_hop_per_s']:.2f}"
             )
     rows = []
     for scenario, hops in HOPS.items():
         pairs = rounds[scenario]
         ratios = [p["per_hop_per_s"] / b["per_hop_per_s"] for p, b in pairs]
+        floor = floor_rounds[scenario]
         rows.append(
             {
                 "bus": rig.kind,
@@ -80,9 +100,24 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
                 "ratio_per_hop": round(statistics.median(ratios), 3),
                 "ratio_rounds": [round(x, 3) for x in ratios],
                 "target_ratio": TARGET_RATIO,
+                # The guarded relay, measured in the same rounds: what the guarantees cost at
+                # the least (floor / relay), and how far the pipeline is from it.
+                "guarded_floor": median_round(floor) if floor else None,
+                "floor_ratio_per_hop": _median_ratio(floor, [b for _, b in pairs]),
+                "ratio_to_floor": _median_ratio([p for p, _ in pairs], floor),
             }
         )
     return rows
+
+
+def _median_ratio(top: list[dict[str, Any]], bottom: list[dict[str, Any]]) -> float | None:
+    """The median over rounds of top's per-hop rate / bottom's (None without rounds)."""
+    if not top or not bottom:
+        return None
+    ratios: list[float] = [
+        t["per_hop_per_s"] / b["per_hop_per_s"] for t, b in zip(top, bottom, strict=True)
+    ]
+    return round(statistics.median(ratios), 3)
 
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -171,11 +171,15 @@ class Rig:
         self.tasks.clear()
         self.stop = asyncio.Event()
 
-    async def relay(self, prefix: str, hops: int) -> tuple[str, str, list[int]]:
+    async def relay(
+        self, prefix: str, hops: int, *, guarded: bool = False
+    ) -> tuple[str, str, list[int]]:
         """A relay chain of ``hops`` hops laid out like the workers: the agent's hops (the
-        first and, with a tool, the last) in one process, the tool's hop in another."""
+        first and, with a tool, the last) in one process, the tool's hop in another.
+        ``guarded``: the guarded relay, on Kafka and Redis only (see ``bench/relay.py``)."""
         assert self.bus is not None
-        names = [f"{prefix}relay{hops}.h{i}" for i in range(hops + 1)]
+        kind = "guarded" if guarded else "relay"
+        names = [f"{prefix}{kind}{hops}.h{i}" for i in range(hops + 1)]
         await self.bus.create_topics([TopicDescription(n, self.o.partitions, 1) for n in names])
         routes = {names[i]: names[i + 1] for i in range(hops)}
         layout = [{k: v for i, (k, v) in enumerate(routes.items()) if i != 1}]
@@ -185,8 +189,11 @@ class Rig:
         for i, part in enumerate(layout):
             if self.kind == "kafka":
                 assert self.procs is not None
-                pids.append(self.procs.relay(f"relay{hops}-{i}", self.bootstrap, part))
+                redis = self.redis_url if guarded else None
+                name = f"relay{'-guarded' if guarded else ''}{hops}-{i}"  # "relay*": a relay
+                pids.append(self.procs.relay(name, self.bootstrap, part, redis))
             else:
+                assert not guarded, "the guarded relay runs on Kafka and Redis only"
                 group = f"relay{hops}-{i}"
                 self.tasks.append(asyncio.create_task(relay_bus(self.bus, group, part, self.stop)))
         return names[0], names[-1], pids

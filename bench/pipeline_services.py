@@ -84,11 +84,16 @@ class Procs:
             argv = ["-c", _PROFILED, str(self.profile / f"{name}.prof"), kind]
         return self._start(name, [sys.executable, *argv], env)
 
-    def relay(self, name: str, bootstrap: str, routes: dict[str, str]) -> int:
+    def relay(
+        self, name: str, bootstrap: str, routes: dict[str, str], redis_url: str | None = None
+    ) -> int:
+        """A relay process (``bench/relay.py``); the guarded relay with ``redis_url``."""
         argv = [sys.executable, str(REPO / "bench/relay.py"), "--bootstrap", bootstrap]
         argv += ["--group", f"bench-{name}-{uuid.uuid4().hex[:6]}"]
         for source, sink in routes.items():
             argv += ["--route", f"{source}:{sink}"]
+        if redis_url is not None:
+            argv += ["--guarded", "--redis", redis_url]
         return self._start(name, argv, {**os.environ, "PYTHONPATH": str(REPO)})
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> int:

@@ -1,4 +1,5 @@
-"""The floor of ``bench/pipeline.py``: a bare consume-then-produce relay chain.
+"""The floors of ``bench/pipeline.py``: a bare consume-then-produce relay chain, and a
+guarded one that does the least any pipeline keeping agentstream's guarantees must do.
 
 A chain of K hops moves each record through topics ``h0 -> h1 -> ... -> hK``. Every hop is a
 consumer-group member that reads a batch (``getmany``), produces the same bytes (key, value,
@@ -12,7 +13,16 @@ to the source topics of its hops, and one producer, configured like the Kafka bu
 (``acks="all"``, idempotent, ``linger_ms=2``, range assignment, manual commits). On the
 in-process bus the same loop runs as a task on the :class:`topics.Bus` protocol.
 
+The *guarded* relay (``--guarded --redis URL``, Kafka only) adds, per fetched batch, what
+the guarantees cost at the least: every record decoded and validated as an event
+(``schemas.decode``), the state of its conversation read (one pipelined Redis round trip for
+the batch), its dedup mark with its outbox and its new state committed atomically and
+version-checked by the state store's own commit script (one more round trip for the batch),
+and a derived event with a deterministic id encoded and produced. No per-key scheduling, no
+handler, no model: a pipeline that keeps the guarantees cannot cost less per hop.
+
     python bench/relay.py --bootstrap HOST:PORT --group G --route h0:h1 [--route h2:h3]
+        [--guarded --redis redis://HOST:PORT/0]
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ if str(REPO) not in sys.path:
 
 from topics import Bus, OutgoingRecord, TopicPartition  # noqa: E402
 
-__all__ = ["relay_bus", "relay_kafka"]
+__all__ = ["relay_bus", "relay_guarded_kafka", "relay_kafka"]
 
 MAX_BATCH = 500
 
@@ -80,6 +90,81 @@ async def relay_kafka(
         await producer.stop()
 
 
+async def relay_guarded_kafka(
+    bootstrap: str, redis_url: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
+) -> None:
+    """The guarded relay (see the module docstring): the floor of a guaranteed hop."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    from handlers.redis_store import _COMMIT
+    from handlers.redis_wire import RedisWire
+    from schemas import decode, derive_id, encode
+
+    wire = RedisWire(redis_url)
+    (sha,) = await wire.send([("SCRIPT", "LOAD", _COMMIT)])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_request_size=1024 * 1024,
+    )
+    consumer = AIOKafkaConsumer(
+        *routes,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=2 * 1024 * 1024,
+        partition_assignment_strategy=(RangePartitionAssignor,),
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
+            if not batches:
+                continue
+            messages = [m for batch in batches.values() for m in batch]
+            events = [
+                decode(m.value, topic=m.topic, partition=m.partition, offset=m.offset)
+                for m in messages
+            ]
+            states = [f"relay:{group}:state:{e.conversation_id}" for e in events]
+            versions = await wire.send([("HGET", key, "v") for key in states])
+            # Scripts of one pipeline run in order: an event sees the writes of the events
+            # of its conversation before it in the batch.
+            earlier: dict[str, int] = {}
+            commits, outputs = [], []
+            for m, event, key, version in zip(messages, events, states, versions, strict=True):
+                expect = int(version or 0) + earlier.get(key, 0)
+                earlier[key] = earlier.get(key, 0) + 1
+                out_key, value, headers = encode(
+                    event.model_copy(update={"id": derive_id(event.id, "relay")})
+                )
+                mark = f"relay:{group}:done:{event.id}"
+                # KEYS: the mark, the key expected, the key put; ARGV: has_mark, the outbox,
+                # its ttl, one expected version, then the put (kind, value, ttl).
+                keys = (mark, key, key)
+                argv = ("1", b"[" + value + b"]", 3600, 1, expect, "put", value, 3600)
+                commits.append(("EVALSHA", sha, len(keys), *keys, *argv))
+                outputs.append((routes[m.topic], out_key, value, headers))
+            for reply in await wire.send(commits):
+                if isinstance(reply, Exception):
+                    raise reply
+            futures = [
+                await producer.send(topic, value=value, key=key, headers=headers)
+                for topic, key, value, headers in outputs
+            ]
+            await asyncio.gather(*futures)
+            await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await wire.aclose()
+
+
 async def relay_bus(bus: Bus, group: str, routes: Mapping[str, str], stop: asyncio.Event) -> None:
     """The same relay on any :class:`topics.Bus` (the in-process bus, here)."""
     consumer = bus.consumer(group, list(routes))
@@ -105,15 +190,22 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--route", action="append", required=True, help="SOURCE:DESTINATION")
+    parser.add_argument("--guarded", action="store_true", help="the guarded relay (needs --redis)")
+    parser.add_argument("--redis", help="Redis URL of the guarded relay's state")
     args = parser.parse_args()
     routes = dict(r.split(":", 1) for r in args.route)
+    if args.guarded and not args.redis:
+        parser.error("--guarded needs --redis URL")
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await relay_kafka(args.bootstrap, args.group, routes, stop)
+        if args.guarded:
+            await relay_guarded_kafka(args.bootstrap, args.redis, args.group, routes, stop)
+        else:
+            await relay_kafka(args.bootstrap, args.group, routes, stop)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
