@@ -64,6 +64,7 @@ def start_run(
     max_steps: int = 8,
     default_deadline_s: float | None = 120.0,
     history_budget_tokens: int = 2000,
+    partition: int | None = None,
 ) -> RunState:
     """The state of a new run: system prompt, trimmed history, then the user's message.
 
@@ -87,6 +88,7 @@ def start_run(
         history_len=len(kept),
         max_steps=request.data.max_steps or max_steps,
         deadline=deadline,
+        partition=partition,
     )
 
 
@@ -141,9 +143,10 @@ def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunS
         )
     step = state.step + 1
     base = {"step": step, "usage": state.usage + reply.usage, "model": reply.model}
-    expired, fail = expire(state.model_copy(update=base), now)
-    if fail is not None:
-        return expired, fail
+    if state.deadline is not None and now >= state.deadline:  # (copied only when it ends)
+        expired, fail = expire(state.model_copy(update=base), now)
+        if fail is not None:
+            return expired, fail
     if reply.tool_calls:
         if step >= state.max_steps:
             names = ", ".join(c.name for c in reply.tool_calls)
@@ -191,8 +194,9 @@ def apply_tool_result(
 
     ``ready`` depends only on the state: true while every result of the current step is in
     and the model has not replied yet, so a duplicate of the last result says "ready" again
-    (the model call's idempotency key, request id and step, makes that harmless). A result
-    for a call outside the current step, or for a finished run, changes nothing.
+    (the agent handler calls the model in the same handling that made the state ready, so a
+    state awaiting the model is never stored between events). A result for a call outside
+    the current step, or for a finished run, changes nothing.
     """
     if state.terminal or call_id not in state.pending:
         return state, False

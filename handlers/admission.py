@@ -121,8 +121,12 @@ class Admission:
             if self._tokens < 1.0:
                 await asyncio.sleep(max(_TICK_S, (1.0 - self._tokens) / rate))
                 continue
-            while self._backlog and self._tokens >= 1.0 and in_flight() < self.max_in_flight:
+            # The room is read once per group (in_flight() sums over partitions); a record
+            # that start() drops still uses up room here, until the next group.
+            room = self.max_in_flight - in_flight()
+            while self._backlog and self._tokens >= 1.0 and room > 0:
                 self._tokens -= 1.0
+                room -= 1
                 start(self._backlog.popleft())
             # Let what was just started run before starting more.
             await asyncio.sleep(0)

@@ -11,8 +11,9 @@ Run state lives in the store, so any instance continues any request:
 
 Every request ends in exactly one terminal ``agent_response``: its id is derived from the
 request id alone, and it is emitted only by the step that moves the run to a terminal state.
-Model calls are recorded under ``request_id`` + step (:meth:`Context.once`), so a redelivered
-event reuses the reply instead of calling the model again.
+A model reply takes effect with the commit of the state it leads to (the step's idempotency
+key is ``request_id`` + step): a redelivered event finds its dedup mark and gets the
+recorded outputs back, so the model is not called again.
 """
 
 from __future__ import annotations
@@ -116,10 +117,7 @@ class AgentHandlers:
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
         conv_key = ctx.key("conv", event.conversation_id)
-        # The first model call's recorded reply is read along (a redelivered request).
-        await ctx.prefetch(
-            ctx.key("run", event.request_id), conv_key, effects=[_model_effect(event.request_id, 0)]
-        )
+        await ctx.prefetch(ctx.key("run", event.request_id), conv_key)
         if await ctx.load(ctx.key("run", event.request_id), RunState) is not None:
             log.info("request %s already started; duplicate user_request ignored", event.request_id)
             return []
@@ -198,8 +196,8 @@ class AgentHandlers:
             max_steps=event.data.max_steps or self.config.max_steps,
             default_deadline_s=self.config.deadline_s,
             history_budget_tokens=self.config.history_budget_tokens,
+            partition=ctx.origin.partition,
         )
-        state = state.model_copy(update={"partition": ctx.origin.partition})
         conv.active = event.request_id
         conv.waiting = [w for w in conv.waiting if w.request_id != event.request_id]
         ctx.save(ctx.key("conv", event.conversation_id), conv, self.config.run_ttl_s)
@@ -232,19 +230,15 @@ class AgentHandlers:
             else None
         )
 
-        async def call() -> ModelReply:
-            return await self._cached_call(model, state, cache, ctx)
-
-        # Recorded with the commit: after a crash the model is asked again, which only costs
-        # the call (nothing of this run was published), and a round trip is saved.
-        effect = _model_effect(state.request_id, state.step)
-        reply, replayed = await ctx.once(effect, ModelReply, call, with_commit=True)
-        if not replayed and not reply.usage.cached_calls:
+        # The reply is not recorded on its own: it takes effect with the commit of the state
+        # it leads to, and a redelivered event finds its dedup mark and gets its recorded
+        # outputs back without running. A crash before that commit asks the model again,
+        # which only costs the call (nothing of the step was published). ADR 14 update.
+        reply = await self._cached_call(model, state, cache, ctx)
+        if not reply.usage.cached_calls:
             self._count(reply, state.tenant)
-            recorded = ctx.recorded(effect)
-            if cache is not None and recorded is not None:
-                # The cache entry is the recorded reply: the same bytes, serialised once.
-                ctx.put_value(cache, recorded, self.config.cache_ttl_s)
+            if cache is not None:
+                ctx.put_value(cache, reply.model_dump_json().encode(), self.config.cache_ttl_s)
         return reply
 
     async def _cached_call(
@@ -279,7 +273,18 @@ class AgentHandlers:
         *,
         keep_deadline: bool = False,
     ) -> list[Envelope[Any]]:
-        done = state.model_copy(update={"status": status})
+        # What is kept of a finished run answers "was it started, is it over" (duplicates,
+        # late tool results, replays of a dead letter): its messages are not stored again,
+        # they live on in the conversation's history and in the answer.
+        done = state.model_copy(
+            update={
+                "status": status,
+                "messages": [],
+                "history_len": 0,
+                "pending": {},
+                "results": {},
+            }
+        )
         ctx.save(ctx.key("run", state.request_id), done, self.config.run_ttl_s)
         if not keep_deadline:
             ctx.index_remove(
@@ -293,7 +298,7 @@ class AgentHandlers:
         conv_key = ctx.key("conv", state.conversation_id)
         conv = await ctx.load(conv_key, ConversationState) or ConversationState()
         if status == "completed" and text is not None:
-            conv.history = history_after(done, text)
+            conv.history = history_after(state, text)
         if conv.active == state.request_id:
             conv.active = None
         if conv.waiting:
@@ -317,8 +322,3 @@ class AgentHandlers:
         return await self._finish(
             state, "timed_out", None, "deadline passed", ctx, keep_deadline=True
         )
-
-
-def _model_effect(request_id: str, step: int) -> str:
-    """The idempotency key of the model call of ``step`` of a run."""
-    return f"model:{request_id}:{step}"

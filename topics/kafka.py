@@ -175,6 +175,8 @@ class KafkaBus:
                 )
                 for r in records
             ]
+            if len(futures) == 1:  # the common case: no gathering future
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
 
         try:
