@@ -108,16 +108,63 @@ _ARITHMETIC_RULES: list[tuple[str, str]] = [
     (r"(?<=\d),(?=\d{3}\b)", ""),
     (r"\$\s*(?=\d)", ""),
 ]
-_ARITHMETIC_WORDS = [(re.compile(pattern), sub) for pattern, sub in _ARITHMETIC_RULES]
+#: For each rule above, strings one of which any match of it contains: a rule none of whose
+#: strings is in the text cannot change it, so it is not run (the rules are case-sensitive
+#: and read lower-cased text, so a plain ``in`` is exact).
+_ARITHMETIC_CUES: list[tuple[str, ...]] = [
+    ("%", "percent"),
+    ("square root of",),
+    ("sqrt of",),
+    ("sqrt",),
+    ("multiplied by", "times"),
+    ("x", "\u00d7"),
+    ("divided by", "over"),
+    ("\u00f7",),
+    ("plus",),
+    ("minus",),
+    ("mod",),
+    ("to the", "raised to"),
+    ("squared",),
+    ("cubed",),
+    ("double", "twice"),
+    ("triple",),
+    ("half",),
+    (",",),
+    ("$",),
+]
+_ARITHMETIC_WORDS = [
+    (re.compile(pattern), sub, cues)
+    for (pattern, sub), cues in zip(_ARITHMETIC_RULES, _ARITHMETIC_CUES, strict=True)
+]
 _DIGIT = re.compile(r"\d")
 #: Every expression has a digit: in the text, or from one of the words these rules turn
 #: into a number ("squared" gives ``**2``, "half" ``0.5*``...).
-_MAY_HAVE_NUMBER = re.compile(r"\d|squared|cubed|double|twice|triple|half")
-#: Every operation comes from an operator character or from a word the rules above turn into
-#: one: without any of them there is nothing to calculate.
-_MAY_HAVE_OPERATION = re.compile(
-    r"[-+*/%^()\u00d7\u00f7]|\d\s*x|times|multiplied|divided|over|plus|minus|mod|power|"
-    r"raised|to the|squared|cubed|double|twice|triple|half|percent|sqrt|square root"
+_NUMBER_WORDS = ("squared", "cubed", "double", "twice", "triple", "half")
+_MAY_HAVE_NUMBER = re.compile(r"\d|" + "|".join(_NUMBER_WORDS))
+#: Every operation comes from an operator character, a digit then "x", or a word the rules
+#: above turn into an operator: without any of them there is nothing to calculate.
+_OPERATOR_CHAR = re.compile(r"[-+*/%^()\u00d7\u00f7]")
+_DIGIT_THEN_X = re.compile(r"\d\s*x")
+_OPERATION_WORDS = (
+    "times",
+    "multiplied",
+    "divided",
+    "over",
+    "plus",
+    "minus",
+    "mod",
+    "power",
+    "raised",
+    "to the",
+    "squared",
+    "cubed",
+    "double",
+    "twice",
+    "triple",
+    "half",
+    "percent",
+    "sqrt",
+    "square root",
 )
 _TRAILING_OPERATORS = re.compile(r"[-+*/%^,\s]+$")
 _LEADING_GLUE = re.compile(r"^(?:and\s+)?(?:that\s+)?", re.IGNORECASE)
@@ -163,16 +210,37 @@ def expression_in(text: str) -> str | None:
     normalized = text.lower()
     if _MAY_HAVE_NUMBER.search(normalized) is None:
         return None
-    if _MAY_HAVE_OPERATION.search(normalized) is None:
+    if not _may_have_operation(normalized):
         return None
-    for pattern, replacement in _ARITHMETIC_WORDS:
-        normalized = pattern.sub(replacement, normalized)
+    for pattern, replacement, cues in _ARITHMETIC_WORDS:
+        if _cued(normalized, cues):
+            normalized = pattern.sub(replacement, normalized)
     spans = [m.group().strip(" ,") for m in _SPAN.finditer(normalized)]
     found = [s for s in spans if _OPERATION.search(s) and _DIGIT.search(s)]
     if not found:
         return None
     expression = _TRAILING_OPERATORS.sub("", max(found, key=len))
     return _spaced(expression)
+
+
+def _may_have_operation(normalized: str) -> bool:
+    """Whether ``normalized`` has an operator character or word (see above).
+
+    A plain ``in`` per word and the cheap character class first: one regex alternation of
+    all of them tried a branch at every position of the text, several times slower.
+    """
+    if _OPERATOR_CHAR.search(normalized) is not None or _cued(normalized, _OPERATION_WORDS):
+        return True
+    return "x" in normalized and _DIGIT_THEN_X.search(normalized) is not None
+
+
+def _cued(text: str, cues: tuple[str, ...]) -> bool:
+    """Whether one of ``cues`` is in ``text``."""
+    # A plain loop: ``any()`` over a generator costs more than the searches it saves.
+    for cue in cues:  # noqa: SIM110
+        if cue in text:
+            return True
+    return False
 
 
 def _spaced(expression: str) -> str:
@@ -293,7 +361,81 @@ def _memory_pattern(key: str) -> re.Pattern[str]:
     return re.compile(rf"\bmy\s+{words}\b", re.IGNORECASE)
 
 
+#: For :func:`_classify`, the cues of each pattern: strings one of which every match holds,
+#: taken from the words the pattern spells out (lower-case, as the clause is read).
+_REMEMBER_CUES = ("remember", "note", "save", "store", "memorize", "keep in mind", "forget")
+_STATEMENT_CUES = ("my", "our", "call me", "live in", "reside in", "i work")
+_CLOCK_TIME_CUES = ("am", "pm", ":")
+_UNITS_CUES = ("to", "in", "as", "how many")  # "into" holds "in"
+_TIME_CUES = ("time", "clock", "date", "what day")
+_MEMORY_REF_CUE = "my"
+_MEMORY_QUESTION_CUE = "you"  # "you" and "your"
+_WORDS_IN_CUE = "word"
+
+
 def _classify(clause: str, question: bool) -> Ask:
+    """What ``clause`` asks: :func:`_classify_reference`, skipping the patterns it cannot match.
+
+    Most clauses are chat, and each pattern tried on them is a regex search. Every match of a
+    pattern holds one of its cues (above); in ASCII text, where IGNORECASE folds only ASCII
+    letters, a plain ``in`` on the lower-cased clause tells whether one is there. Other text
+    is read in full: IGNORECASE also matches "K" (the Kelvin sign) as "k" and "İ" as "i",
+    which ``str.lower`` maps differently, so a cue could be missed there.
+    """
+    if not clause.isascii():
+        return _classify_reference(clause, question)
+    low = clause.lower()
+    if (
+        _cued(low, _REMEMBER_CUES)
+        and (remember := _REMEMBER.match(clause))
+        and not _asked(clause, question)
+    ):
+        return Ask("remember", clause, {"fact": remember["fact"].strip()})
+    if len(clause) > _MAX_CLAUSE:  # bounds the regex work on hostile input
+        return Ask("chat", clause)
+    if _cued(low, _STATEMENT_CUES) and _STATEMENT.match(clause) and not _asked(clause, question):
+        fact = _LEADING_GLUE.sub("", clause)
+        return Ask("remember", clause, {"fact": fact.strip()})
+    digit = _DIGIT.search(clause) is not None  # clock times, units and most expressions need one
+    at = _clock_time(clause) if digit and _cued(low, _CLOCK_TIME_CUES) else None
+    zones = zones_in(clause) if at is not None else None
+    if at is not None and zones is not None and len(zones) >= 2:
+        return Ask("convert_time", clause, {"time": at, "from_zone": zones[0], "to_zone": zones[1]})
+    if digit and _cued(low, _UNITS_CUES) and (units := _units(clause)) is not None:
+        return Ask("units", clause, units)
+    if _cued(low, _TIME_CUES) and _TIME.search(clause):
+        zones = zones_in(clause) if zones is None else zones
+        return Ask("time", clause, {"zone": zones[0] if zones else "UTC"})
+    # An expression needs a digit or a number word (as ``_MAY_HAVE_NUMBER`` reads).
+    expression = expression_in(clause) if digit or _cued(low, _NUMBER_WORDS) else None
+    if expression is not None:
+        return Ask("calculate", clause, {"expression": expression})
+    keys = memory_keys(clause) if _MEMORY_REF_CUE in low else []
+    if _MEMORY_QUESTION_CUE in low and _MEMORY_QUESTION.search(clause):
+        return Ask("recall", clause, {"query": " ".join(keys)}, memory=tuple(keys))
+    if keys:
+        masked = substitute_memory(clause, dict.fromkeys(keys, "1"))
+        if expression_in(masked) is not None:
+            return Ask("calculate", clause, memory=tuple(keys))
+        if _asked(clause, question):
+            return Ask("recall", clause, {"query": " ".join(keys)}, memory=tuple(keys))
+    words = _WORDS_IN.search(clause) if _WORDS_IN_CUE in low else None
+    if words:
+        return Ask("word_count", clause, {"text": words["text"]})
+    return Ask("chat", clause)
+
+
+def _asked(clause: str, question: bool) -> bool:
+    """Whether ``clause`` is a question: read only when an answer depends on it."""
+    return question or _QUESTION.match(clause) is not None
+
+
+def _classify_reference(clause: str, question: bool) -> Ask:
+    """What ``clause`` asks, read by trying every pattern in turn: the exact reading.
+
+    :func:`_classify` gives the same answer faster; this is what it falls back on for text
+    it cannot rule patterns out of, and what a unit test holds it to.
+    """
     question = question or _QUESTION.match(clause) is not None
     remember = _REMEMBER.match(clause)
     if remember and not question:

@@ -27,6 +27,7 @@ __all__ = [
     "ToolOutcome",
     "count_tokens",
     "message_tokens",
+    "messages_tokens",
     "trim_history",
 ]
 
@@ -38,6 +39,8 @@ UNPARSED_ARGUMENTS = "_unparsed_arguments"
 
 _FAILURE_KEYS = frozenset({"error", "error_class"})
 _MESSAGE_OVERHEAD = 4  # role and separators, roughly what chat templates add per message
+# ``json.dumps`` with options builds a new encoder each call: this one is built once.
+_ARGUMENTS_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
 class ToolInvocation(BaseModel):
@@ -146,9 +149,22 @@ def message_tokens(message: Message) -> int:
     """Estimated tokens of one message, its tool calls included."""
     tokens = _MESSAGE_OVERHEAD + count_tokens(message.content)
     for call in message.tool_calls:
-        tokens += count_tokens(call.name) + count_tokens(
-            json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)
-        )
+        tokens += count_tokens(call.name) + count_tokens(_ARGUMENTS_JSON.encode(call.arguments))
+    return tokens
+
+
+def messages_tokens(messages: Sequence[Message]) -> int:
+    """``sum(message_tokens(m) for m in messages)``: the estimated tokens of a whole prompt.
+
+    A model client counts every prompt it is sent; most messages have no tool calls, and
+    their content is counted inline here rather than with two calls a message.
+    """
+    tokens = _MESSAGE_OVERHEAD * len(messages)
+    for message in messages:
+        if message.tool_calls:
+            tokens += message_tokens(message) - _MESSAGE_OVERHEAD
+        elif content := message.content:
+            tokens += (len(content) + 3) // 4  # count_tokens(content), non-empty
     return tokens
 
 

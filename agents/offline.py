@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -36,7 +37,7 @@ from agents.messages import (
     ToolInvocation,
     ToolOutcome,
     count_tokens,
-    message_tokens,
+    messages_tokens,
 )
 from agents.model import ModelPrice, ToolSpec, priced
 
@@ -57,14 +58,74 @@ _TOOL_OF = {
 _CAPABILITIES = "calculate, tell the time in a city, convert units and remember facts for you"
 
 
+# ``json.dumps`` with options builds a new encoder each call: these are built once (same text).
+_SIGNATURE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True)
+
+
 def _signature(name: str, arguments: dict[str, JsonValue]) -> str:
-    return json.dumps([name, arguments], sort_keys=True, ensure_ascii=False)
+    return _SIGNATURE_JSON.encode([name, arguments])
+
+
+def _call_digest(messages: Sequence[Message]) -> str:
+    """What the tool-call ids are named after: a hash of the conversation's JSON."""
+    # The list as ``json.dumps([m.model_dump(mode="json") ...], sort_keys=True)`` writes it.
+    conversation = f"[{', '.join(map(_message_json, messages))}]"
+    return hashlib.sha256(conversation.encode()).hexdigest()[:16]
+
+
+_MessageKey = tuple[str, str | None, str | None, str | None]
+_MESSAGE_JSON: dict[_MessageKey, str] = {}
+_MESSAGE_JSON_MAX = 512  # messages kept; all are dropped when full (a simple bound)
+_MESSAGE_JSON_LONGEST = 2_000  # longer contents are encoded every time rather than kept
+
+
+def _message_json(message: Message) -> str:
+    """``message`` as the call digest's JSON writes it, kept for a message without tool calls.
+
+    Every call sends the whole conversation again (system prompt, history, user message,
+    earlier tool results), so most of it was encoded for an earlier call already. Such a
+    message's JSON follows from the four fields of the key; a subclass may have more.
+    """
+    content = message.content
+    if (
+        type(message) is not Message
+        or message.tool_calls
+        or (content is not None and len(content) > _MESSAGE_JSON_LONGEST)
+    ):
+        return _DIGEST_JSON.encode(message.model_dump(mode="json"))
+    key = (message.role, content, message.tool_call_id, message.name)
+    text = _MESSAGE_JSON.get(key)
+    if text is None:
+        if len(_MESSAGE_JSON) >= _MESSAGE_JSON_MAX:
+            _MESSAGE_JSON.clear()
+        text = _MESSAGE_JSON[key] = _DIGEST_JSON.encode(message.model_dump(mode="json"))
+    return text
 
 
 @lru_cache(maxsize=64)
 def _tools_tokens(tools: tuple[ToolSpec, ...]) -> int:
     """The prompt tokens of the tool specs: the same for every call with the same tools."""
     return count_tokens(json.dumps([t.model_dump(mode="json") for t in tools], sort_keys=True))
+
+
+class _OfferedTools:
+    """The prompt tokens and names of the tools last offered, kept while the same are offered.
+
+    A worker offers the same spec objects on every call; telling that by identity spares
+    hashing every spec to look up :func:`_tools_tokens`, whose cache would answer the same:
+    it too finds identical specs equal, whatever their contents.
+    """
+
+    __slots__ = ("names", "specs", "tokens")
+
+    def __init__(self, tools: Sequence[ToolSpec]) -> None:
+        self.specs = tuple(tools)
+        self.tokens = _tools_tokens(self.specs)
+        self.names = frozenset(tool.name for tool in self.specs)
+
+    def same(self, tools: Sequence[ToolSpec]) -> bool:
+        return len(tools) == len(self.specs) and all(map(operator.is_, tools, self.specs))
 
 
 _PARSED_TEXT_MAX = 4_000  # longer messages are parsed every time rather than kept
@@ -98,6 +159,7 @@ class OfflineModel:
         self.name = name
         self.latency_s = latency_s
         self.price = price or ModelPrice()
+        self._offered = _OfferedTools(())
 
     async def complete(
         self,
@@ -108,18 +170,19 @@ class OfflineModel:
     ) -> ModelReply:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        turn = _Turn(messages, {tool.name for tool in tools})
+        offered = self._offered
+        if not offered.same(tools):
+            offered = self._offered = _OfferedTools(tools)
+        turn = _Turn(messages, offered.names)
         calls = turn.next_calls()
-        prompt = sum(message_tokens(m) for m in messages) + _tools_tokens(tuple(tools))
+        prompt = messages_tokens(messages) + offered.tokens
         if calls:
-            digest = hashlib.sha256(
-                json.dumps([m.model_dump(mode="json") for m in messages], sort_keys=True).encode()
-            ).hexdigest()[:16]
+            digest = _call_digest(messages)
             invocations = [
                 ToolInvocation(id=f"call_{digest}_{i}", name=name, arguments=args)
-                for i, (name, args) in enumerate(calls)
+                for i, (name, args) in enumerate(calls.values())
             ]
-            completion = count_tokens(json.dumps([_signature(*c) for c in calls]))
+            completion = count_tokens(json.dumps(list(calls)))  # the calls' signatures
             return ModelReply(
                 tool_calls=invocations,
                 usage=priced(prompt, completion, self.price),
@@ -140,8 +203,10 @@ class OfflineModel:
 class _Turn:
     """One user message, the tool results it has so far, and what follows from them."""
 
-    def __init__(self, messages: Sequence[Message], offered: set[str]) -> None:
-        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    def __init__(self, messages: Sequence[Message], offered: frozenset[str]) -> None:
+        last_user = len(messages) - 1  # the last user message, -1 if there is none
+        while last_user >= 0 and messages[last_user].role != "user":
+            last_user -= 1
         self.text = (messages[last_user].content or "") if last_user >= 0 else ""
         self.asks = _asks(self.text)
         self.offered = offered
@@ -185,8 +250,8 @@ class _Turn:
             return None if expression is None else ("calculator", {"expression": expression})
         return _TOOL_OF[ask.kind], dict(ask.arguments)
 
-    def next_calls(self) -> list[_Call]:
-        """The calls still to make, or none when it is time to answer."""
+    def next_calls(self) -> dict[str, _Call]:
+        """The calls still to make, by signature, or none when it is time to answer."""
         recalls: list[_Call] = [
             ("recall", {"query": key})
             for ask in self.asks
@@ -201,7 +266,7 @@ class _Turn:
             key = _signature(*call)
             if call[0] in self.offered and key not in self.outcomes:
                 calls.setdefault(key, call)
-        return list(calls.values())
+        return calls
 
     def answer(self) -> str:
         return " ".join(self._sentence(ask) for ask in self.asks)
