@@ -34,6 +34,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -46,10 +47,9 @@ __all__ = ["relay_bus", "relay_guarded_kafka", "relay_kafka"]
 MAX_BATCH = 500
 
 
-async def relay_kafka(
-    bootstrap: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
-) -> None:
-    """Relay every record of each source topic in ``routes`` to its destination topic."""
+def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any, Any]:
+    """A producer and a consumer configured like the Kafka bus (acks=all, idempotent,
+    linger 2 ms, range assignment, manual commits)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
@@ -69,6 +69,14 @@ async def relay_kafka(
         max_partition_fetch_bytes=2 * 1024 * 1024,
         partition_assignment_strategy=(RangePartitionAssignor,),
     )
+    return producer, consumer
+
+
+async def relay_kafka(
+    bootstrap: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
+) -> None:
+    """Relay every record of each source topic in ``routes`` to its destination topic."""
+    producer, consumer = _clients(bootstrap, group, routes)
     await producer.start()
     await consumer.start()
     try:
@@ -94,31 +102,13 @@ async def relay_guarded_kafka(
     bootstrap: str, redis_url: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
 ) -> None:
     """The guarded relay (see the module docstring): the floor of a guaranteed hop."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-
     from handlers.redis_store import _COMMIT
     from handlers.redis_wire import RedisWire
     from schemas import decode, derive_id, encode
 
     wire = RedisWire(redis_url)
     (sha,) = await wire.send([("SCRIPT", "LOAD", _COMMIT)])
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        max_request_size=1024 * 1024,
-    )
-    consumer = AIOKafkaConsumer(
-        *routes,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=2 * 1024 * 1024,
-        partition_assignment_strategy=(RangePartitionAssignor,),
-    )
+    producer, consumer = _clients(bootstrap, group, routes)
     await producer.start()
     await consumer.start()
     try:

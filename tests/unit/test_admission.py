@@ -21,6 +21,22 @@ from topics import Catalog, OutgoingRecord, Record, Topic
 from topics.memory import InProcessBus
 
 
+async def _publish_requests(bus: InProcessBus, catalog: Catalog, n: int) -> None:
+    """``n`` user requests, each of its own conversation."""
+    topic = catalog.name(Topic.USER_REQUEST)
+    records = []
+    for i in range(n):
+        event = UserRequest(
+            source="test",
+            request_id=f"r{i}",
+            conversation_id=f"c{i}",
+            data=UserRequestData(text="hi"),
+        )
+        key, value, headers = encode(event)
+        records.append(OutgoingRecord(topic, value, key, tuple(headers)))
+    await bus.publish_many(records)
+
+
 def _record(offset: int, partition: int = 0) -> Record:
     return Record("t", partition, offset, b"k%d" % offset, b"v", (), 0)
 
@@ -134,18 +150,7 @@ async def test_the_worker_never_runs_more_than_its_budget_and_pauses_fetching() 
     worker = Worker(
         bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
     )
-    topic = catalog.name(Topic.USER_REQUEST)
-    records = []
-    for i in range(120):
-        event = UserRequest(
-            source="test",
-            request_id=f"r{i}",
-            conversation_id=f"c{i}",
-            data=UserRequestData(text="hi"),
-        )
-        key, value, headers = encode(event)
-        records.append(OutgoingRecord(topic, value, key, tuple(headers)))
-    await bus.publish_many(records)
+    await _publish_requests(bus, catalog, 120)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
@@ -207,18 +212,7 @@ async def test_fast_handlers_do_not_make_the_worker_pause_after_every_fetch(
     worker = Worker(
         bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
     )
-    topic = catalog.name(Topic.USER_REQUEST)
-    records = []
-    for i in range(600):
-        event = UserRequest(
-            source="test",
-            request_id=f"r{i}",
-            conversation_id=f"c{i}",
-            data=UserRequestData(text="hi"),
-        )
-        key, value, headers = encode(event)
-        records.append(OutgoingRecord(topic, value, key, tuple(headers)))
-    await bus.publish_many(records)
+    await _publish_requests(bus, catalog, 600)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
