@@ -72,6 +72,19 @@ def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any
     return producer, consumer
 
 
+async def _produce_then_commit(
+    producer: Any, consumer: Any, batches: Mapping[Any, list[Any]], outputs: list[Any]
+) -> None:
+    """Produce ``outputs`` (topic, key, value, headers), wait for every acknowledgement,
+    then commit the fetched ``batches``."""
+    futures = [
+        await producer.send(topic, value=value, key=key, headers=headers)
+        for topic, key, value, headers in outputs
+    ]
+    await asyncio.gather(*futures)
+    await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+
+
 async def relay_kafka(
     bootstrap: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
 ) -> None:
@@ -84,15 +97,12 @@ async def relay_kafka(
             batches = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
             if not batches:
                 continue
-            futures = [
-                await producer.send(
-                    routes[tp.topic], value=m.value, key=m.key, headers=list(m.headers or ())
-                )
+            outputs = [
+                (routes[tp.topic], m.key, m.value, list(m.headers or ()))
                 for tp, messages in batches.items()
                 for m in messages
             ]
-            await asyncio.gather(*futures)
-            await consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batches.items()})
+            await _produce_then_commit(producer, consumer, batches, outputs)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -143,12 +153,7 @@ async def relay_guarded_kafka(
             for reply in await wire.send(commits):
                 if isinstance(reply, Exception):
                     raise reply
-            futures = [
-                await producer.send(topic, value=value, key=key, headers=headers)
-                for topic, key, value, headers in outputs
-            ]
-            await asyncio.gather(*futures)
-            await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+            await _produce_then_commit(producer, consumer, batches, outputs)
     finally:
         await consumer.stop()
         await producer.stop()

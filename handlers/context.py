@@ -142,11 +142,6 @@ class Context:
         does not count)."""
         self._ops.append(PutValue(key, value, ttl_s))
 
-    def recorded(self, key: str) -> bytes | None:
-        """The bytes :meth:`once` recorded (or found recorded) for idempotency ``key`` in
-        this handler, if any."""
-        return self._values.get(self.key("effect", key))
-
     async def once(
         self,
         key: str,
