@@ -10,8 +10,9 @@ the handlers and Redis take on top.
 
 On Kafka a relay *process* plays the part of one worker process: one consumer subscribed
 to the source topics of its hops, and one producer, configured like the Kafka bus
-(``acks="all"``, idempotent, ``linger_ms=2``, range assignment, manual commits). On the
-in-process bus the same loop runs as a task on the :class:`topics.Bus` protocol.
+(``acks="all"``, idempotent, the bus's ``linger_ms`` and ``batch_bytes``, range assignment,
+manual commits). On the in-process bus the same loop runs as a task on the
+:class:`topics.Bus` protocol.
 
 The *guarded* relay (``--guarded --redis URL``, Kafka only) adds, per fetched batch, what
 the guarantees cost at the least: every record decoded and validated as an event
@@ -48,16 +49,20 @@ MAX_BATCH = 500
 
 
 def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any, Any]:
-    """A producer and a consumer configured like the Kafka bus (acks=all, idempotent,
-    linger 2 ms, range assignment, manual commits)."""
+    """A producer and a consumer configured like the Kafka bus (acks=all, idempotent, its
+    linger and batch size, range assignment, manual commits)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+    from topics import KafkaConfig
+
+    like = KafkaConfig(bootstrap_servers=bootstrap)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
-        linger_ms=2,
+        linger_ms=like.linger_ms,
+        max_batch_size=like.batch_bytes,
         max_request_size=1024 * 1024,
     )
     consumer = AIOKafkaConsumer(

@@ -35,6 +35,11 @@ class KafkaConfig(BaseModel):
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
     linger_ms: int = Field(default=2, ge=0)
+    #: Bytes the producer gathers per partition before a batch is full (aiokafka's
+    #: ``max_batch_size``). A send to a partition whose batch is full waits until that
+    #: batch is on its way, and with 16 KiB (the client's default) a busy worker spent a
+    #: tenth of its CPU in those waits (ADR 15).
+    batch_bytes: int = Field(default=256 * 1024, ge=1024, le=1024 * 1024)
     metadata_max_age_ms: int = Field(default=30_000, ge=1_000)
 
     def client_options(self) -> dict[str, object]:

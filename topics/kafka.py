@@ -93,6 +93,7 @@ class KafkaBus:
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=self.config.linger_ms,
+                max_batch_size=self.config.batch_bytes,
                 max_request_size=1024 * 1024,
                 **self.config.client_options(),
             )
@@ -212,6 +213,7 @@ class KafkaBus:
             transactional_id=transactional_id,
             transaction_timeout_ms=60_000,
             linger_ms=self.config.linger_ms,
+            max_batch_size=self.config.batch_bytes,
             **self.config.client_options(),
         )
         try:
