@@ -66,7 +66,7 @@ class _Save:
     ttl_s: int | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     store: StateStore
     origin: Origin

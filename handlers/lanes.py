@@ -40,7 +40,8 @@ class Lanes(Generic[ItemT]):
             lane = self._lanes[key] = _Lane()
         lane.queue.append(item)
         if lane.task is None:
-            lane.task = asyncio.create_task(self._drain(key, lane), name=f"lane:{key!r}")
+            # A constant name: formatting the key cost 2 % of a busy worker's CPU.
+            lane.task = asyncio.create_task(self._drain(key, lane), name="lane")
 
     async def _drain(self, key: bytes, lane: _Lane[ItemT]) -> None:
         try:

@@ -96,6 +96,11 @@ def test_start_run_builds_the_prompt() -> None:
     assert state.traceparent == "00-abc-def-01"
     assert state.deadline == T0 + timedelta(seconds=60)
     assert (state.status, state.awaiting, state.step, state.max_steps) == ("running", "model", 0, 4)
+    # Built without validating again: the same state as a validated one, field for field.
+    validated = RunState.model_validate(state.model_dump())
+    assert state == validated
+    assert state.model_dump_json() == validated.model_dump_json()
+    assert RunState.model_validate_json(state.model_dump_json()) == state
 
 
 def test_request_limits_win() -> None:
