@@ -116,7 +116,7 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
                 if stage == "relay":
                     requests = padded(requests, sizes or requests[0].size)
                 spy = _pyspy(args.pyspy, stage, r, pids)
-                batch = await rig.batch(source, sink, requests, 1, pids)
+                batch = await rig.batch(source, sink, requests, 1, pids, hold=True)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(30)

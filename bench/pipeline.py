@@ -2,8 +2,10 @@
 and how close one agent worker gets to its in-flight budget with a slow model.
 
 (a) *Throughput*, zero-latency offline model. ``--requests`` user requests over
-``--conversations`` conversations are published up front; the time runs from the first
-publish to the last ``agent_response`` (its record timestamp, set by the worker's producer).
+``--conversations`` conversations are published up front while the worker processes are
+stopped (SIGSTOP; on Kafka); the time runs from their resume to the last ``agent_response``
+(its record timestamp, set by the worker's producer). The relays are timed the same way, so
+every stage drains the same backlog and none is timed at the publisher's rate.
 Two scenarios: ``chat`` (the model answers directly: user_request -> agent_response, 1 hop)
 and ``tool`` (one calculator call: user_request -> tool_call -> tool_result ->
 agent_response, 3 hops). Per-hop rate = requests * hops / seconds. The same run measures a
@@ -26,8 +28,8 @@ processes is reported beside the rates: it depends much less than the rate on wh
 runs on a shared machine. A census pass with Redis MONITOR counts the store commands per
 request (not timed).
 
-    python bench/pipeline.py [--quick] [--bus kafka|memory|both] [--requests 2000]
-        [--conversations 500] [--rounds 3] [--slow-in-flight 256,1000] [--profile DIR]
+    python bench/pipeline.py [--quick] [--bus kafka|memory|both] [--requests 5000]
+        [--conversations 1250] [--rounds 3] [--slow-in-flight 256,1000] [--profile DIR]
         [--out bench/results/pipeline.json]
 """
 
@@ -192,8 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute")
     parser.add_argument("--bus", choices=["kafka", "memory", "both"], default="both")
-    parser.add_argument("--requests", type=int, help="(a) requests per round (default 2000)")
-    parser.add_argument("--conversations", type=int, help="(a) conversations (default 500)")
+    parser.add_argument("--requests", type=int, help="(a) requests per round (default 5000)")
+    parser.add_argument("--conversations", type=int, help="(a) conversations (default 1250)")
     parser.add_argument("--rounds", type=int, help="(a) rounds, median reported (default 3)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--in-flight", type=int, default=256, help="(a) max_in_flight")
@@ -210,8 +212,8 @@ def main() -> None:
     args = parser.parse_args()
     quick = args.quick
     o = Options(
-        requests=args.requests or (200 if quick else 2000),
-        conversations=args.conversations or (50 if quick else 500),
+        requests=args.requests or (200 if quick else 5000),
+        conversations=args.conversations or (50 if quick else 1250),
         rounds=args.rounds or (1 if quick else 3),
         partitions=args.partitions,
         in_flight=args.in_flight,

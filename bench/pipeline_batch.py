@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -133,7 +134,14 @@ async def kafka_batch(
     hops: int,
     pids: Sequence[int],
     timeout_s: float,
+    *,
+    hold: bool = False,
 ) -> Batch:
+    """Publish ``requests`` to ``source`` and collect their answers on ``sink``. ``hold``:
+    the processes ``pids`` are stopped (SIGSTOP) while the batch is published and resumed
+    once every request is acknowledged; the clock starts at the resume. Each then drains
+    the same backlog, so a stage faster than the publisher is not timed at the publisher's
+    rate (the bare relay on a fast machine ends ~10 ms after the last publish)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
@@ -147,13 +155,21 @@ async def kafka_batch(
             await consumer.position(tp)
         collector = Collector(requests)
         before = usage(pids)
+        if hold:
+            _signal(pids, signal.SIGSTOP)
         started = time.time()
-        futures = [
-            await producer.send(source, value=r.value, key=r.key, headers=list(r.headers))
-            for r in requests
-        ]
-        await asyncio.gather(*futures)
+        try:
+            futures = [
+                await producer.send(source, value=r.value, key=r.key, headers=list(r.headers))
+                for r in requests
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            if hold:
+                _signal(pids, signal.SIGCONT)
         published = time.time() - started
+        if hold:
+            started = time.time()
         deadline = time.monotonic() + timeout_s
         while collector.wanted and time.monotonic() < deadline and not collector.stalled():
             for messages in (await consumer.getmany(timeout_ms=200)).values():
@@ -169,6 +185,11 @@ async def kafka_batch(
             f"{timeout_s:.0f}s limit)"
         )
     return collector.batch(len(requests), hops, started, published, spent(before, after))
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        os.kill(pid, sig)
 
 
 async def bus_batch(

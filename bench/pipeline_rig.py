@@ -81,8 +81,18 @@ class Rig:
             await self.bus.stop()
 
     async def batch(
-        self, source: str, sink: str, requests: Sequence[Request], hops: int, pids: Sequence[int]
+        self,
+        source: str,
+        sink: str,
+        requests: Sequence[Request],
+        hops: int,
+        pids: Sequence[int],
+        *,
+        hold: bool = False,
     ) -> Batch:
+        """One batch through a chain. ``hold`` (Kafka): the chain's processes are stopped
+        while it is published, then drain it as a backlog (see ``kafka_batch``); in process
+        the whole batch is published before any consumer runs anyway."""
         timeout = 120 + len(requests) * hops / 20
         assert self.bus is not None
         if self.kind == "kafka":
@@ -96,6 +106,7 @@ class Rig:
                 hops,
                 pids,
                 timeout,
+                hold=hold,
             )
         return await bus_batch(self.bus, source, sink, requests, hops, timeout)
 

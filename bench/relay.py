@@ -19,8 +19,11 @@ the guarantees cost at the least: every record decoded and validated as an event
 (``schemas.decode``), the state of its conversation read (one pipelined Redis round trip for
 the batch), its dedup mark with its outbox and its new state committed atomically and
 version-checked by the state store's own commit script (one more round trip for the batch),
-and a derived event with a deterministic id encoded and produced. No per-key scheduling, no
-handler, no model: a pipeline that keeps the guarantees cannot cost less per hop.
+and a derived event with a deterministic id encoded and produced. The acknowledgements and
+offset commit of a batch overlap the next batches (up to ``OVERLAP``, committed in order),
+so the floor is bound by its work, not by the waits of a serial loop (serial, it reached
+0.41 of the bare relay instead of 0.49, 2026-12-02). No per-key scheduling, no handler, no
+model: a pipeline that keeps the guarantees cannot cost less per hop.
 
     python bench/relay.py --bootstrap HOST:PORT --group G --route h0:h1 [--route h2:h3]
         [--guarded --redis redis://HOST:PORT/0]
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +50,8 @@ from topics import Bus, OutgoingRecord, TopicPartition  # noqa: E402
 __all__ = ["relay_bus", "relay_guarded_kafka", "relay_kafka"]
 
 MAX_BATCH = 500
+#: Batches of the guarded relay whose acknowledgement and offset commit may be pending.
+OVERLAP = 4
 
 
 def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any, Any]:
@@ -126,6 +132,7 @@ async def relay_guarded_kafka(
     producer, consumer = _clients(bootstrap, group, routes)
     await producer.start()
     await consumer.start()
+    in_flight: deque[asyncio.Future[None]] = deque()
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
@@ -158,11 +165,39 @@ async def relay_guarded_kafka(
             for reply in await wire.send(commits):
                 if isinstance(reply, Exception):
                     raise reply
-            await _produce_then_commit(producer, consumer, batches, outputs)
+            # The acknowledgement and the offset commit of this batch overlap the next
+            # batches (at most OVERLAP behind, committed in order): the floor is what the
+            # work costs, not the waits of a serial loop.
+            acks = [
+                await producer.send(topic, value=value, key=key, headers=headers)
+                for topic, key, value, headers in outputs
+            ]
+            offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
+            previous = in_flight[-1] if in_flight else None
+            in_flight.append(
+                asyncio.ensure_future(_commit_after(previous, acks, consumer, offsets))
+            )
+            while len(in_flight) > OVERLAP or (in_flight and in_flight[0].done()):
+                await in_flight.popleft()
+        for task in in_flight:
+            await task
     finally:
         await consumer.stop()
         await producer.stop()
         await wire.aclose()
+
+
+async def _commit_after(
+    previous: asyncio.Future[None] | None,
+    acks: list[Any],
+    consumer: Any,
+    offsets: Mapping[Any, int],
+) -> None:
+    """Commit ``offsets`` once every ack is in and the batch before has committed."""
+    await asyncio.gather(*acks)
+    if previous is not None:
+        await asyncio.shield(previous)
+    await consumer.commit(dict(offsets))
 
 
 async def relay_bus(bus: Bus, group: str, routes: Mapping[str, str], stop: asyncio.Event) -> None:
