@@ -21,9 +21,10 @@ the batch), its dedup mark with its outbox and its new state committed atomicall
 version-checked by the state store's own commit script (one more round trip for the batch),
 and a derived event with a deterministic id encoded and produced. The acknowledgements and
 offset commit of a batch overlap the next batches (up to ``OVERLAP``, committed in order),
-so the floor is bound by its work, not by the waits of a serial loop (serial, it reached
-0.41 of the bare relay instead of 0.49, 2026-12-02). No per-key scheduling, no handler, no
-model: a pipeline that keeps the guarantees cannot cost less per hop.
+so the floor is bound by its work, not by the waits of a serial loop (on chat in
+``bench/pipeline.py``, 2026-12-02: 0.41 of the bare relay serial, 0.47 overlapped). No
+per-key scheduling, no handler, no model: a pipeline that keeps the guarantees cannot cost
+less per hop.
 
     python bench/relay.py --bootstrap HOST:PORT --group G --route h0:h1 [--route h2:h3]
         [--guarded --redis redis://HOST:PORT/0]
