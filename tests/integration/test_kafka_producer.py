@@ -8,7 +8,6 @@ CPU in those waits. The bus gathers ``KafkaConfig.batch_bytes`` per partition (A
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,17 @@ RECORDS, SIZE = 200, 1024  # 200 KiB for one partition: 13 batches of 16 KiB, 1 
 
 
 @pytest.fixture
-def drain_waits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def drain_waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the sends that waited for a full batch to drain."""
     waits: list[int] = []
     original = MessageBatch.wait_drain
 
-    async def counted(self: MessageBatch, timeout: Any = None) -> None:
+    async def counted(self: MessageBatch, *args: Any) -> None:
         waits.append(1)
-        await original(self, timeout)
+        await original(self, *args)
 
     monkeypatch.setattr(MessageBatch, "wait_drain", counted)
-    yield waits
+    return waits
 
 
 async def _burst(config: KafkaConfig, topic: str) -> None:
