@@ -138,24 +138,25 @@ def builtin_registry(
     """A registry with every built-in tool. ``clock`` returns an aware ``datetime``."""
     registry = ToolRegistry(default_timeout_s=default_timeout_s)
 
-    @registry.tool(timeout_s=2.0)
+    # Inline (on the event loop): bounded work on short inputs, no I/O.
+    @registry.tool(timeout_s=2.0, inline=True)
     def calculator(args: CalculatorArgs) -> dict[str, JsonValue]:
         """Evaluate an arithmetic expression exactly. Use it for any calculation."""
         return {"expression": args.expression, "result": evaluate(args.expression)}
 
-    @registry.tool()
+    @registry.tool(inline=True)
     def current_time(args: CurrentTimeArgs) -> dict[str, JsonValue]:
         """The current date and time in a time zone."""
         return describe_time(clock().astimezone(resolve_zone(args.zone)))
 
-    @registry.tool()
+    @registry.tool(inline=True)
     def convert_time(args: ConvertTimeArgs) -> dict[str, JsonValue]:
         """Express a date-time given in one time zone in another one."""
         moment = _parse_moment(args.time, args.from_zone, clock)
         converted = moment.astimezone(resolve_zone(args.to_zone))
         return {"from": describe_time(moment), "to": describe_time(converted)}
 
-    @registry.tool()
+    @registry.tool(inline=True)
     def convert_units(args: ConvertUnitsArgs) -> dict[str, JsonValue]:
         """Convert a quantity between units of length, mass, temperature, volume or speed."""
         result, source, target = convert(args.value, args.from_unit, args.to_unit)

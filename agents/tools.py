@@ -88,6 +88,9 @@ class Tool:
     fn: Callable[[Any], Any]
     timeout_s: float
     breaker: CircuitBreaker
+    #: Runs on the event loop, not in a worker thread: for quick, bounded, non-blocking
+    #: functions (no I/O). Its timeout cannot interrupt it.
+    inline: bool = False
 
     @property
     def spec(self) -> ToolSpec:
@@ -119,10 +122,15 @@ class ToolRegistry:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        inline: bool = False,
     ) -> Callable[[F], F]:
         """Register the decorated function as a tool; returns the function unchanged.
 
-        ``name`` defaults to the function's name, ``description`` to its docstring.
+        ``name`` defaults to the function's name, ``description`` to its docstring. A plain
+        (not ``async``) function runs in a worker thread, so a slow or blocking one never
+        stalls the worker and its timeout holds; ``inline=True`` runs it on the event loop
+        instead, for quick functions with bounded work and no I/O (the built-in
+        calculator, unit and time conversions): a thread hand-off costs more than they do.
         """
 
         def register(fn: F) -> F:
@@ -138,6 +146,7 @@ class ToolRegistry:
                 arguments=_argument_model(fn),
                 fn=fn,
                 timeout_s=timeout_s if timeout_s is not None else self.default_timeout_s,
+                inline=inline and not inspect.iscoroutinefunction(fn),
                 breaker=CircuitBreaker(
                     tool_name,
                     failure_threshold=self._failure_threshold,
@@ -198,6 +207,8 @@ class ToolRegistry:
         limit = timeout_s if timeout_s is not None else tool.timeout_s
 
         async def run() -> Any:
+            if tool.inline:
+                return tool.fn(parsed)
             try:
                 return await asyncio.wait_for(_invoke(tool.fn, parsed), timeout=limit)
             except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -254,3 +255,63 @@ async def test_cancelled_probe_frees_the_slot() -> None:
 def test_breaker_rejects_a_zero_threshold() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         CircuitBreaker("x", failure_threshold=0)
+
+
+async def test_plain_tools_run_in_a_thread_and_inline_ones_on_the_loop() -> None:
+    registry = ToolRegistry(default_timeout_s=1.0, failure_threshold=2)
+    seen: dict[str, int] = {}
+
+    @registry.tool(description="Where it runs.")
+    def threaded(args: AddArgs) -> float:
+        seen["threaded"] = threading.get_ident()
+        return args.a + args.b
+
+    @registry.tool(description="Where it runs, inline.", inline=True)
+    def on_the_loop(args: AddArgs) -> float:
+        seen["inline"] = threading.get_ident()
+        if args.a < 0:
+            raise ValueError("negative")
+        return args.a + args.b
+
+    assert await registry.call("threaded", {"a": 1, "b": 2}) == 3
+    assert await registry.call("on_the_loop", {"a": 1, "b": 2}) == 3
+    assert seen["inline"] == threading.get_ident()
+    assert seen["threaded"] != threading.get_ident()
+    # An inline tool's failure takes the same path as any other's: the breaker counts it.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="negative"):
+            await registry.call("on_the_loop", {"a": -1, "b": 2})
+    assert registry.breaker_states()["on_the_loop"] == "open"
+
+
+async def test_a_blocking_plain_tool_still_times_out_without_stalling_the_loop() -> None:
+    registry = ToolRegistry(default_timeout_s=0.05)
+
+    @registry.tool(description="Blocks its thread.")
+    def blocking(args: SleepArgs) -> str:
+        time.sleep(args.seconds)
+        return "done"
+
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        with pytest.raises(ToolTimeout):
+            await registry.call("blocking", {"seconds": 0.3})
+    finally:
+        task.cancel()
+    assert ticks >= 5  # the loop kept running while the tool blocked its thread
+
+
+def test_the_quick_built_ins_run_inline_the_text_tools_in_a_thread() -> None:
+    from agents.builtin_tools import builtin_registry
+
+    registry = builtin_registry()
+    inline = {name for name in registry.names() if registry.get(name).inline}
+    assert inline == {"calculator", "convert_units", "current_time", "convert_time"}
