@@ -86,7 +86,7 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
             echo = bench_settings("kafka", o.partitions, bootstrap, redis_url)
             await ensure_topics(rig.bus, echo.catalog(), create=True)
             env = worker_env(bootstrap, redis_url, echo.topics.prefix, o.partitions, 0.0, 256)
-            pid = procs._start("echo", [sys.executable, str(REPO / "bench/echo_worker.py")], env)
+            pid = procs.script("echo", REPO / "bench/echo_worker.py", env)
             catalog = echo.catalog()
             stages["echo"] = (
                 catalog.name(Topic.USER_REQUEST),

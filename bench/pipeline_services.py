@@ -96,6 +96,10 @@ class Procs:
             argv += ["--guarded", "--redis", redis_url]
         return self._start(name, argv, {**os.environ, "PYTHONPATH": str(REPO)})
 
+    def script(self, name: str, path: Path, env: dict[str, str]) -> int:
+        """A Python script of this repository (``bench/echo_worker.py``) as a process."""
+        return self._start(name, [sys.executable, str(path)], env)
+
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> int:
         log = (self.logs / f"{name}.log").open("wb")
         self._files.append(log)

@@ -63,15 +63,7 @@ def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any
 
     from topics import KafkaConfig
 
-    like = KafkaConfig(bootstrap_servers=bootstrap)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=like.linger_ms,
-        max_batch_size=like.batch_bytes,
-        max_request_size=1024 * 1024,
-    )
+    producer = AIOKafkaProducer(**KafkaConfig(bootstrap_servers=bootstrap).producer_options())
     consumer = AIOKafkaConsumer(
         *routes,
         bootstrap_servers=bootstrap,
@@ -89,12 +81,20 @@ async def _produce_then_commit(
 ) -> None:
     """Produce ``outputs`` (topic, key, value, headers), wait for every acknowledgement,
     then commit the fetched ``batches``."""
-    futures = [
+    await asyncio.gather(*await _send_all(producer, outputs))
+    await consumer.commit(_next_offsets(batches))
+
+
+async def _send_all(producer: Any, outputs: list[Any]) -> list[Any]:
+    """Hand ``outputs`` (topic, key, value, headers) to the producer; their ack futures."""
+    return [
         await producer.send(topic, value=value, key=key, headers=headers)
         for topic, key, value, headers in outputs
     ]
-    await asyncio.gather(*futures)
-    await consumer.commit({tp: batch[-1].offset + 1 for tp, batch in batches.items()})
+
+
+def _next_offsets(batches: Mapping[Any, list[Any]]) -> dict[Any, int]:
+    return {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
 
 
 async def relay_kafka(
@@ -169,11 +169,8 @@ async def relay_guarded_kafka(
             # The acknowledgement and the offset commit of this batch overlap the next
             # batches (at most OVERLAP behind, committed in order): the floor is what the
             # work costs, not the waits of a serial loop.
-            acks = [
-                await producer.send(topic, value=value, key=key, headers=headers)
-                for topic, key, value, headers in outputs
-            ]
-            offsets = {tp: batch[-1].offset + 1 for tp, batch in batches.items()}
+            acks = await _send_all(producer, outputs)
+            offsets = _next_offsets(batches)
             previous = in_flight[-1] if in_flight else None
             in_flight.append(
                 asyncio.ensure_future(_commit_after(previous, acks, consumer, offsets))

@@ -61,6 +61,18 @@ class KafkaConfig(BaseModel):
             )
         return options
 
+    def producer_options(self) -> dict[str, object]:
+        """aiokafka producer options of the bus (and of its transactional producers):
+        acks=all with the idempotent producer, the linger and batch size, 1 MiB requests."""
+        return {
+            **self.client_options(),
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": self.linger_ms,
+            "max_batch_size": self.batch_bytes,
+            "max_request_size": 1024 * 1024,
+        }
+
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ssl_cafile)
         context.check_hostname = self.ssl_check_hostname

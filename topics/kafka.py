@@ -88,18 +88,7 @@ class KafkaBus:
     async def start(self, *, produce: bool = True) -> None:
         """Connect. ``produce=False`` starts no producer (``status``, ``tail``): read-only
         credentials then suffice, as the idempotent producer needs WRITE on some topic."""
-        producer = (
-            AIOKafkaProducer(
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=self.config.linger_ms,
-                max_batch_size=self.config.batch_bytes,
-                max_request_size=1024 * 1024,
-                **self.config.client_options(),
-            )
-            if produce
-            else None
-        )
+        producer = AIOKafkaProducer(**self.config.producer_options()) if produce else None
         admin = AIOKafkaAdminClient(**self.config.client_options())
         try:
             if producer is not None:
@@ -208,13 +197,9 @@ class KafkaBus:
 
     async def transactions(self, transactional_id: str) -> KafkaTransactions:
         producer = AIOKafkaProducer(
-            acks="all",
-            enable_idempotence=True,
             transactional_id=transactional_id,
             transaction_timeout_ms=60_000,
-            linger_ms=self.config.linger_ms,
-            max_batch_size=self.config.batch_bytes,
-            **self.config.client_options(),
+            **self.config.producer_options(),
         )
         try:
             await producer.start()
