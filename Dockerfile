@@ -19,7 +19,7 @@ COPY topics ./topics
 COPY handlers ./handlers
 COPY agents ./agents
 COPY ingress ./ingress
-COPY agentstream ./agentstream
+COPY cli ./cli
 RUN /opt/agentstream/bin/pip install . \
  && /opt/agentstream/bin/agentstream --help > /dev/null
 

@@ -8,17 +8,32 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PKGS := schemas topics handlers agents agentstream ingress
+PKGS := cli schemas topics handlers agents ingress
 
 .PHONY: up test setup system-deps kafka-jars lint typecheck pytest bench clean
 
-$(BIN)/agentstream: pyproject.toml
+# The package is installed in setuptools' strict editable mode (ADR 1): a tree of links to
+# the source files, which mypy and import-linter can read. A link tree does not see new
+# modules, so the install is redone whenever the set of modules changes (the .modules
+# stamp below), as well as when pyproject.toml changes.
+MODULES_STAMP := $(VENV)/.agentstream-modules
+
+$(MODULES_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@find $(PKGS) -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort > $@.new
+	@cmp -s $@.new $@ || mv $@.new $@
+	@rm -f $@.new
+
+$(BIN)/agentstream: pyproject.toml $(MODULES_STAMP)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=strict
 	@touch $(BIN)/agentstream
 
 setup: $(BIN)/agentstream
+
+.PHONY: FORCE
+FORCE:
 
 up: setup
 	$(BIN)/agentstream up

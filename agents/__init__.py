@@ -5,10 +5,10 @@ Handlers call into this package; it imports :mod:`schemas` and third-party libra
 handlers as JSON; functions that change state take ``now`` and return the new state.
 """
 
-from agents.builtin_tools import builtin_registry
-from agents.cache import cache_key, cached_reply, decode_reply, encode_reply
-from agents.circuit import CircuitBreaker, CircuitOpen, CircuitState
-from agents.loop import (
+from agentstream.agents.builtin_tools import builtin_registry
+from agentstream.agents.cache import cache_key, cached_reply, decode_reply, encode_reply
+from agentstream.agents.circuit import CircuitBreaker, CircuitOpen, CircuitState
+from agentstream.agents.loop import (
     Awaiting,
     CallTools,
     Decision,
@@ -24,7 +24,7 @@ from agents.loop import (
     response_data,
     start_run,
 )
-from agents.memory import (
+from agentstream.agents.memory import (
     MEMORY_TOOLS,
     Fact,
     MemoryBook,
@@ -34,7 +34,7 @@ from agents.memory import (
     memory_scope,
     memory_tool_specs,
 )
-from agents.messages import (
+from agentstream.agents.messages import (
     Message,
     ModelReply,
     ToolInvocation,
@@ -42,7 +42,7 @@ from agents.messages import (
     count_tokens,
     trim_history,
 )
-from agents.model import (
+from agentstream.agents.model import (
     DEFAULT_PRICES,
     Model,
     ModelPrice,
@@ -53,11 +53,11 @@ from agents.model import (
     price_for,
     priced,
 )
-from agents.offline import OfflineModel
-from agents.openai_model import OpenAIModel
-from agents.routing import ModelRouter, UnknownModel
-from agents.summary import ConversationSummary
-from agents.tools import InvalidArguments, ToolRegistry, ToolTimeout, UnknownTool
+from agentstream.agents.offline import OfflineModel
+from agentstream.agents.openai_model import OpenAIModel
+from agentstream.agents.routing import ModelRouter, UnknownModel
+from agentstream.agents.summary import ConversationSummary
+from agentstream.agents.tools import InvalidArguments, ToolRegistry, ToolTimeout, UnknownTool
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -17,9 +17,9 @@ import json
 from collections.abc import Sequence
 from functools import lru_cache
 
-from agents.messages import Message, ModelReply
-from agents.model import ToolSpec
-from schemas import Usage
+from agentstream.agents.messages import Message, ModelReply
+from agentstream.agents.model import ToolSpec
+from agentstream.schemas import Usage
 
 __all__ = ["CACHE_KEY_VERSION", "cache_key", "cached_reply", "decode_reply", "encode_reply"]
 

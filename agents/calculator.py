@@ -17,7 +17,7 @@ import math
 import operator
 from collections.abc import Callable
 
-from schemas import ToolRejected
+from agentstream.schemas import ToolRejected
 
 __all__ = ["MAX_EXPONENT", "MAX_LENGTH", "CalculationError", "evaluate", "format_number"]
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
-from schemas import PermanentError, RetryableError
+from agentstream.schemas import PermanentError, RetryableError
 
 __all__ = ["CircuitBreaker", "CircuitOpen", "CircuitState"]
 

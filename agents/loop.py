@@ -23,10 +23,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import JsonValue
-
-from agents.messages import Message, ModelReply, ToolInvocation, ToolOutcome, trim_history
-from agents.run import (
+from agentstream.agents.messages import (
+    Message,
+    ModelReply,
+    ToolInvocation,
+    ToolOutcome,
+    trim_history,
+)
+from agentstream.agents.run import (
     Awaiting,
     CallTools,
     Decision,
@@ -36,7 +40,8 @@ from agents.run import (
     RunState,
     RunStatus,
 )
-from schemas import AgentResponseData, UserRequest, derive_id
+from agentstream.schemas import AgentResponseData, UserRequest, derive_id
+from pydantic import JsonValue
 
 __all__ = [
     "Awaiting",

@@ -19,11 +19,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from agentstream.agents.keywords import keywords, stem, words
+from agentstream.agents.model import ToolSpec
+from agentstream.agents.tools import InvalidArguments, UnknownTool, validation_problems
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
-
-from agents.keywords import keywords, stem, words
-from agents.model import ToolSpec
-from agents.tools import InvalidArguments, UnknownTool, validation_problems
 
 __all__ = [
     "MAX_FACTS",
@@ -233,8 +232,9 @@ def apply_memory_call(
 ) -> JsonValue:
     """Run one memory tool call against ``book`` (mutating it for ``remember``); its output.
 
-    Raises :class:`~agents.tools.UnknownTool` or :class:`~agents.tools.InvalidArguments`
-    (both :class:`~schemas.ToolRejected`) like the tool registry does.
+    Raises :class:`~agentstream.agents.tools.UnknownTool` or
+    :class:`~agentstream.agents.tools.InvalidArguments` (both :class:`~schemas.ToolRejected`) like
+    the tool registry does.
     """
     if tool not in MEMORY_TOOLS:
         raise UnknownTool(f"unknown memory tool {tool!r} (available: recall, remember)")

@@ -1,10 +1,11 @@
 """The model interface: what every model client takes, returns, raises and costs.
 
 A model is anything with a ``name`` and an async :meth:`Model.complete`; agentstream ships
-two, the offline deterministic one (:mod:`agents.offline`) and the OpenAI-compatible client
-(:mod:`agents.openai_model`). Clients raise :class:`ModelUnavailable` (retriable: timeouts,
-5xx, 429 with ``retry_after``) or :class:`ModelRejected` (permanent: the endpoint refused the
-request), so the handler runtime applies its retry policy without inspecting messages.
+two, the offline deterministic one (:mod:`agentstream.agents.offline`) and the OpenAI-compatible
+client (:mod:`agentstream.agents.openai_model`). Clients raise :class:`ModelUnavailable`
+(retriable: timeouts, 5xx, 429 with ``retry_after``) or :class:`ModelRejected` (permanent: the
+endpoint refused the request), so the handler runtime applies its retry policy without inspecting
+messages.
 
 Prices are per 1000 tokens, as providers publish them; :func:`priced` fills
 ``Usage.cost_usd``. The :data:`DEFAULT_PRICES` are illustrative list prices, meant to be
@@ -16,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from agentstream.agents.messages import Message, ModelReply
+from agentstream.schemas import PermanentError, RetryableError, Usage
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-
-from agents.messages import Message, ModelReply
-from schemas import PermanentError, RetryableError, Usage
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -1,8 +1,8 @@
 """The offline model: deterministic, no network, no key, enough to show the whole pipeline.
 
 It is stateless like a real chat model: each call reads the last user message
-(:func:`agents.intents.parse_asks`) and the tool results already in the conversation after
-it, and decides the next step, using only the tools it is offered, by name:
+(:func:`agentstream.agents.intents.parse_asks`) and the tool results already in the conversation
+after it, and decides the next step, using only the tools it is offered, by name:
 
 1. When a calculation needs a remembered value ("my budget times 3"), it first calls
    ``recall``, alone.
@@ -27,11 +27,9 @@ import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from pydantic import JsonValue
-
-from agents.calculator import format_number
-from agents.intents import Ask, expression_in, parse_asks, substitute_memory
-from agents.messages import (
+from agentstream.agents.calculator import format_number
+from agentstream.agents.intents import Ask, expression_in, parse_asks, substitute_memory
+from agentstream.agents.messages import (
     Message,
     ModelReply,
     ToolInvocation,
@@ -39,7 +37,8 @@ from agents.messages import (
     count_tokens,
     messages_tokens,
 )
-from agents.model import ModelPrice, ToolSpec, priced
+from agentstream.agents.model import ModelPrice, ToolSpec, priced
+from pydantic import JsonValue
 
 __all__ = ["OfflineModel"]
 

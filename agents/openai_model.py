@@ -4,14 +4,14 @@ It speaks chat completions with function calling through the ``openai`` package'
 ``AsyncOpenAI``. Retry policy belongs to the worker runtime, not to the client: the SDK's own
 retries are off by default (``max_retries=0``) and every failure is mapped to the error
 taxonomy instead (:func:`model_error`): 429, 408, 5xx, timeouts and lost connections become
-:class:`~agents.model.ModelUnavailable` (retriable, ``retry_after`` from the
-``Retry-After`` header), any other 4xx becomes :class:`~agents.model.ModelRejected` with the
-status and the server's own message.
+:class:`~agentstream.agents.model.ModelUnavailable` (retriable, ``retry_after`` from the
+``Retry-After`` header), any other 4xx becomes :class:`~agentstream.agents.model.ModelRejected`
+with the status and the server's own message.
 
 With ``stream=True`` the reply is read as server-sent chunks and reassembled, tool-call
 fragments included; usage comes from the final chunk when the server honours
-``stream_options.include_usage``, and is estimated (:func:`~agents.messages.count_tokens`)
-when it does not report any.
+``stream_options.include_usage``, and is estimated
+(:func:`~agentstream.agents.messages.count_tokens`) when it does not report any.
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
-from openai.types.chat import ChatCompletionStreamOptionsParam
-from pydantic import JsonValue, SecretStr
-
-from agents.messages import (
+from agentstream.agents.messages import (
     UNPARSED_ARGUMENTS,
     Message,
     ModelReply,
@@ -34,7 +31,7 @@ from agents.messages import (
     count_tokens,
     message_tokens,
 )
-from agents.model import (
+from agentstream.agents.model import (
     ModelPrice,
     ModelRejected,
     ModelTimeout,
@@ -42,7 +39,9 @@ from agents.model import (
     ToolSpec,
     priced,
 )
-from schemas import AgentstreamError, Usage
+from agentstream.schemas import AgentstreamError, Usage
+from openai.types.chat import ChatCompletionStreamOptionsParam
+from pydantic import JsonValue, SecretStr
 
 __all__ = ["OpenAIModel", "model_error", "parse_retry_after"]
 
@@ -137,7 +136,8 @@ def _wire(message: Message) -> dict[str, Any]:
 
 
 class OpenAIModel:
-    """A :class:`~agents.model.Model` over any OpenAI-compatible chat-completions endpoint.
+    """A :class:`~agentstream.agents.model.Model` over any OpenAI-compatible chat-completions
+    endpoint.
 
     ``http_client`` is handed to ``AsyncOpenAI`` unchanged (an ``httpx.AsyncClient``, for a
     proxy, custom TLS, or a mock transport in tests). ``name`` is how routing and metrics

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agents.cache import cache_key  # re-exported: routing and caching are decided together
-from agents.loop import RunState
-from agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, message_tokens
-from agents.model import Model, ToolSpec
-from schemas import PermanentError
+from agentstream.agents.cache import (
+    cache_key,
+)  # re-exported: routing and caching are decided together
+from agentstream.agents.loop import RunState
+from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, message_tokens
+from agentstream.agents.model import Model, ToolSpec
+from agentstream.schemas import PermanentError
 
 __all__ = ["LARGE_ROUTES", "SMALL_ROUTES", "ModelRouter", "UnknownModel", "cache_key"]
 

@@ -2,8 +2,8 @@
 
 :class:`RunState` is everything a worker needs to continue a request after a crash or a
 rebalance; the agent handler stores it as JSON under the request id. The decisions
-(:class:`CallTools`, :class:`Finish`, :class:`Fail`) are what :mod:`agents.loop` returns
-after each model reply. Both are plain data; the transitions live in :mod:`agents.loop`.
+(:class:`CallTools`, :class:`Finish`, :class:`Fail`) are what :mod:`agentstream.agents.loop` returns
+after each model reply. Both are plain data; the transitions live in :mod:`agentstream.agents.loop`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from agentstream.agents.messages import Message, ToolInvocation, ToolOutcome
+from agentstream.schemas import PermanentError, Usage
 from pydantic import BaseModel, ConfigDict, Field
-
-from agents.messages import Message, ToolInvocation, ToolOutcome
-from schemas import PermanentError, Usage
 
 __all__ = [
     "Awaiting",

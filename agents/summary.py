@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from agentstream.agents.keywords import keywords
 from pydantic import BaseModel, Field
-
-from agents.keywords import keywords
 
 __all__ = ["ConversationSummary"]
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from schemas import ToolRejected
+from agentstream.schemas import ToolRejected
 
 __all__ = ["CITY_ZONES", "Clock", "UnknownZone", "resolve_zone", "system_clock"]
 

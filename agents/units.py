@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from schemas import ToolRejected
+from agentstream.schemas import ToolRejected
 
 __all__ = ["ConversionError", "Dimension", "Unit", "convert", "parse_unit"]
 

@@ -1,10 +1,10 @@
 """The runtime with a trivial handler, for measuring the runtime apart from the agent.
 
-It runs the real :class:`handlers.runtime.Worker` on the configured bus and store (Kafka and
-Redis from ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL``, like ``agentstream worker``) with one
-route on ``user_request``: load a small state of the conversation, save it, answer with a
-completed ``agent_response``. Same dedup mark, outbox, commit and publish as the agent, no
-model and no run state. ``bench/README.md`` ("Where the gap is") compares it with the bare
+It runs the real :class:`agentstream.handlers.runtime.worker.Worker` on the configured bus and
+store (Kafka and Redis from ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL``, like ``agentstream
+worker``) with one route on ``user_request``: load a small state of the conversation, save it,
+answer with a completed ``agent_response``. Same dedup mark, outbox, commit and publish as the
+agent, no model and no run state. ``bench/README.md`` ("Where the gap is") compares it with the bare
 relay, the guarded relay and the agent.
 
     KAFKA_BOOTSTRAP_SERVERS=... REDIS_URL=... AGENTSTREAM_TOPICS__PREFIX=... \\
@@ -23,16 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pydantic import BaseModel  # noqa: E402
-
+from agentstream.handlers.agent.events import response_for  # noqa: E402
+from agentstream.handlers.runtime.context import Context  # noqa: E402
+from agentstream.handlers.runtime.route import Route  # noqa: E402
+from agentstream.handlers.runtime.worker import Worker  # noqa: E402
+from agentstream.schemas import Envelope, Usage, UserRequest  # noqa: E402
 from agentstream.settings import Settings  # noqa: E402
+from agentstream.topics import Topic  # noqa: E402
 from agentstream.wiring import build_bus, build_store, runtime_config  # noqa: E402
-from handlers.agent_events import response_for  # noqa: E402
-from handlers.context import Context  # noqa: E402
-from handlers.route import Route  # noqa: E402
-from handlers.runtime import Worker  # noqa: E402
-from schemas import Envelope, Usage, UserRequest  # noqa: E402
-from topics import Topic  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 
 class Seen(BaseModel):

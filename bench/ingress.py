@@ -79,10 +79,9 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 def fastapi_app() -> Any:
     """The framework alone: the same body model validated, 202 answered, nothing else."""
+    from agentstream.ingress.models import CreateRequest
     from fastapi import FastAPI
     from fastapi.responses import Response
-
-    from ingress.models import CreateRequest
 
     app = FastAPI()
 
@@ -164,12 +163,11 @@ async def serve_target(kind: str, port: int) -> None:
         await uvicorn.Server(config).serve()
         return
 
-    from pydantic import SecretStr
-
+    from agentstream.ingress.server import serve
     from agentstream.settings import IngressSettings, Settings, TopicSettings
+    from agentstream.topics import KafkaConfig
     from agentstream.wiring import build_bus, build_store, ensure_topics
-    from ingress.server import serve
-    from topics import KafkaConfig
+    from pydantic import SecretStr
 
     ingress = IngressSettings(
         host="127.0.0.1",

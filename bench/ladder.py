@@ -51,8 +51,8 @@ STAGES = ("relay", "floor", "echo", "agent")
 
 
 async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> dict[str, Any]:
+    from agentstream.topics import Topic
     from agentstream.wiring import ensure_topics
-    from topics import Topic
 
     o = Options(
         requests=args.requests,

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentstream.topics import Bus, OutgoingRecord
+
 from bench.pipeline_workload import HOPS, Request, record_size, request_id_of
-from topics import Bus, OutgoingRecord
 
 STALL_S = 60.0
 
@@ -223,7 +224,7 @@ async def bus_batch(
 
 def check_answers(batch: Batch, requests: Sequence[Request], scenario: str) -> None:
     """Every answer completed, with the right tools and text: no fast garbage is measured."""
-    from schemas import AgentResponse, decode
+    from agentstream.schemas import AgentResponse, decode
 
     wrong = []
     for r in requests:

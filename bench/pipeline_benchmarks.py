@@ -26,7 +26,7 @@ TARGET_FRACTION = 0.9
 
 async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Benchmark (a) on one bus: pipeline and relay, rounds interleaved."""
-    from topics import Topic
+    from agentstream.topics import Topic
 
     o = rig.o
     assert rig.bus is not None
@@ -132,7 +132,7 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def saturation(rig: Rig, in_flight: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Benchmark (b) on one bus: one agent worker, a slow model, many conversations."""
-    from topics import Topic
+    from agentstream.topics import Topic
 
     o = rig.o
     ideal = min(in_flight, o.slow_conversations) / o.slow_latency
@@ -184,7 +184,7 @@ async def redis_census(rig: Rig, log: Callable[[str], None]) -> dict[str, Any] |
     cli = shutil.which("redis-cli")
     if cli is None or rig.kind != "kafka":
         return None
-    from topics import Topic
+    from agentstream.topics import Topic
 
     settings, pids = await rig.pipeline(0.0, rig.o.in_flight, ["agent", "tool"])
     catalog = settings.catalog()

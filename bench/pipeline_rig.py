@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agentstream.topics import Bus, TopicDescription
+
 from bench.pipeline_batch import Batch, bus_batch, kafka_batch
 from bench.pipeline_services import Procs, bench_settings, worker_env
 from bench.pipeline_workload import Request
 from bench.relay import relay_bus
-from topics import Bus, TopicDescription
 
 WorkerKind = Literal["agent", "tool", "memory"]
 
@@ -55,10 +56,9 @@ class Rig:
     async def start(self, bootstrap: str = "", redis_url: str = "") -> None:
         self.bootstrap, self.redis_url = bootstrap, redis_url
         if self.kind == "kafka":
+            from agentstream.topics.config import KafkaConfig
+            from agentstream.topics.kafka import KafkaBus
             from aiokafka import AIOKafkaProducer
-
-            from topics.config import KafkaConfig
-            from topics.kafka import KafkaBus
 
             self.bus = KafkaBus(KafkaConfig(bootstrap_servers=bootstrap))
             self.producer = AIOKafkaProducer(
@@ -66,7 +66,7 @@ class Rig:
             )
             await self.producer.start()
         else:
-            from topics.memory import InProcessBus
+            from agentstream.topics.memory import InProcessBus
 
             self.bus = InProcessBus(default_partitions=self.o.partitions)
         await self.bus.start()
@@ -113,10 +113,10 @@ class Rig:
     async def pipeline(self, latency: float, in_flight: int, kinds: Sequence[WorkerKind]) -> Any:
         """Topics of a fresh prefix and workers of ``kinds`` on them; returns the settings
         and the worker pids (empty in process)."""
+        from agentstream.handlers.runtime.metrics import Metrics
+        from agentstream.handlers.stores.base import InProcessStore
         from agentstream.process import build_workers
         from agentstream.wiring import ensure_topics
-        from handlers.metrics import Metrics
-        from handlers.store import InProcessStore
 
         assert self.bus is not None
         settings = bench_settings(self.kind, self.o.partitions, self.bootstrap, self.redis_url)

@@ -145,10 +145,9 @@ def worker_env(
 
 
 def bench_settings(bus: str, partitions: int, bootstrap: str = "", redis_url: str = "") -> Any:
-    from pydantic import SecretStr
-
     from agentstream.settings import Settings, TopicSettings
-    from topics import KafkaConfig
+    from agentstream.topics import KafkaConfig
+    from pydantic import SecretStr
 
     topics = TopicSettings(prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=partitions)
     if bus == "memory":

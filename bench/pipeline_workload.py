@@ -39,7 +39,7 @@ def make_requests(n: int, conversations: int, scenario: str, tag: str) -> list[R
     """``n`` requests over ``conversations``, interleaved: turn 0 of every conversation,
     then turn 1, ... Conversations are numbered anew on every call, so texts never repeat
     and the model's response cache never answers (each request costs its model calls)."""
-    from schemas import UserRequest, UserRequestData, encode
+    from agentstream.schemas import UserRequest, UserRequestData, encode
 
     first = next(_numbers) * 1_000_000
     requests = []

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from topics import Bus, OutgoingRecord, TopicPartition  # noqa: E402
+from agentstream.topics import Bus, OutgoingRecord, TopicPartition  # noqa: E402
 
 __all__ = ["relay_bus", "relay_guarded_kafka", "relay_kafka"]
 
@@ -58,10 +58,9 @@ OVERLAP = 4
 def _clients(bootstrap: str, group: str, routes: Mapping[str, str]) -> tuple[Any, Any]:
     """A producer and a consumer configured like the Kafka bus (acks=all, idempotent, its
     linger and batch size, range assignment, manual commits)."""
+    from agentstream.topics import KafkaConfig
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-
-    from topics import KafkaConfig
 
     producer = AIOKafkaProducer(**KafkaConfig(bootstrap_servers=bootstrap).producer_options())
     consumer = AIOKafkaConsumer(
@@ -124,9 +123,9 @@ async def relay_guarded_kafka(
     bootstrap: str, redis_url: str, group: str, routes: Mapping[str, str], stop: asyncio.Event
 ) -> None:
     """The guarded relay (see the module docstring): the floor of a guaranteed hop."""
-    from handlers.redis_store import _COMMIT
-    from handlers.redis_wire import RedisWire
-    from schemas import decode, derive_id, encode
+    from agentstream.handlers.stores.redis_store import _COMMIT
+    from agentstream.handlers.stores.redis_wire import RedisWire
+    from agentstream.schemas import decode, derive_id, encode
 
     wire = RedisWire(redis_url)
     (sha,) = await wire.send([("SCRIPT", "LOAD", _COMMIT)])

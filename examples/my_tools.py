@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from agentstream.agents import ToolRegistry
 from pydantic import BaseModel, Field
-
-from agents import ToolRegistry
 
 
 class Order(BaseModel):

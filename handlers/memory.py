@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel
-
-from agents import ConversationSummary, MemoryBook, apply_memory_call, memory_scope
-from handlers.context import Context
-from handlers.metrics import Metrics
-from handlers.route import Route
-from handlers.store import StateStore
-from handlers.tool import ToolOutcome, tool_result
-from schemas import (
+from agentstream.agents import ConversationSummary, MemoryBook, apply_memory_call, memory_scope
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.route import Route
+from agentstream.handlers.stores.base import StateStore
+from agentstream.handlers.tool import ToolOutcome, tool_result
+from agentstream.schemas import (
     AgentResponse,
     Envelope,
     MemoryCall,
@@ -32,7 +30,8 @@ from schemas import (
     UserRequest,
     decode,
 )
-from topics import Bus, Catalog, Topic
+from agentstream.topics import Bus, Catalog, Topic
+from pydantic import BaseModel
 
 __all__ = ["MemoryHandlers", "rebuild"]
 
@@ -186,7 +185,7 @@ async def rebuild(bus: Bus, store: StateStore, catalog: Catalog, namespace: str)
             now=event.time,
         )
         counts["agent_response"] += 1
-    from handlers.store import Put
+    from agentstream.handlers.stores.base import Put
 
     ops: list[Any] = [
         Put(f"{namespace}:memory:{scope}", book.model_dump_json().encode())

@@ -14,20 +14,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, JsonValue
-
-from agents import ToolRegistry
-from handlers.context import Context
-from handlers.metrics import Metrics
-from handlers.route import Route
-from schemas import (
+from agentstream.agents import ToolRegistry
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.route import Route
+from agentstream.schemas import (
     Envelope,
     PermanentError,
     ToolCall,
     ToolResult,
     ToolResultData,
 )
-from topics import Topic
+from agentstream.topics import Topic
+from pydantic import BaseModel, JsonValue
 
 __all__ = ["ToolHandlers", "ToolOutcome", "tool_result"]
 

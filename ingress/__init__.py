@@ -6,9 +6,9 @@ the handlers and the wiring: it imports ``handlers``, ``topics`` and ``schemas``
 wiring (``agentstream``) imports it.
 """
 
-from ingress.app import ApiError, create_app
-from ingress.config import AppSettings, IngressOptions
-from ingress.server import IngressServer, projection_worker, serve
+from agentstream.ingress.app import ApiError, create_app
+from agentstream.ingress.config import AppSettings, IngressOptions
+from agentstream.ingress.server import IngressServer, projection_worker, serve
 
 __all__ = [
     "ApiError",

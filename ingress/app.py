@@ -4,7 +4,7 @@
 if the broker cannot be reached in ``publish_timeout_s`` it answers 503 with
 ``Retry-After`` and leaves no accepted record behind. Everything a client reads afterwards
 (``GET /v1/requests/{id}``, the bounded wait, the SSE stream, conversations) comes from the
-state store, written by the projection (:mod:`handlers.projection`), so the app holds no
+state store, written by the projection (:mod:`agentstream.ingress.projection`), so the app holds no
 state that another replica would miss. Limits (size, rate, schema) and authentication
 reject a request before anything is published.
 """
@@ -15,29 +15,21 @@ import asyncio
 import logging
 from typing import Any, NoReturn
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response, StreamingResponse
-from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.routing import Route
-
-from handlers.metrics import Metrics
-from handlers.projection import RecentlyRecorded, RequestRecord
-from handlers.store import StateStore
-from ingress.auth import Admission, ApiKeys, Principal
-from ingress.config import AppSettings
-from ingress.create import PATH, CreateEndpoint, FastPath
-from ingress.errors import (
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.stores.base import StateStore
+from agentstream.ingress.auth import Admission, ApiKeys, Principal
+from agentstream.ingress.config import AppSettings
+from agentstream.ingress.create import PATH, CreateEndpoint, FastPath
+from agentstream.ingress.errors import (
     ApiError,
     documented_errors,
     install_error_handlers,
     json_response,
     without_null_parameters,
 )
-from ingress.intake import CREATE_OPENAPI, wait_seconds
-from ingress.limits import BodySizeLimit, RateLimiter
-from ingress.models import (
+from agentstream.ingress.intake import CREATE_OPENAPI, wait_seconds
+from agentstream.ingress.limits import BodySizeLimit, RateLimiter
+from agentstream.ingress.models import (
     AcceptedResponse,
     ConversationView,
     CreateRequest,
@@ -46,10 +38,17 @@ from ingress.models import (
     RequestView,
     Turn,
 )
-from ingress.observe import HttpMetrics
-from ingress.requests import RequestRepository
-from ingress.sse import event_stream
-from topics import Bus, Kind, Topic
+from agentstream.ingress.observe import HttpMetrics
+from agentstream.ingress.projection import RecentlyRecorded, RequestRecord
+from agentstream.ingress.requests import RequestRepository
+from agentstream.ingress.sse import event_stream
+from agentstream.topics import Bus, Kind, Topic
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response, StreamingResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Route
 
 __all__ = ["ApiError", "create_app"]
 
@@ -67,7 +66,7 @@ def create_app(
     """The ingress app on a started ``bus`` and ``store`` (neither is started or stopped
     here); ``metrics`` is what ``/metrics`` renders; ``recorded`` is shared with the
     projection worker of the same process, if any (it then skips the requests recorded
-    here, :class:`~handlers.projection.RecentlyRecorded`)."""
+    here, :class:`~agentstream.ingress.projection.RecentlyRecorded`)."""
     opts = settings.ingress
     metrics = metrics or Metrics()
     catalog = settings.catalog()

@@ -18,9 +18,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ingress.errors import ApiError
-from ingress.limits import RateLimiter
-from schemas.errors import ConfigError
+from agentstream.ingress.errors import ApiError
+from agentstream.ingress.limits import RateLimiter
+from agentstream.schemas.errors import ConfigError
 
 __all__ = ["OPEN_TENANT", "Admission", "ApiKeys", "Principal"]
 
@@ -87,7 +87,7 @@ class ApiKeys:
 
 class Admission:
     """Authentication, then the rate limit: :meth:`admit` returns the caller or raises the
-    :class:`~ingress.errors.ApiError` to answer with."""
+    :class:`~agentstream.ingress.errors.ApiError` to answer with."""
 
     def __init__(self, keys: ApiKeys, limiter: RateLimiter) -> None:
         self.keys = keys

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from topics import Catalog
+from agentstream.topics import Catalog
 
 __all__ = ["AppSettings", "IngressOptions"]
 

@@ -11,12 +11,13 @@ The endpoint keeps the contract of ADR 6 step by step: the API key and the rate 
 first, then the parameters, the content type and the body (under the size limit), then
 the idempotency claim, the publish (202 only after the broker acknowledged it, 503
 otherwise) and the first record. Errors are
-answered by :func:`ingress.errors.error_for`, the very function behind the FastAPI
+answered by :func:`agentstream.ingress.errors.error_for`, the very function behind the FastAPI
 handlers, so both sides of the ingress answer errors alike; any other exception is left to
 Starlette's 500, as on every other route. Taken by :class:`FastPath`
 (:meth:`CreateEndpoint.direct`), the endpoint also does what the app's
-:class:`~ingress.limits.BodySizeLimit` and :class:`~ingress.observe.HttpMetrics` do around
-every other route, inline: the same answers and counts, without two more ASGI layers.
+:class:`~agentstream.ingress.limits.BodySizeLimit` and
+:class:`~agentstream.ingress.observe.HttpMetrics` do around every other route, inline: the same
+answers and counts, without two more ASGI layers.
 """
 
 from __future__ import annotations
@@ -26,22 +27,27 @@ import contextlib
 import logging
 import time
 
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.ingress.auth import Admission
+from agentstream.ingress.config import IngressOptions
+from agentstream.ingress.errors import ApiError, error_for
+from agentstream.ingress.intake import (
+    build_event,
+    check_content_type,
+    claim_for,
+    parse_body,
+    parse_params,
+)
+from agentstream.ingress.limits import BodyTooLarge, content_length, refuse_too_large
+from agentstream.ingress.models import AcceptedResponse, RequestView
+from agentstream.ingress.observe import RouteMetrics
+from agentstream.ingress.projection import RequestRecord
+from agentstream.ingress.requests import Claim, ClaimConflict, RequestRepository
+from agentstream.schemas import RetryableError, UserRequest, encode
+from agentstream.topics import Bus, OutgoingRecord
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from handlers.metrics import Metrics
-from handlers.projection import RequestRecord
-from ingress.auth import Admission
-from ingress.config import IngressOptions
-from ingress.errors import ApiError, error_for
-from ingress.intake import build_event, check_content_type, claim_for, parse_body, parse_params
-from ingress.limits import BodyTooLarge, content_length, refuse_too_large
-from ingress.models import AcceptedResponse, RequestView
-from ingress.observe import RouteMetrics
-from ingress.requests import Claim, ClaimConflict, RequestRepository
-from schemas import RetryableError, UserRequest, encode
-from topics import Bus, OutgoingRecord
 
 __all__ = ["PATH", "CreateEndpoint", "FastPath"]
 
@@ -65,7 +71,7 @@ def _json(status: int, body: str, extra: list[tuple[bytes, bytes]] | None = None
 async def _read_body(receive: Receive, limit: int | None) -> bytes:
     """The whole body, like Starlette's ``request.body()`` (a disconnect raises
     :class:`ClientDisconnect`); past ``limit`` bytes :class:`BodyTooLarge`, as
-    :class:`~ingress.limits.BodySizeLimit` raises it."""
+    :class:`~agentstream.ingress.limits.BodySizeLimit` raises it."""
     chunks: list[bytes] = []
     received = 0
     while True:

@@ -1,9 +1,9 @@
 """Error answers: the one error body, the handlers that produce it, their OpenAPI entries.
 
 Every refusal of the ingress, whoever raises it (a route, FastAPI's validation, the body-size
-middleware, a store that cannot be reached), answers with :class:`~ingress.models.ErrorBody`
-and the status the OpenAPI document lists for it, so clients handle errors one way and
-schemathesis can check every response against the document.
+middleware, a store that cannot be reached), answers with
+:class:`~agentstream.ingress.models.ErrorBody` and the status the OpenAPI document lists for it, so
+clients handle errors one way and schemathesis can check every response against the document.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agentstream.ingress.models import ErrorBody, FieldError
+from agentstream.schemas import RetryableError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-
-from ingress.models import ErrorBody, FieldError
-from schemas import RetryableError
 
 __all__ = [
     "ApiError",
@@ -101,7 +100,8 @@ def error_for(exc: Exception, retry_after: dict[str, str]) -> Response | None:
     """The answer to ``exc`` (an :class:`ApiError`, an :class:`HTTPException`, a
     :class:`RequestValidationError`, a :class:`RetryableError`); None for any other
     exception, which is a 500. The FastAPI handlers and the ``POST /v1/requests`` fast path
-    (:mod:`ingress.create`) both answer through this, so their errors cannot drift apart."""
+    (:mod:`agentstream.ingress.create`) both answer through this, so their errors cannot drift
+    apart."""
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, RequestValidationError):

@@ -1,7 +1,7 @@
 """Turning ``POST /v1/requests`` into a validated request: parameters, body, event, ids.
 
 ``POST /v1/requests`` is the hot path and does not go through FastAPI at all
-(:mod:`ingress.create`, ``docs/adr/0013-ingress-fast-path.md``), so its parameters are
+(:mod:`agentstream.ingress.create`, ``docs/adr/0013-ingress-fast-path.md``), so its parameters are
 parsed here from the raw query string and header values. The OpenAPI document still
 describes them (:data:`CREATE_OPENAPI`), and a bad value is a 422 naming the field, like
 everywhere else.
@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from agentstream.ingress.models import CreateRequest
+from agentstream.ingress.requests import Claim
+from agentstream.schemas import UserRequest, UserRequestData, derive_id, new_id
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-
-from ingress.models import CreateRequest
-from ingress.requests import Claim
-from schemas import UserRequest, UserRequestData, derive_id, new_id
 
 __all__ = [
     "CREATE_OPENAPI",

@@ -9,10 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from agentstream.ingress.projection import EntryKind, RequestRecord, RequestStatus
+from agentstream.schemas import AgentResponseData
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-
-from handlers.projection import EntryKind, RequestRecord, RequestStatus
-from schemas import AgentResponseData
 
 __all__ = [
     "ID_PATTERN",

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import time
 
+from agentstream.handlers.runtime.metrics import Metrics
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from handlers.metrics import Metrics
 
 __all__ = ["HttpMetrics", "RouteMetrics"]
 

@@ -1,7 +1,7 @@
 """The ingress's view of the state store: request records, event logs, idempotency claims.
 
 The HTTP side keeps nothing in memory that another replica would need: it reads what the
-projection (:mod:`handlers.projection`) wrote, and writes only two things itself, the
+projection (:mod:`agentstream.ingress.projection`) wrote, and writes only two things itself, the
 first record of a request it accepted (so an immediate ``GET`` works before the projection
 caught up) and its ``Idempotency-Key`` claims.
 
@@ -18,17 +18,16 @@ import asyncio
 import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from handlers.projection import (
+from agentstream.handlers.stores.base import IndexAdd, Put, StateStore
+from agentstream.ingress.projection import (
     LogEntry,
     ProjectionKeys,
     RecentlyRecorded,
     RequestRecord,
     unique_entries,
 )
-from handlers.store import IndexAdd, Put, StateStore
-from schemas import UserRequest
+from agentstream.schemas import UserRequest
+from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Claim", "ClaimConflict", "RequestRepository"]
 
@@ -67,7 +66,8 @@ class RequestRepository:
         recorded: RecentlyRecorded | None = None,
     ) -> None:
         """``recorded``: where :meth:`accept` notes the records it wrote, for the
-        projection of the same process (:class:`~handlers.projection.RecentlyRecorded`)."""
+        projection of the same process
+        (:class:`~agentstream.ingress.projection.RecentlyRecorded`)."""
         self.store = store
         self.keys = ProjectionKeys(namespace)
         self.record_ttl_s = record_ttl_s

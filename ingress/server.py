@@ -16,14 +16,13 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
-
-from handlers.metrics import Metrics
-from handlers.projection import PROJECTION_GROUP, Projection, RecentlyRecorded
-from handlers.runtime import RuntimeConfig, Worker
-from handlers.store import StateStore
-from ingress.app import create_app
-from ingress.config import AppSettings
-from topics import Bus
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
+from agentstream.handlers.stores.base import StateStore
+from agentstream.ingress.app import create_app
+from agentstream.ingress.config import AppSettings
+from agentstream.ingress.projection import PROJECTION_GROUP, Projection, RecentlyRecorded
+from agentstream.topics import Bus
 
 __all__ = ["IngressServer", "projection_worker", "serve"]
 

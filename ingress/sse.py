@@ -15,8 +15,8 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
-from handlers.projection import LogEntry
-from ingress.requests import RequestRepository
+from agentstream.ingress.projection import LogEntry
+from agentstream.ingress.requests import RequestRepository
 
 __all__ = ["event_stream", "format_event"]
 

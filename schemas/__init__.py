@@ -4,10 +4,10 @@ This package has no I/O and imports nothing else of agentstream, so producers in
 services can depend on it alone.
 """
 
-from schemas.codec import decode, encode, encode_headers, header
-from schemas.deadletter import DeadLetter, dead_letter_headers
-from schemas.envelope import Envelope, Payload, derive_id, new_id, utcnow
-from schemas.errors import (
+from agentstream.schemas.codec import decode, encode, encode_headers, header
+from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers
+from agentstream.schemas.envelope import Envelope, Payload, derive_id, new_id, utcnow
+from agentstream.schemas.errors import (
     AgentstreamError,
     ConfigError,
     PermanentError,
@@ -17,7 +17,7 @@ from schemas.errors import (
     ToolRejected,
     TopicMissing,
 )
-from schemas.events import (
+from agentstream.schemas.events import (
     ALL_TENANTS,
     EVENT_TYPES,
     LATENCY_BOUNDS_MS,

@@ -4,7 +4,7 @@ The value is the JSON envelope; the headers mirror it in the CloudEvents Kafka b
 (``ce_id``, ``ce_type``, ``ce_source``, ``ce_specversion``, ``ce_time``, ``content-type``)
 plus the correlation extensions, so a consumer in any language can route on headers without
 parsing the body. Decoding never lets a raw ``ValueError`` escape: whatever is wrong with the
-bytes becomes a :class:`~schemas.errors.SchemaError` that says what and where.
+bytes becomes a :class:`~agentstream.schemas.errors.SchemaError` that says what and where.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentstream.schemas.envelope import WIRE_REQUIRED, Envelope
+from agentstream.schemas.errors import SchemaError
+from agentstream.schemas.events import EVENT_TYPES
 from pydantic import ValidationError
-
-from schemas.envelope import WIRE_REQUIRED, Envelope
-from schemas.errors import SchemaError
-from schemas.events import EVENT_TYPES
 
 __all__ = [
     "CONTENT_TYPE",

@@ -92,7 +92,7 @@ class Envelope(BaseModel, Generic[PayloadT]):
     """An event: correlation fields plus the typed payload ``data``.
 
     Subclasses fix ``TYPE`` (the CloudEvents ``type``) and the payload class; see
-    :mod:`schemas.events`.
+    :mod:`agentstream.schemas.events`.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra=_wire_schema)

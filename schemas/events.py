@@ -13,9 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
+from agentstream.schemas.envelope import Envelope, Payload
 from pydantic import Field, JsonValue, field_validator
-
-from schemas.envelope import Envelope, Payload
 
 __all__ = [
     "ALL_TENANTS",

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.events import EVENT_TYPES
+from agentstream.schemas.events import EVENT_TYPES
 
 __all__ = ["event_json_schema", "export_json_schemas"]
 

@@ -7,7 +7,22 @@ import uuid
 
 import pytest
 
+from tests.support.install import missing_modules
+
 pytest_plugins = ["tests.services.plugin"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Stop at once, saying what to run, when the install lags behind the source tree."""
+    missing = missing_modules()
+    if missing:
+        pytest.exit(
+            f"modules added since the last install: {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''}; run `make setup` (the package is "
+            "installed in strict editable mode, ADR 1)",
+            returncode=4,
+        )
+
 
 _OURS = ("AGENTSTREAM_",)
 

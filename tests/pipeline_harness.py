@@ -14,15 +14,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agents import Message, ModelReply, OfflineModel, ToolRegistry, ToolSpec
-from agents.routing import ModelRouter
+from agentstream.agents import Message, ModelReply, OfflineModel, ToolRegistry, ToolSpec
+from agentstream.agents.routing import ModelRouter
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.stores.base import StateStore
 from agentstream.process import WorkerKind, build_workers
+from agentstream.schemas import AgentResponse, Envelope, SchemaError, decode, encode
 from agentstream.settings import RuntimeSettings, Settings, TopicSettings
+from agentstream.topics import Bus, KafkaConfig, OutgoingRecord, Record, Topic
 from agentstream.wiring import build_bus, build_store, ensure_topics
-from handlers.metrics import Metrics
-from handlers.store import StateStore
-from schemas import AgentResponse, Envelope, SchemaError, decode, encode
-from topics import Bus, KafkaConfig, OutgoingRecord, Record, Topic
 
 __all__ = ["FlakyModel", "Stack", "make_stack", "publish_event", "running", "wait_for"]
 

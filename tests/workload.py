@@ -15,8 +15,15 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from schemas import AgentResponse, SchemaError, UserRequest, UserRequestData, decode, encode
-from topics import Bus, Catalog, OutgoingRecord, Record, Topic
+from agentstream.schemas import (
+    AgentResponse,
+    SchemaError,
+    UserRequest,
+    UserRequestData,
+    decode,
+    encode,
+)
+from agentstream.topics import Bus, Catalog, OutgoingRecord, Record, Topic
 
 __all__ = ["Report", "Turn", "check", "collect", "make_turns", "publish"]
 

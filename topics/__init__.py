@@ -1,6 +1,6 @@
 """Topics and the buses that move events: the catalog, the Bus protocol, Kafka and in-process."""
 
-from topics.bus import (
+from agentstream.topics.bus import (
     Bus,
     Consumer,
     Headers,
@@ -11,8 +11,8 @@ from topics.bus import (
     TopicDescription,
     TopicPartition,
 )
-from topics.catalog import Catalog, Kind, Topic, TopicSpec
-from topics.config import KafkaConfig
+from agentstream.topics.catalog import Catalog, Kind, Topic, TopicSpec
+from agentstream.topics.config import KafkaConfig
 
 __all__ = [
     "Bus",

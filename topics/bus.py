@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
-from schemas.errors import PermanentError, RetryableError
+from agentstream.schemas.errors import PermanentError, RetryableError
 
 __all__ = [
     "Bus",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from schemas import (
+from agentstream.schemas import (
     AgentResponse,
     AgentStats,
     Envelope,
@@ -22,7 +22,7 @@ from schemas import (
     ToolResult,
     UserRequest,
 )
-from topics.bus import TopicDescription
+from agentstream.topics.bus import TopicDescription
 
 __all__ = ["Catalog", "Kind", "Topic", "TopicSpec"]
 

@@ -1,4 +1,4 @@
-"""The Kafka bus: the :class:`~topics.bus.Bus` protocol on aiokafka.
+"""The Kafka bus: the :class:`~agentstream.topics.bus.Bus` protocol on aiokafka.
 
 Producer: ``acks="all"`` with the idempotent producer, so a publish that returned is on every
 in-sync replica and a retried send never writes twice. Consumers: manual commits only
@@ -11,8 +11,9 @@ may not do: retrying cannot fix them, and "cannot reach Kafka" would send operat
 way.
 
 The consumer, the transactional producer and the error mapping have their own modules
-(:mod:`topics.kafka_consumer`, :mod:`topics.kafka_transactions`, :mod:`topics.kafka_errors`);
-this one keeps the bus itself and re-exports ``KafkaConsumer`` and ``KafkaTransactions``.
+(:mod:`agentstream.topics.kafka_consumer`, :mod:`agentstream.topics.kafka_transactions`,
+:mod:`agentstream.topics.kafka_errors`); this one keeps the bus itself and re-exports
+``KafkaConsumer`` and ``KafkaTransactions``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,27 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from agentstream.schemas.errors import RetryableError
+from agentstream.topics.bus import (
+    Fenced,
+    OutgoingRecord,
+    Record,
+    RecordMetadata,
+    RecordTooLarge,
+    RevokeCallback,
+    TopicDescription,
+    TopicPartition,
+)
+from agentstream.topics.config import KafkaConfig
+from agentstream.topics.kafka_consumer import KafkaConsumer
+from agentstream.topics.kafka_errors import (
+    NOT_AUTHORIZED,
+    TRANSIENT,
+    authentication_failure,
+    missing,
+    not_authorized,
+)
+from agentstream.topics.kafka_transactions import KafkaTransactions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -33,28 +55,6 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 from aiokafka.structs import TopicPartition as KafkaTP
-
-from schemas.errors import RetryableError
-from topics.bus import (
-    Fenced,
-    OutgoingRecord,
-    Record,
-    RecordMetadata,
-    RecordTooLarge,
-    RevokeCallback,
-    TopicDescription,
-    TopicPartition,
-)
-from topics.config import KafkaConfig
-from topics.kafka_consumer import KafkaConsumer
-from topics.kafka_errors import (
-    NOT_AUTHORIZED,
-    TRANSIENT,
-    authentication_failure,
-    missing,
-    not_authorized,
-)
-from topics.kafka_transactions import KafkaTransactions
 
 __all__ = ["KafkaBus", "KafkaConsumer", "KafkaTransactions"]
 

@@ -3,8 +3,8 @@
 Manual commits only (``enable_auto_commit=False``), ``auto_offset_reset="earliest"`` so a new
 group misses nothing, range assignment so one member reads all events of a conversation, and
 a rebalance listener that hands revoked partitions to the runtime before they move. Created
-by :meth:`topics.kafka.KafkaBus.consumer`, which it asks for its config and for the topics it
-must find before joining.
+by :meth:`agentstream.topics.kafka.KafkaBus.consumer`, which it asks for its config and for the
+topics it must find before joining.
 """
 
 from __future__ import annotations
@@ -14,17 +14,21 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from agentstream.schemas.errors import RetryableError
+from agentstream.topics.bus import RebalanceInProgress, Record, RevokeCallback, TopicPartition
+from agentstream.topics.kafka_errors import (
+    NOT_AUTHORIZED,
+    TRANSIENT,
+    authentication_failure,
+    not_authorized,
+)
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition as KafkaTP
 
-from schemas.errors import RetryableError
-from topics.bus import RebalanceInProgress, Record, RevokeCallback, TopicPartition
-from topics.kafka_errors import NOT_AUTHORIZED, TRANSIENT, authentication_failure, not_authorized
-
 if TYPE_CHECKING:
-    from topics.kafka import KafkaBus
+    from agentstream.topics.kafka import KafkaBus
 
 __all__ = ["KafkaConsumer"]
 
@@ -50,7 +54,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaConsumer:
-    """One consumer-group member on aiokafka (see :class:`topics.bus.Consumer`)."""
+    """One consumer-group member on aiokafka (see :class:`agentstream.topics.bus.Consumer`)."""
 
     def __init__(
         self,

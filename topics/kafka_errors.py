@@ -10,6 +10,8 @@ them, and "cannot reach Kafka" would send operators the wrong way.
 
 from __future__ import annotations
 
+from agentstream.schemas.errors import ConfigError, TopicMissing
+from agentstream.topics.config import KafkaConfig
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -24,9 +26,6 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
 )
-
-from schemas.errors import ConfigError, TopicMissing
-from topics.config import KafkaConfig
 
 __all__ = ["NOT_AUTHORIZED", "TRANSIENT", "authentication_failure", "missing", "not_authorized"]
 

@@ -1,7 +1,7 @@
 """Exactly-once on Kafka: a transactional producer that commits records and offsets together.
 
-Created by :meth:`topics.kafka.KafkaBus.transactions`. A fenced producer (a newer instance
-took its ``transactional_id``) raises ``Fenced``; any other failure aborts the transaction,
+Created by :meth:`agentstream.topics.kafka.KafkaBus.transactions`. A fenced producer (a newer
+instance took its ``transactional_id``) raises ``Fenced``; any other failure aborts the transaction,
 and broker errors and timeouts become ``RetryableError``.
 """
 
@@ -12,12 +12,11 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentstream.schemas.errors import RetryableError
+from agentstream.topics.bus import Fenced, OutgoingRecord, TopicPartition
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from aiokafka.structs import TopicPartition as KafkaTP
-
-from schemas.errors import RetryableError
-from topics.bus import Fenced, OutgoingRecord, TopicPartition
 
 __all__ = ["KafkaTransactions"]
 

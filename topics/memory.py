@@ -5,9 +5,9 @@ can be tested fast; it is held to Kafka's behaviour by the contract tests in
 ``tests/contract/``, which run every case on both buses. Topics have partitions and offsets;
 keyed records land on the partition Kafka's default partitioner picks; consumer groups
 split partitions, rebalance on join and leave, and redeliver what was not committed (see
-:mod:`topics.memory_group`). Like a worker on Kafka, it never creates topics behind the
+:mod:`agentstream.topics.memory_group`). Like a worker on Kafka, it never creates topics behind the
 caller's back unless ``auto_create`` is on: publishing to or subscribing to a missing topic
-raises :class:`~schemas.errors.TopicMissing`.
+raises :class:`~agentstream.schemas.errors.TopicMissing`.
 
 Not simulated: transactions (``read_committed`` is accepted and ignored), retention,
 replication, and the delay before a group notices a dead member.
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from schemas.errors import ConfigError, TopicMissing
-from topics.bus import (
+from agentstream.schemas.errors import ConfigError, TopicMissing
+from agentstream.topics.bus import (
     OutgoingRecord,
     RebalanceInProgress,
     Record,
@@ -29,9 +29,9 @@ from topics.bus import (
     TopicPartition,
     Transactions,
 )
-from topics.memory_group import Group, GroupSnapshot, InProcessConsumer
-from topics.memory_log import TopicLog
-from topics.partitioner import Partitioner
+from agentstream.topics.memory_group import Group, GroupSnapshot, InProcessConsumer
+from agentstream.topics.memory_log import TopicLog
+from agentstream.topics.partitioner import Partitioner
 
 __all__ = [
     "GroupSnapshot",
@@ -54,7 +54,7 @@ def _missing(topic: str) -> TopicMissing:
 
 
 class InProcessBus:
-    """The :class:`topics.bus.Bus` protocol in one asyncio process.
+    """The :class:`agentstream.topics.bus.Bus` protocol in one asyncio process.
 
     ``default_partitions`` is used for topics created by ``auto_create`` (off by default,
     as on a production Kafka cluster). ``max_record_bytes`` bounds key, value and headers of

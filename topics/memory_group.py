@@ -28,8 +28,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from topics.bus import RebalanceInProgress, Record, RevokeCallback, TopicPartition
-from topics.memory_log import TopicLog
+from agentstream.topics.bus import RebalanceInProgress, Record, RevokeCallback, TopicPartition
+from agentstream.topics.memory_log import TopicLog
 
 __all__ = ["Group", "GroupSnapshot", "InProcessConsumer"]
 
@@ -186,7 +186,8 @@ class Group:
 
 
 class InProcessConsumer:
-    """One member of a consumer group of the in-process bus (see :class:`topics.bus.Consumer`).
+    """One member of a consumer group of the in-process bus (see
+    :class:`agentstream.topics.bus.Consumer`).
 
     Fetch positions are the member's own: set to the group's committed offset when a
     partition is assigned, advanced by ``getmany``. ``getmany`` waits on an event set by

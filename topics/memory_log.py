@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from topics.bus import Headers, Record, TopicDescription
+from agentstream.topics.bus import Headers, Record, TopicDescription
 
 __all__ = ["TopicLog"]
 

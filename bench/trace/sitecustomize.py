@@ -1,7 +1,7 @@
 """A tracer for agent worker processes under ``bench/saturation_trace.py``.
 
 On the worker's ``PYTHONPATH`` (the driver puts it there) and with ``BENCH_TRACE`` set, it
-wraps ``handlers.runtime.Worker.run`` with a task that writes one JSON line every
+wraps ``agentstream.handlers.runtime.worker.Worker.run`` with a task that writes one JSON line every
 ``BENCH_TRACE_TICK_S`` (0.1 s): records in flight, backlog, model calls in flight, the
 loop's lag, the CPU share of the last tick, and the cumulative count and seconds of each
 phase of a record's hold (lane wait, ``Processor.process``, ``_decide``, the state read, the
@@ -18,11 +18,11 @@ from typing import Any
 
 
 def _install() -> None:
-    import agents.offline as offline
-    import handlers.delivery as delivery
-    import handlers.processing as processing
-    import handlers.redis_store as redis_store
-    import handlers.runtime as runtime
+    import agentstream.agents.offline as offline
+    import agentstream.handlers.runtime.delivery as delivery
+    import agentstream.handlers.runtime.processing as processing
+    import agentstream.handlers.runtime.worker as runtime
+    import agentstream.handlers.stores.redis_store as redis_store
 
     phases: dict[str, list[float]] = {}
     model = {"in_flight": 0}

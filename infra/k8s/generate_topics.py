@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from topics import Catalog  # noqa: E402 - after the path set-up, for a plain checkout
+from agentstream.topics import Catalog  # noqa: E402 - after the path set-up, for a plain checkout
 
 __all__ = ["DEFAULT_CLUSTER", "OUTPUT", "main", "render", "resource_name"]
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from agentstream.agents import ToolRegistry
+from agentstream.schemas import RetryableError
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-
-from agents import ToolRegistry
-from schemas import RetryableError
 
 __all__ = ["AlwaysFailsArgs", "FlakyArgs", "attempts", "register", "successes"]
 

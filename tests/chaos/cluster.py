@@ -22,14 +22,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agentstream.schemas import Envelope, RetryableError, TopicMissing, encode
+from agentstream.settings import Settings, TopicSettings
+from agentstream.topics import Catalog, KafkaConfig, OutgoingRecord, Record, Topic
+from agentstream.wiring import build_bus, ensure_topics
 from pydantic import SecretStr
 
-from agentstream.settings import Settings, TopicSettings
-from agentstream.wiring import build_bus, ensure_topics
-from schemas import Envelope, RetryableError, TopicMissing, encode
 from tests.procs import ROOT, worker_env
 from tests.workload import Turn
-from topics import Catalog, KafkaConfig, OutgoingRecord, Record, Topic
 
 __all__ = ["Cluster"]
 

@@ -29,9 +29,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from schemas import AgentResponse, SchemaError, decode
+from agentstream.schemas import AgentResponse, SchemaError, decode
+from agentstream.topics import Catalog, Kind, Record, Topic
+
 from tests.workload import Turn, check
-from topics import Catalog, Kind, Record, Topic
 
 __all__ = ["TERMINAL", "ChaosReport", "Reader", "verify"]
 

@@ -19,16 +19,16 @@ from collections import Counter
 
 import httpx
 import pytest
-
+from agentstream.handlers.stores.redis_store import RedisStore
+from agentstream.ingress import IngressServer
+from agentstream.schemas import UserRequest, decode, new_id
 from agentstream.settings import IngressSettings
-from handlers.redis_store import RedisStore
-from ingress import IngressServer
-from schemas import UserRequest, decode, new_id
+from agentstream.topics import Topic
+
 from tests.chaos.conftest import ClusterFactory, RecordResult
 from tests.chaos.invariants import verify
 from tests.chaos.results import Timeline
 from tests.workload import Turn, make_turns
-from topics import Topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 

@@ -18,8 +18,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from agentstream.schemas import ToolCall, ToolCallData, ToolResult, decode
+from agentstream.topics import Topic
 
-from schemas import ToolCall, ToolCallData, ToolResult, decode
 from tests.chaos import chaos_tools
 from tests.chaos.cluster import Cluster
 from tests.chaos.conftest import ClusterFactory, RecordResult
@@ -27,7 +28,6 @@ from tests.chaos.invariants import verify
 from tests.chaos.results import Timeline
 from tests.pipeline_harness import wait_for
 from tests.workload import make_turns
-from topics import Topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 

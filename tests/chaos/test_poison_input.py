@@ -18,15 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentstream.schemas import (
+    AgentResponse,
+    DeadLetter,
+    ToolCall,
+    ToolCallData,
+    ToolResult,
+    decode,
+)
+from agentstream.topics import Kind, OutgoingRecord, RecordMetadata, Topic
 
-from schemas import AgentResponse, DeadLetter, ToolCall, ToolCallData, ToolResult, decode
 from tests.chaos import chaos_tools
 from tests.chaos.conftest import ClusterFactory, RecordResult
 from tests.chaos.invariants import verify
 from tests.chaos.results import Timeline
 from tests.pipeline_harness import wait_for
 from tests.workload import make_turns
-from topics import Kind, OutgoingRecord, RecordMetadata, Topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 

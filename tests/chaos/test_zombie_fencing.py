@@ -20,15 +20,15 @@ import asyncio
 import time
 
 import pytest
+from agentstream.schemas import AgentResponse, AgentResponseData, decode, derive_id, encode
+from agentstream.topics import Topic
 from aiokafka import AIOKafkaProducer
 
-from schemas import AgentResponse, AgentResponseData, decode, derive_id, encode
 from tests.chaos.cluster import Cluster
 from tests.chaos.conftest import ClusterFactory, RecordResult
 from tests.chaos.invariants import verify
 from tests.chaos.results import Timeline
 from tests.workload import Turn, make_turns
-from topics import Topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 

@@ -1,8 +1,8 @@
 """The ``bus`` fixture: every contract test runs twice, on the in-process bus and on Kafka.
 
 The Kafka half needs the session broker of ``tests.services`` (``kafka_bootstrap``); it is
-resolved only for the ``kafka`` parameter, and ``topics.kafka`` is imported only there, so
-``-k memory`` runs with neither. Topic names come from the per-test ``prefix`` fixture of
+resolved only for the ``kafka`` parameter, and ``agentstream.topics.kafka`` is imported only there,
+so ``-k memory`` runs with neither. Topic names come from the per-test ``prefix`` fixture of
 ``tests/conftest.py``, so runs never see each other's records.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from agentstream.topics.bus import Bus, TopicDescription
+from agentstream.topics.config import KafkaConfig
+from agentstream.topics.memory import InProcessBus
 
 from tests.pipeline_harness import Stack, make_stack
-from topics.bus import Bus, TopicDescription
-from topics.config import KafkaConfig
-from topics.memory import InProcessBus
 
 BusFactory = Callable[[], Bus]
 TopicMaker = Callable[[str, int], Awaitable[str]]
@@ -40,7 +40,7 @@ def bus_factory(request: pytest.FixtureRequest) -> BusFactory:
     )
 
     def build() -> Bus:
-        from topics.kafka import KafkaBus
+        from agentstream.topics.kafka import KafkaBus
 
         return KafkaBus(config)
 

@@ -22,14 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jsonschema import Draft7Validator, Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
-
 from agentstream.asyncapi import JSON_SCHEMA_FORMAT, build_asyncapi, message_schemas
-from agentstream.settings import Settings
-from schemas import (
+from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     MemoryCall,
@@ -40,11 +34,16 @@ from schemas import (
     UserRequest,
     UserRequestData,
 )
-from schemas.codec import encode, encode_headers
-from schemas.compat import breaking_changes
-from schemas.deadletter import DeadLetter, dead_letter_headers, now
-from schemas.envelope import Envelope
-from topics import Catalog, Kind
+from agentstream.schemas.codec import encode, encode_headers
+from agentstream.schemas.compat import breaking_changes
+from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers, now
+from agentstream.schemas.envelope import Envelope
+from agentstream.settings import Settings
+from agentstream.topics import Catalog, Kind
+from jsonschema import Draft7Validator, Draft202012Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 HERE = Path(__file__).resolve().parent
 ASYNCAPI_SCHEMA = HERE / "asyncapi-3.0.0.schema.json"
@@ -275,7 +274,9 @@ def test_header_schemas_describe_what_the_runtime_writes() -> None:
     assert list(Draft7Validator(schemas["DeadLetterHeaders"]).iter_errors(dead)) == []
     assert list(Draft7Validator(schemas["DeadLetterHeaders"]).iter_errors({})) != []
 
-    from handlers.runtime import _RETRY_HEADERS  # the runtime's own list: no drift allowed
+    from agentstream.handlers.runtime.worker import (
+        _RETRY_HEADERS,
+    )  # the runtime's own list: no drift allowed
 
     assert set(_RETRY_HEADERS) <= set(schemas["RetryHeaders"]["required"])
 

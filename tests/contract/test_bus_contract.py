@@ -16,11 +16,17 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
-
-from schemas import decode
-from schemas.errors import RetryableError, SchemaError, TopicMissing
-from topics.bus import Bus, Consumer, OutgoingRecord, Record, RevokeCallback, TopicPartition
-from topics.partitioner import partition_for
+from agentstream.schemas import decode
+from agentstream.schemas.errors import RetryableError, SchemaError, TopicMissing
+from agentstream.topics.bus import (
+    Bus,
+    Consumer,
+    OutgoingRecord,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+)
+from agentstream.topics.partitioner import partition_for
 
 Batches = list[list[Record]]
 TopicMaker = Callable[[str, int], Awaitable[str]]

@@ -4,15 +4,15 @@ comes back whole; a reference whose payload is gone is a dead letter, never a si
 from __future__ import annotations
 
 import pytest
+from agentstream.agents import builtin_registry
+from agentstream.handlers.runtime.claims import CLAIM_HEADER, ClaimCheck
+from agentstream.schemas import DeadLetter, ToolCall, ToolCallData, ToolResult, decode, header
+from agentstream.settings import RuntimeSettings
+from agentstream.topics import Kind, OutgoingRecord, Topic
 from pydantic import BaseModel
 
-from agents import builtin_registry
-from agentstream.settings import RuntimeSettings
-from handlers.claims import CLAIM_HEADER, ClaimCheck
-from schemas import DeadLetter, ToolCall, ToolCallData, ToolResult, decode, header
 from tests.contract.conftest import StackMaker
 from tests.pipeline_harness import Stack, publish_event, running, wait_for
-from topics import Kind, OutgoingRecord, Topic
 
 SMALL_BUDGET = RuntimeSettings(claim_check_bytes=4096, retry_base_delay_s=0.01)
 

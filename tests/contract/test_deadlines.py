@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
+from agentstream.schemas import ToolResult, ToolResultData, UserRequest, UserRequestData
 from agentstream.settings import AgentSettings
-from schemas import ToolResult, ToolResultData, UserRequest, UserRequestData
+from agentstream.topics import Topic
+from agentstream.topics.partitioner import partition_for
+
 from tests.contract.conftest import StackMaker
 from tests.pipeline_harness import Stack, publish_event, running, wait_for
-from topics import Topic
-from topics.partitioner import partition_for
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@ conversation's order, and an answer for every request even when its processing d
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
-from agents import ToolRegistry, builtin_registry
-from agents.routing import ModelRouter
-from schemas import (
+from agentstream.agents import ToolRegistry, builtin_registry
+from agentstream.agents.routing import ModelRouter
+from agentstream.schemas import (
     DeadLetter,
     PermanentError,
     RetryableError,
@@ -18,6 +16,9 @@ from schemas import (
     UserRequestData,
     decode,
 )
+from agentstream.topics import Kind, OutgoingRecord, Topic
+from pydantic import BaseModel
+
 from tests.pipeline_harness import (
     FlakyModel,
     Stack,
@@ -25,7 +26,6 @@ from tests.pipeline_harness import (
     running,
     wait_for,
 )
-from topics import Kind, OutgoingRecord, Topic
 
 
 def _request(text: str, rid: str, conv: str = "c1") -> UserRequest:

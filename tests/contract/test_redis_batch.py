@@ -1,6 +1,6 @@
-"""Auto-pipelining (:mod:`handlers.redis_batch`) on a real Redis: every caller of a shared
-pipeline gets its own reply or its own error, and a failure of the whole pipeline reaches
-every caller in it as ``RetryableError``, within the socket timeout."""
+"""Auto-pipelining (:mod:`agentstream.handlers.stores.redis_batch`) on a real Redis: every caller
+of a shared pipeline gets its own reply or its own error, and a failure of the whole pipeline
+reaches every caller in it as ``RetryableError``, within the socket timeout."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from agentstream.handlers.stores.base import Put
+from agentstream.handlers.stores.redis_batch import AutoPipeline, pack_in_c
+from agentstream.handlers.stores.redis_store import RedisStore
+from agentstream.schemas.errors import RetryableError
 from redis.exceptions import ResponseError
 
-from handlers.redis_batch import AutoPipeline, pack_in_c
-from handlers.redis_store import RedisStore
-from handlers.store import Put
-from schemas.errors import RetryableError
 from tests.services import RedisFactory
 
 pytestmark = pytest.mark.redis
@@ -208,9 +208,8 @@ def test_the_store_works_on_uvloop(redis_url: str, prefix: str) -> None:
 
 def test_error_replies_get_redis_pys_classes() -> None:
     """A restarting server answers LOADING: retryable like a dropped connection."""
+    from agentstream.handlers.stores.redis_wire import _typed_error
     from redis.exceptions import BusyLoadingError, ConnectionError, NoScriptError
-
-    from handlers.redis_wire import _typed_error
 
     assert isinstance(_typed_error(ResponseError("LOADING Redis is loading")), ConnectionError)
     assert isinstance(_typed_error(ResponseError("LOADING x")), BusyLoadingError)

@@ -8,9 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-
-from agentstream.settings import StatsSettings
-from schemas import (
+from agentstream.schemas import (
     AgentStats,
     AgentStatsData,
     SchemaError,
@@ -20,9 +18,11 @@ from schemas import (
     merge_stats,
     stats_key,
 )
+from agentstream.settings import StatsSettings
+from agentstream.topics import OutgoingRecord, Topic
+
 from tests.contract.conftest import StackMaker
 from tests.pipeline_harness import Stack, publish_event, running, wait_for
-from topics import OutgoingRecord, Topic
 
 WINDOW_S = 2
 GRACE_S = 1.0

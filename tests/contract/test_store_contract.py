@@ -6,9 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-
-from handlers.redis_store import RedisStore
-from handlers.store import (
+from agentstream.handlers.stores.base import (
     Delete,
     IndexAdd,
     IndexRemove,
@@ -17,6 +15,7 @@ from handlers.store import (
     PutValue,
     StateStore,
 )
+from agentstream.handlers.stores.redis_store import RedisStore
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
-
+from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.settings import Settings
-from handlers.metrics import Metrics
-from topics import Catalog, Kind
+from agentstream.topics import Catalog, Kind
+from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
@@ -211,9 +210,9 @@ def group_id(settings: Settings, kind: str) -> str:
 
 def consumed_topics(settings: Settings, kind: str) -> set[str]:
     """The main topics a worker kind consumes, from the handlers ``build_workers`` wires."""
+    from agentstream.handlers.stores.base import InProcessStore
     from agentstream.process import build_workers
-    from handlers.store import InProcessStore
-    from topics.memory import InProcessBus
+    from agentstream.topics.memory import InProcessBus
 
     workers = build_workers(
         [kind],  # type: ignore[list-item]

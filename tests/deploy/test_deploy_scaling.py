@@ -137,7 +137,7 @@ def test_topic_settings_are_the_catalog_defaults_unless_configured(
 ) -> None:
     """The ConfigMap may change partitions or replicas only together with topics.yaml; the
     test above ties them. Without such a change, the catalog's defaults apply."""
-    from topics import Catalog
+    from agentstream.topics import Catalog
 
     data = configmap_data()
     if not any(
@@ -154,7 +154,7 @@ def test_kafka_cluster_matches_the_bootstrap_service() -> None:
 
 
 def test_generator_names_are_valid_and_distinct() -> None:
-    from topics import Catalog, Kind, Topic
+    from agentstream.topics import Catalog, Kind, Topic
 
     class Clash(Catalog):
         def name(self, topic: Topic, kind: Kind = Kind.MAIN) -> str:

@@ -7,11 +7,11 @@ import asyncio
 import time
 
 import pytest
+from agentstream.schemas import RetryableError
+from agentstream.topics import KafkaConfig, OutgoingRecord, TopicDescription
+from agentstream.topics.kafka import KafkaBus
 
-from schemas import RetryableError
 from tests.services import KafkaFactory
-from topics import KafkaConfig, OutgoingRecord, TopicDescription
-from topics.kafka import KafkaBus
 
 pytestmark = pytest.mark.kafka
 

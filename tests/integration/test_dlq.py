@@ -20,16 +20,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from agentstream.agents import ToolRegistry
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.process import build_workers
+from agentstream.schemas import ToolCall, ToolCallData, derive_id, encode, header
+from agentstream.settings import RuntimeSettings, Settings, TopicSettings
+from agentstream.topics import (
+    Bus,
+    Catalog,
+    KafkaConfig,
+    Kind,
+    OutgoingRecord,
+    Record,
+    Topic,
+    TopicPartition,
+)
+from agentstream.wiring import build_bus, build_store, ensure_topics
 from pydantic import BaseModel
 
-from agents import ToolRegistry
-from agentstream.process import build_workers
-from agentstream.settings import RuntimeSettings, Settings, TopicSettings
-from agentstream.wiring import build_bus, build_store, ensure_topics
-from handlers.metrics import Metrics
-from schemas import ToolCall, ToolCallData, derive_id, encode, header
 from tests.cli_runner import run_cli
-from topics import Bus, Catalog, KafkaConfig, Kind, OutgoingRecord, Record, Topic, TopicPartition
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(240)]
 

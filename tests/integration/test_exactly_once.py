@@ -7,13 +7,13 @@ them; a second producer with the same transactional id fences the first.
 from __future__ import annotations
 
 import pytest
-
+from agentstream.schemas import ToolCall, ToolCallData, decode, encode
 from agentstream.settings import RuntimeSettings
-from schemas import ToolCall, ToolCallData, decode, encode
+from agentstream.topics import OutgoingRecord, Topic
+from agentstream.topics.bus import Fenced
+
 from tests.pipeline_harness import make_stack, running, wait_for
 from tests.workload import check, collect, make_turns, publish
-from topics import OutgoingRecord, Topic
-from topics.bus import Fenced
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -126,7 +126,7 @@ async def test_tool_worker_in_exactly_once_mode_commits_offsets_in_the_transacti
         consumer = stack.bus.consumer(group, [stack.catalog.name(Topic.TOOL_CALL)])
         await consumer.start()
         try:
-            from topics import TopicPartition
+            from agentstream.topics import TopicPartition
 
             tps = [TopicPartition(stack.catalog.name(Topic.TOOL_CALL), p) for p in range(2)]
             ends = await stack.bus.end_offsets(tps)

@@ -18,12 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-
-from agentstream.settings import IngressSettings, Settings, TopicSettings
-from agentstream.wiring import ensure_topics
-from handlers.redis_store import RedisStore
-from ingress import IngressServer
-from schemas import (
+from agentstream.handlers.stores.redis_store import RedisStore
+from agentstream.ingress import IngressServer
+from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     Envelope,
@@ -35,9 +32,12 @@ from schemas import (
     derive_id,
     encode,
 )
+from agentstream.settings import IngressSettings, Settings, TopicSettings
+from agentstream.topics import KafkaConfig, OutgoingRecord, Topic
+from agentstream.topics.kafka import KafkaBus
+from agentstream.wiring import ensure_topics
+
 from tests.services import KafkaFactory
-from topics import KafkaConfig, OutgoingRecord, Topic
-from topics.kafka import KafkaBus
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

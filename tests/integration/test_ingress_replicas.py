@@ -22,10 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from agentstream.settings import Settings, TopicSettings
-from agentstream.wiring import ensure_topics
-from schemas import (
+from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     ToolCall,
@@ -34,8 +31,10 @@ from schemas import (
     ToolResultData,
     encode,
 )
-from topics import KafkaConfig, OutgoingRecord
-from topics.kafka import KafkaBus
+from agentstream.settings import Settings, TopicSettings
+from agentstream.topics import KafkaConfig, OutgoingRecord
+from agentstream.topics.kafka import KafkaBus
+from agentstream.wiring import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
@@ -49,8 +48,8 @@ LAUNCHER = """
 import asyncio, signal
 from agentstream.settings import load_settings
 from agentstream.wiring import build_bus, build_store, runtime_config
-from handlers.projection import PROJECTION_GROUP
-from ingress import serve
+from agentstream.ingress.projection import PROJECTION_GROUP
+from agentstream.ingress import serve
 
 async def main() -> None:
     settings = load_settings()

@@ -11,10 +11,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from agentstream.topics import KafkaConfig, OutgoingRecord, TopicDescription
+from agentstream.topics.kafka import KafkaBus
 from aiokafka.producer.message_accumulator import MessageBatch
-
-from topics import KafkaConfig, OutgoingRecord, TopicDescription
-from topics.kafka import KafkaBus
 
 RECORDS, SIZE = 200, 1024  # 200 KiB for one partition: 13 batches of 16 KiB, 1 of 256 KiB
 

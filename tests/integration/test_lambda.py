@@ -18,16 +18,12 @@ from functools import partial
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
-
 from agentstream import lambda_handler
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.route import Route
+from agentstream.handlers.stores.redis_store import RedisStore
 from agentstream.lambda_handler import BatchFailed, LambdaRuntime, batch_response, parse_event
-from agentstream.settings import Settings, TopicSettings
-from agentstream.wiring import ensure_topics
-from handlers.context import Context
-from handlers.redis_store import RedisStore
-from handlers.route import Route
-from schemas import (
+from agentstream.schemas import (
     ConfigError,
     DeadLetter,
     Envelope,
@@ -40,8 +36,11 @@ from schemas import (
     decode,
     encode,
 )
-from topics import Headers, KafkaConfig, Kind, OutgoingRecord, Record, Topic
-from topics.kafka import KafkaBus
+from agentstream.settings import Settings, TopicSettings
+from agentstream.topics import Headers, KafkaConfig, Kind, OutgoingRecord, Record, Topic
+from agentstream.topics.kafka import KafkaBus
+from agentstream.wiring import ensure_topics
+from pydantic import SecretStr
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

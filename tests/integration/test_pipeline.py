@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import redis
-
+from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.process import build_workers
 from agentstream.settings import AgentSettings, Settings, TopicSettings
+from agentstream.topics import KafkaConfig
 from agentstream.wiring import build_bus, build_store, ensure_topics
-from handlers.metrics import Metrics
+
 from tests.procs import WorkerProcs, worker_env
 from tests.workload import check, collect, make_turns, publish
-from topics import KafkaConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

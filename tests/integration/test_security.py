@@ -18,13 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from agentstream.schemas.errors import ConfigError
+from agentstream.topics import Consumer, KafkaConfig, OutgoingRecord, Record, TopicDescription
+from agentstream.topics.kafka import KafkaBus
 from pydantic import SecretStr
 
-from schemas.errors import ConfigError
 from tests.cli_runner import run_cli
 from tests.services import KAFKA_DIR, KafkaBroker, ServiceError, unavailable
-from topics import Consumer, KafkaConfig, OutgoingRecord, Record, TopicDescription
-from topics.kafka import KafkaBus
 
 MECHANISM = "SCRAM-SHA-512"
 

@@ -17,13 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-
+from agentstream.schemas import ToolCall, ToolCallData
+from agentstream.schemas.codec import encode
 from agentstream.status import deployment_groups, group_status, list_groups, worker_group
-from schemas import ToolCall, ToolCallData
-from schemas.codec import encode
-from tests.cli_runner import run_cli
-from tests.services import KAFKA_DIR, unavailable
-from topics import (
+from agentstream.topics import (
     Catalog,
     Consumer,
     KafkaConfig,
@@ -32,7 +29,10 @@ from topics import (
     TopicDescription,
     TopicPartition,
 )
-from topics.kafka import KafkaBus
+from agentstream.topics.kafka import KafkaBus
+
+from tests.cli_runner import run_cli
+from tests.services import KAFKA_DIR, unavailable
 
 _TOOL = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 

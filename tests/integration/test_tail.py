@@ -16,13 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
+from agentstream.schemas import ToolCall, ToolCallData, UserRequest, UserRequestData
+from agentstream.schemas.codec import encode
+from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers, now
 from agentstream.tail import describe_record, format_line, matches, resolve_topic
-from schemas import ToolCall, ToolCallData, UserRequest, UserRequestData
-from schemas.codec import encode
-from schemas.deadletter import DeadLetter, dead_letter_headers, now
-from topics import Catalog, KafkaConfig, Kind, OutgoingRecord, Record, Topic
-from topics.kafka import KafkaBus
+from agentstream.topics import Catalog, KafkaConfig, Kind, OutgoingRecord, Record, Topic
+from agentstream.topics.kafka import KafkaBus
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -8,17 +8,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-
+from agentstream.handlers.runtime.admission import Admission
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.runtime.route import Route
+from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.schemas import UserRequest, UserRequestData, encode
+from agentstream.topics import Catalog, OutgoingRecord, Record, Topic
+from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import ensure_topics
-from handlers.admission import Admission
-from handlers.context import Context, Origin
-from handlers.route import Route
-from handlers.runtime import RuntimeConfig, Worker
-from handlers.store import InProcessStore
-from schemas import UserRequest, UserRequestData, encode
-from topics import Catalog, OutgoingRecord, Record, Topic
-from topics.memory import InProcessBus
+from pydantic import BaseModel
 
 
 async def _publish_requests(bus: InProcessBus, catalog: Catalog, n: int) -> None:

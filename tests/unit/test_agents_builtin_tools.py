@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
-from agents.builtin_tools import builtin_registry
-from agents.timezones import UnknownZone, resolve_zone
-from agents.tools import InvalidArguments, ToolRegistry
-from agents.units import ConversionError, convert
-from schemas import ToolRejected
+from agentstream.agents.builtin_tools import builtin_registry
+from agentstream.agents.timezones import UnknownZone, resolve_zone
+from agentstream.agents.tools import InvalidArguments, ToolRegistry
+from agentstream.agents.units import ConversionError, convert
+from agentstream.schemas import ToolRejected
 
 NOW = datetime(2024, 5, 6, 12, 30, 15, tzinfo=UTC)  # a Monday
 

@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-
-from agents import calculator
-from agents.calculator import MAX_LENGTH, CalculationError, evaluate, format_number
-from schemas import ToolRejected
+from agentstream.agents import calculator
+from agentstream.agents.calculator import MAX_LENGTH, CalculationError, evaluate, format_number
+from agentstream.schemas import ToolRejected
 
 
 @pytest.mark.parametrize(

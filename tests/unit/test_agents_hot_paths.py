@@ -16,17 +16,22 @@ import re
 from collections.abc import Sequence
 
 import pytest
-
-from agents.builtin_tools import builtin_registry
-from agents.cache import CACHE_KEY_VERSION, cache_key
-from agents.intents import _ARITHMETIC_RULES, _spaced, expression_in, parse_asks, zones_in
-from agents.keywords import keywords, words
-from agents.memory import memory_tool_specs
-from agents.messages import Message, ToolInvocation, count_tokens, message_tokens
-from agents.model import ToolSpec
-from agents.offline import OfflineModel
-from agents.timezones import CITY_ZONES, UnknownZone, resolve_zone
-from agents.units import ConversionError, parse_unit
+from agentstream.agents.builtin_tools import builtin_registry
+from agentstream.agents.cache import CACHE_KEY_VERSION, cache_key
+from agentstream.agents.intents import (
+    _ARITHMETIC_RULES,
+    _spaced,
+    expression_in,
+    parse_asks,
+    zones_in,
+)
+from agentstream.agents.keywords import keywords, words
+from agentstream.agents.memory import memory_tool_specs
+from agentstream.agents.messages import Message, ToolInvocation, count_tokens, message_tokens
+from agentstream.agents.model import ToolSpec
+from agentstream.agents.offline import OfflineModel
+from agentstream.agents.timezones import CITY_ZONES, UnknownZone, resolve_zone
+from agentstream.agents.units import ConversionError, parse_unit
 
 # --- the reference implementations (as they were before the hot paths were optimised) ---
 

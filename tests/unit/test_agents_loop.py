@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from agents.loop import (
+from agentstream.agents.loop import (
     CallTools,
     Fail,
     Finish,
@@ -19,7 +18,7 @@ from agents.loop import (
     response_data,
     start_run,
 )
-from agents.messages import (
+from agentstream.agents.messages import (
     Message,
     ModelReply,
     ToolInvocation,
@@ -28,7 +27,7 @@ from agents.messages import (
     message_tokens,
     trim_history,
 )
-from schemas import Usage, UserRequest, UserRequestData
+from agentstream.schemas import Usage, UserRequest, UserRequestData
 
 T0 = datetime(2024, 5, 6, 12, 0, tzinfo=UTC)
 

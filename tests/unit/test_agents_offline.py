@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
-
-from agents.builtin_tools import builtin_registry
-from agents.intents import parse_asks
-from agents.loop import (
+from agentstream.agents.builtin_tools import builtin_registry
+from agentstream.agents.intents import parse_asks
+from agentstream.agents.loop import (
     CallTools,
     RunState,
     apply_reply,
@@ -23,11 +22,11 @@ from agents.loop import (
     history_after,
     start_run,
 )
-from agents.memory import MEMORY_TOOLS, MemoryBook, apply_memory_call, memory_tool_specs
-from agents.messages import Message, ToolInvocation, ToolOutcome
-from agents.model import Model, ToolSpec
-from agents.offline import OfflineModel
-from schemas import ToolRejected, UserRequest, UserRequestData
+from agentstream.agents.memory import MEMORY_TOOLS, MemoryBook, apply_memory_call, memory_tool_specs
+from agentstream.agents.messages import Message, ToolInvocation, ToolOutcome
+from agentstream.agents.model import Model, ToolSpec
+from agentstream.agents.offline import OfflineModel
+from agentstream.schemas import ToolRejected, UserRequest, UserRequestData
 
 NOW = datetime(2024, 5, 6, 12, 30, tzinfo=UTC)
 

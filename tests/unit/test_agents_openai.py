@@ -9,12 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
+from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ToolInvocation
+from agentstream.agents.model import (
+    ModelPrice,
+    ModelRejected,
+    ModelTimeout,
+    ModelUnavailable,
+    ToolSpec,
+)
+from agentstream.agents.openai_model import OpenAIModel, parse_retry_after
+from agentstream.schemas import PermanentError, RetryableError
 from pydantic import SecretStr
-
-from agents.messages import UNPARSED_ARGUMENTS, Message, ToolInvocation
-from agents.model import ModelPrice, ModelRejected, ModelTimeout, ModelUnavailable, ToolSpec
-from agents.openai_model import OpenAIModel, parse_retry_after
-from schemas import PermanentError, RetryableError
 
 Handler = Callable[[httpx.Request], httpx.Response]
 TOOLS = [

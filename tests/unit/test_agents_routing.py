@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-
-from agents.cache import cache_key, cached_reply, decode_reply, encode_reply
-from agents.loop import start_run
-from agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, ToolInvocation
-from agents.model import ToolSpec
-from agents.routing import ModelRouter, UnknownModel
-from schemas import PermanentError, Usage, UserRequest, UserRequestData
+from agentstream.agents.cache import cache_key, cached_reply, decode_reply, encode_reply
+from agentstream.agents.loop import start_run
+from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, ToolInvocation
+from agentstream.agents.model import ToolSpec
+from agentstream.agents.routing import ModelRouter, UnknownModel
+from agentstream.schemas import PermanentError, Usage, UserRequest, UserRequestData
 
 TOOLS = [ToolSpec(name="calculator", description="math", parameters={"type": "object"})]
 

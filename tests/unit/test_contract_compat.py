@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.compat import breaking_changes
-from schemas.events import EVENT_TYPES
-from schemas.export import event_json_schema
+from agentstream.schemas.compat import breaking_changes
+from agentstream.schemas.events import EVENT_TYPES
+from agentstream.schemas.export import event_json_schema
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract"
 

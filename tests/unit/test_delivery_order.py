@@ -14,11 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-
-from handlers.delivery import Fenced, TransactionalDelivery
-from handlers.metrics import Metrics
-from handlers.offsets import PartitionOffsets
-from topics import OutgoingRecord, TopicPartition
+from agentstream.handlers.runtime.delivery import Fenced, TransactionalDelivery
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.offsets import PartitionOffsets
+from agentstream.topics import OutgoingRecord, TopicPartition
 
 TP = TopicPartition("user_request", 0)
 

@@ -1,8 +1,8 @@
 """``agentstream dlq``'s parts on the in-process bus: selection, formatting, replay records.
 
 The dead-letter topics are filled directly with records shaped as the runtime writes them
-(:func:`schemas.deadletter.dead_letter_headers`); the command's internal functions are called
-directly. The end-to-end behaviour against Kafka and a real worker is in
+(:func:`agentstream.schemas.deadletter.dead_letter_headers`); the command's internal functions are
+called directly. The end-to-end behaviour against Kafka and a real worker is in
 ``tests/integration/test_dlq.py``.
 """
 
@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from agentstream.dlq import (
     DeadLetterEntry,
     OffsetRange,
@@ -39,10 +38,10 @@ from agentstream.dlq_replay import (
     replay_record,
     target_topic,
 )
-from schemas import ToolCall, ToolCallData, UserRequest, UserRequestData, encode
-from schemas.deadletter import DeadLetter, dead_letter_headers
-from topics import Catalog, Kind, OutgoingRecord, Topic, TopicPartition
-from topics.memory import InProcessBus
+from agentstream.schemas import ToolCall, ToolCallData, UserRequest, UserRequestData, encode
+from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers
+from agentstream.topics import Catalog, Kind, OutgoingRecord, Topic, TopicPartition
+from agentstream.topics.memory import InProcessBus
 
 FAILED = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 CATALOG = Catalog(prefix="p.", partitions=2)

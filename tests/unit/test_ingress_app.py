@@ -15,17 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-
-from agentstream.settings import IngressSettings, Settings, TopicSettings
-from agentstream.wiring import ensure_topics
-from handlers.context import Context, Origin
-from handlers.metrics import Metrics
-from handlers.projection import Projection, ProjectionKeys, RecentlyRecorded
-from handlers.store import InProcessStore
-from ingress import create_app
-from ingress.intake import valid_traceparent, wait_seconds
-from ingress.server import projection_worker
-from schemas import (
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.ingress import create_app
+from agentstream.ingress.intake import valid_traceparent, wait_seconds
+from agentstream.ingress.projection import Projection, ProjectionKeys, RecentlyRecorded
+from agentstream.ingress.server import projection_worker
+from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     Envelope,
@@ -39,8 +36,10 @@ from schemas import (
     encode,
     header,
 )
-from topics import OutgoingRecord, RecordMetadata, TopicDescription
-from topics.memory import InProcessBus
+from agentstream.settings import IngressSettings, Settings, TopicSettings
+from agentstream.topics import OutgoingRecord, RecordMetadata, TopicDescription
+from agentstream.topics.memory import InProcessBus
+from agentstream.wiring import ensure_topics
 
 KEY_A, KEY_B = "key-of-acme", "key-of-globex"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}

@@ -1,4 +1,5 @@
-"""``POST /v1/requests`` on its raw ASGI fast path (:mod:`ingress.create`), byte for byte.
+"""``POST /v1/requests`` on its raw ASGI fast path (:mod:`agentstream.ingress.create`), byte for
+byte.
 
 The expected status lines, header lists (names, values and order) and bodies below are
 what the FastAPI route answered before the fast path existed; the fast path must answer
@@ -14,13 +15,13 @@ import re
 from typing import Any
 
 import pytest
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.ingress import create_app
+from agentstream.ingress.create import FastPath
+from agentstream.schemas import RetryableError
 from fastapi import FastAPI
 
-from handlers.metrics import Metrics
-from handlers.store import InProcessStore
-from ingress import create_app
-from ingress.create import FastPath
-from schemas import RetryableError
 from tests.unit.test_ingress_app import KEY_A, KEY_B, RecordingBus, settings
 
 JSON = (b"content-type", b"application/json")

@@ -6,10 +6,9 @@ import hashlib
 from typing import Any
 
 import pytest
-
-from ingress.auth import ApiKeys
-from ingress.limits import BodySizeLimit, BodyTooLarge, RateLimiter
-from schemas import ConfigError
+from agentstream.ingress.auth import ApiKeys
+from agentstream.ingress.limits import BodySizeLimit, BodyTooLarge, RateLimiter
+from agentstream.schemas import ConfigError
 
 
 class Clock:

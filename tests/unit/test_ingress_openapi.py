@@ -11,13 +11,12 @@ from collections.abc import Sequence
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
-
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.ingress import create_app
 from agentstream.settings import IngressSettings, Settings, TopicSettings
-from handlers.metrics import Metrics
-from handlers.store import InProcessStore
-from ingress import create_app
-from topics import OutgoingRecord, RecordMetadata, TopicDescription
+from agentstream.topics import OutgoingRecord, RecordMetadata, TopicDescription
+from hypothesis import HealthCheck, settings
 
 KEY = "schemathesis-key"
 

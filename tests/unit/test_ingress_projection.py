@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers.context import Context, Origin
-from handlers.projection import (
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.ingress.projection import (
     LogEntry,
     Projection,
     ProjectionKeys,
@@ -14,9 +15,8 @@ from handlers.projection import (
     RequestRecord,
     unique_entries,
 )
-from handlers.store import InProcessStore
-from ingress.requests import RequestRepository
-from schemas import (
+from agentstream.ingress.requests import RequestRepository
+from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     Envelope,

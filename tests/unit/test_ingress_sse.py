@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from handlers.context import Context, Origin
-from handlers.projection import Projection
-from handlers.store import InProcessStore
-from ingress.requests import RequestRepository
-from ingress.sse import event_stream
-from schemas import AgentResponse, AgentResponseData, UserRequest, UserRequestData
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.ingress.projection import Projection
+from agentstream.ingress.requests import RequestRepository
+from agentstream.ingress.sse import event_stream
+from agentstream.schemas import AgentResponse, AgentResponseData, UserRequest, UserRequestData
 
 NS = "agentstream:sse."
 

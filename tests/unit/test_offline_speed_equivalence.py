@@ -23,12 +23,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from agents import intents, offline
-from agents.intents import _ARITHMETIC_RULES, Ask, _spaced, expression_in, parse_asks
-from agents.messages import (
+from agentstream.agents import intents, offline
+from agentstream.agents.intents import _ARITHMETIC_RULES, Ask, _spaced, expression_in, parse_asks
+from agentstream.agents.messages import (
     Message,
     ModelReply,
     ToolInvocation,
@@ -37,8 +34,10 @@ from agents.messages import (
     message_tokens,
     messages_tokens,
 )
-from agents.model import ToolSpec
-from agents.offline import OfflineModel
+from agentstream.agents.model import ToolSpec
+from agentstream.agents.offline import OfflineModel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # --- the corpus ---
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from agentstream.topics.partitioner import Partitioner, murmur2, partition_for
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-
-from topics.partitioner import Partitioner, murmur2, partition_for
 
 
 # Kafka's own test vectors (clients/src/test/.../UtilsTest.java, testMurmur2).

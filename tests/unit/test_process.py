@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from agentstream.process import build_model, tool_registry
+from agentstream.schemas.errors import ConfigError
 from agentstream.settings import ModelSettings, Settings
 from agentstream.wiring import build_store
-from schemas.errors import ConfigError
 
 
 def test_a_tools_module_adds_its_tools_beside_the_built_ins() -> None:

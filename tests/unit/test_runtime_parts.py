@@ -6,14 +6,13 @@ import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.runtime.lanes import Lanes
+from agentstream.handlers.runtime.offsets import PartitionOffsets
+from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
+from agentstream.handlers.stores.base import Delete, IndexAdd, InProcessStore, Put
+from agentstream.schemas import RetryableError, SchemaError
 from pydantic import BaseModel
-
-from handlers.context import Context, Origin
-from handlers.lanes import Lanes
-from handlers.offsets import PartitionOffsets
-from handlers.retries import RetryPolicy, Verdict
-from handlers.store import Delete, IndexAdd, InProcessStore, Put
-from schemas import RetryableError, SchemaError
 
 
 def test_committable_offset_is_lowest_unfinished() -> None:

@@ -9,9 +9,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-
 from agentstream.cli import main
-from schemas import (
+from agentstream.schemas import (
     EVENT_TYPES,
     AgentResponse,
     AgentResponseData,
@@ -26,7 +25,7 @@ from schemas import (
     header,
     new_id,
 )
-from schemas.envelope import ID_NAMESPACE
+from agentstream.schemas.envelope import ID_NAMESPACE
 
 
 def _request(**data: Any) -> UserRequest:

@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
-
-from handlers.context import Context, Origin
-from handlers.route import Job
-from handlers.runtime import Worker
-from handlers.stats import StatsConfig, StatsHandlers, WindowCloser
-from handlers.store import InProcessStore
-from schemas import (
+from agentstream.handlers.runtime.context import Context, Origin
+from agentstream.handlers.runtime.route import Job
+from agentstream.handlers.runtime.worker import Worker
+from agentstream.handlers.stats.routes import StatsConfig, StatsHandlers, WindowCloser
+from agentstream.handlers.stores.base import InProcessStore
+from agentstream.schemas import (
     LATENCY_BOUNDS_MS,
     AgentResponse,
     AgentResponseData,

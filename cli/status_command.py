@@ -1,0 +1,135 @@
+"""``agentstream status``: the consumer groups and topics of a deployment, for people.
+
+Reads what :mod:`agentstream.status` collects (each group's state, members, assignment,
+committed and end offsets and lag, and whether every catalog topic exists) and prints it as
+tables, or as JSON with ``--json``. Exit status: 0 when every catalog topic exists and every
+group could be read, 1 otherwise, 2 on the in-process bus (whose groups live inside the
+``agentstream up`` process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from agentstream.schemas.errors import RetryableError
+from agentstream.status import (
+    GroupStatus,
+    StatusReport,
+    deployment_groups,
+    group_status,
+    list_groups,
+    topic_health,
+)
+from aiokafka.errors import KafkaError
+
+if TYPE_CHECKING:
+    from agentstream.settings import Settings
+
+__all__ = ["register"]
+
+
+def register(
+    subparsers: Any,
+) -> dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]]:
+    p = subparsers.add_parser(
+        "status",
+        help="consumer groups (members, assignments, offsets, lag) and topic health",
+        description="Read from Kafka: each consumer group's state, members, assignment, "
+        "offsets and lag, and whether every catalog topic exists (exit 1 if not).",
+    )
+    p.add_argument(
+        "--group",
+        "-g",
+        action="append",
+        dest="groups",
+        metavar="G",
+        help="a consumer group id, as Kafka names it (repeatable; default: this "
+        "deployment's agent, tool, memory and ingress-projection groups)",
+    )
+    p.add_argument("--all", action="store_true", dest="all_groups", help="every group")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    return {"status": _cmd_status}
+
+
+async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.bus != "kafka":
+        print(
+            "error: `agentstream status` needs Kafka: the in-process bus lives inside the "
+            "`agentstream up` process; set KAFKA_BOOTSTRAP_SERVERS (or AGENTSTREAM_BUS=kafka)",
+            file=sys.stderr,
+        )
+        return 2
+    from agentstream.topics.kafka import KafkaBus
+
+    bus = KafkaBus(settings.kafka)
+    await bus.start(produce=False)
+    try:
+        if args.all_groups:
+            group_ids = await list_groups(bus)
+        else:
+            group_ids = args.groups or deployment_groups(settings.topics.prefix)
+        groups = await group_status(bus, list(dict.fromkeys(group_ids)))
+        report = StatusReport(groups=groups, topics=await topic_health(bus, settings.catalog()))
+    except KafkaError as exc:
+        raise RetryableError(f"Kafka refused to answer the status requests: {exc}") from exc
+    finally:
+        await bus.stop()
+    if args.json:
+        print(json.dumps(report.model_dump(mode="json"), indent=2))
+    else:
+        print(_human(report))
+    return 0 if report.healthy else 1
+
+
+def _human(report: StatusReport) -> str:
+    lines: list[str] = []
+    for g in report.groups:
+        lines.extend(_human_group(g))
+        lines.append("")
+    present = sum(t.exists for t in report.topics)
+    lines.append(f"TOPICS  {present}/{len(report.topics)} present")
+    lines.extend(f"  MISSING  {t.name}" for t in report.topics if not t.exists)
+    lines.extend(
+        f"  {t.name}: {t.partitions} partitions, {t.wanted_partitions} configured"
+        for t in report.topics
+        if t.exists and t.partitions != t.wanted_partitions
+    )
+    return "\n".join(lines)
+
+
+def _human_group(g: GroupStatus) -> list[str]:
+    if g.error:
+        return [f"GROUP {g.group_id}  cannot be read: {g.error}"]
+    if not g.exists:
+        return [f"GROUP {g.group_id}  (no such group: nothing joined or committed yet)"]
+    head = f"GROUP {g.group_id}  {g.state}"
+    if g.assignor:
+        head += f"  assignor {g.assignor}"
+    lines = [f"{head}  members {len(g.members)}  lag {g.total_lag}"]
+    if not g.partitions:
+        return [*lines, "  no partitions assigned, no offsets committed"]
+    if g.members:
+        lines.append(f"  {'MEMBER':<48} {'CLIENT-ID':<24} {'HOST':<18} PARTITIONS")
+        for m in g.members:
+            owned = " ".join(
+                f"{t}[{','.join(map(str, ps))}]" for t, ps in sorted(m.assignment.items())
+            )
+            lines.append(f"  {m.member_id:<48} {m.client_id:<24} {m.host:<18} {owned or '-'}")
+    width = max(len(r.topic) for r in g.partitions)
+    lines.append(
+        f"  {'TOPIC':<{width}} {'PARTITION':>9} {'COMMITTED':>10} {'END':>10} {'LAG':>8}  CLIENT-ID"
+    )
+    lines.extend(
+        f"  {r.topic:<{width}} {r.partition:>9} {_dash(r.committed):>10} "
+        f"{_dash(r.end_offset):>10} {_dash(r.lag):>8}  {r.client_id or '-'}"
+        for r in g.partitions
+    )
+    return lines
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)

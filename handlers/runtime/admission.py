@@ -1,0 +1,132 @@
+"""Admission: when a fetched record starts, paced so a backlog is taken up smoothly.
+
+The fetch loop hands records to :class:`Admission`; they wait in its backlog until the
+in-flight budget has room, and are started at no more than a paced rate: ``pace`` times the
+budget's measured turnover (``max_in_flight`` / mean time a record is held). Why pace at
+all: started together, records finish together. A worker that takes up a backlog of
+hundreds of requests at once starts as many LLM calls in one instant; they return in one
+instant too, their post-processing queues behind one another while no call is in flight,
+and the worker runs in waves at a fraction of its budget (and hands the provider bursts
+that trip its rate limits). Paced, the starts spread over the hold time and the waves
+never form; in steady state the pace is above the turnover, so it never limits throughput.
+
+Why 1.1 and not more: once waves exist, records start when slots free, so starts copy the
+completions of one hold time before; a pace caps the density of a wave at ``pace`` times
+the mean rate, and the loop's work per request is spread over at least ``1 / pace`` of the
+time. At 1.5 a worker with a 0.5 s model still alternated busy phases at a full core with
+idle ones (traced every 20 ms); at 1.1 the waves flatten within a few hold times
+(bench/README.md, "Pace").
+
+With no measurement yet the hold time is taken as ``initial_hold_s``; fast handlers bring
+the estimate down within a few records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Container
+
+from agentstream.topics import Record, TopicPartition
+
+__all__ = ["Admission"]
+
+_TICK_S = 0.01
+_BURST_S = 0.05
+_RECHECK_S = 0.05
+
+
+class Admission:
+    def __init__(
+        self,
+        max_in_flight: int,
+        *,
+        pace: float = 1.1,
+        initial_hold_s: float = 1.0,
+        prefetch: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_in_flight = max_in_flight
+        self.pace = pace
+        #: Fetched records waiting at most: fetching pauses beyond it.
+        self.prefetch = prefetch if prefetch is not None else max(16, max_in_flight // 2)
+        self._hold_s = initial_hold_s
+        self._clock = clock
+        self._backlog: deque[Record] = deque()
+        self._tokens = 1.0
+        self._refilled = clock()
+        self._wake = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._backlog)
+
+    @property
+    def hold_s(self) -> float:
+        """Mean time a record is held, start to finish (exponentially weighted)."""
+        return self._hold_s
+
+    @property
+    def rate(self) -> float:
+        """Records started per second at most."""
+        return self.pace * self.max_in_flight / max(self._hold_s, 1e-4)
+
+    def offer(self, records: list[Record]) -> None:
+        if records:
+            self._backlog.extend(records)
+            self._wake.set()
+
+    def finished(self, held_s: float) -> None:
+        """A started record is done after ``held_s`` seconds: a slot is free."""
+        self._hold_s += 0.05 * (held_s - self._hold_s)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Slots may have been freed without a record finishing: look again."""
+        self._wake.set()
+
+    def purge(self, tps: Container[TopicPartition] | None = None) -> int:
+        """Forget waiting records (of ``tps``, or all): they were never started, so their
+        offsets were never counted and the next owner (or this one, later) fetches them."""
+        before = len(self._backlog)
+        if tps is None:
+            self._backlog.clear()
+        else:
+            self._backlog = deque(r for r in self._backlog if r.tp not in tps)
+        return before - len(self._backlog)
+
+    async def run(self, in_flight: Callable[[], int], start: Callable[[Record], None]) -> None:
+        """Start waiting records while ``in_flight()`` is below the budget, at the paced
+        rate; forever (cancel to stop)."""
+        while True:
+            if not self._backlog or in_flight() >= self.max_in_flight:
+                self._wake.clear()
+                # Woken by an offer or a finished record; the timeout covers slots freed
+                # otherwise (work abandoned on a revoke, a partition lost to fencing).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_RECHECK_S):
+                        await self._wake.wait()
+                continue
+            now = self._clock()
+            rate = self.rate
+            # Starts come in groups, a tick apart: records started together share their
+            # store round trips, and a tick is short next to the hold time it spreads over.
+            # Up to a few ticks' worth is saved up, so a late wake-up on a busy loop (or
+            # slots freed together) loses no rate. Fast handlers get a large group at once
+            # and are never held back.
+            burst = max(1.0, rate * _BURST_S)
+            self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+            self._refilled = now
+            if self._tokens < 1.0:
+                await asyncio.sleep(max(_TICK_S, (1.0 - self._tokens) / rate))
+                continue
+            # The room is read once per group (in_flight() sums over partitions); a record
+            # that start() drops still uses up room here, until the next group.
+            room = self.max_in_flight - in_flight()
+            while self._backlog and self._tokens >= 1.0 and room > 0:
+                self._tokens -= 1.0
+                room -= 1
+                start(self._backlog.popleft())
+            # Let what was just started run before starting more.
+            await asyncio.sleep(0)

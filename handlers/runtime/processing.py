@@ -1,0 +1,191 @@
+"""Processing one record or one job: decode, dedup, the handler, retries, outputs.
+
+This is the path every consumed record takes once its lane runs it, and the path
+:meth:`agentstream.handlers.runtime.worker.Worker.process_record` offers runners without a consumer
+loop. The retry policy (:mod:`agentstream.handlers.runtime.retries`) decides after each failed
+attempt: again in place, to the retry topic (:mod:`agentstream.handlers.runtime.parking`) or to the
+dead-letter topic (:mod:`agentstream.handlers.runtime.dead_letters`). What handling produced is
+delivered as a whole, then a key parked behind this event is unparked: in that order, so a later
+event of the key cannot overtake outputs not yet delivered. Store steps that must not fail the
+event wait out outages instead (``until_done``), the record staying in flight meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from agentstream.handlers.runtime.claims import ClaimCheck
+from agentstream.handlers.runtime.dead_letters import DeadLetters
+from agentstream.handlers.runtime.delivery import Delivery, Fenced
+from agentstream.handlers.runtime.log_fields import log_fields
+from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.outbox import CommitConflict, Outbox
+from agentstream.handlers.runtime.parking import Parking, UntilDone, attempt_of, wait_until_due
+from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
+from agentstream.handlers.runtime.route import Job, Route
+from agentstream.schemas import SchemaError, decode
+from agentstream.topics import Catalog, Kind, OutgoingRecord, Record, TopicPartition
+
+__all__ = ["Lost", "Processor"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CONFLICTS = 50
+
+
+class Lost(Exception):
+    """The partition was lost to a newer owner (exactly_once fencing)."""
+
+
+class Processor:
+    def __init__(
+        self,
+        catalog: Catalog,
+        metrics: Metrics,
+        claims: ClaimCheck,
+        delivery: Delivery,
+        outbox: Outbox,
+        parking: Parking,
+        dead_letters: DeadLetters,
+        until_done: UntilDone,
+        *,
+        retry: RetryPolicy,
+        use_retry_topic: bool,
+        lost: set[TopicPartition],
+        assignment: Callable[[], set[TopicPartition]],
+    ) -> None:
+        self.catalog = catalog
+        self.metrics = metrics
+        self.claims = claims
+        self.delivery = delivery
+        self.outbox = outbox
+        self.parking = parking
+        self.dead_letters = dead_letters
+        self.retry = retry
+        self.use_retry_topic = use_retry_topic
+        #: The worker's own set of fenced partitions (shared, not copied).
+        self.lost = lost
+        self._until_done = until_done
+        self._assignment = assignment
+
+    async def process(self, record: Record, route: Route) -> None:
+        started = time.perf_counter()
+        if record.tp in self.lost:
+            raise Lost(record.tp)
+        out: list[OutgoingRecord] = []
+        outcome = await self._decide(record, route, out)
+        out = [await self.claims.offload(r) for r in out]
+        try:
+            await self.delivery.deliver(out, record.tp, record.offset)
+        except Fenced as exc:
+            log.warning(
+                "fenced out of %s[%d], abandoning offset %d and what follows: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            self.lost.add(record.tp)
+            raise Lost(record.tp) from exc
+        outcome_name, parked_id = outcome
+        if parked_id is not None and outcome_name != "retry_later":
+            await self._until_done(lambda: self.parking.unpark(route, record, parked_id))
+        self.metrics.handler_seconds.labels(route.name, outcome_name).observe(
+            time.perf_counter() - started
+        )
+
+    async def _decide(
+        self, record: Record, route: Route, out: list[OutgoingRecord]
+    ) -> tuple[str, str | None]:
+        """Handle ``record``, collecting what to publish into ``out``. Returns the outcome
+        and, for a record from the retry topic, the parked event id to clear once delivered."""
+        from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
+        attempt = attempt_of(record)
+        if from_retry:
+            await wait_until_due(record)
+        try:
+            resolved = await self._until_done(lambda: self.claims.resolve(record))
+            event = decode(
+                resolved.value,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+        except SchemaError as exc:
+            await self.dead_letters.dead_letter(record, route, exc, attempt + 1, None, out)
+            return "dead_letter", None
+        parked = event.id if from_retry else None
+        if not from_retry and await self._until_done(lambda: self.parking.is_parked(route, record)):
+            await self.parking.to_retry(record, route, event, attempt, 0.0, out)
+            return "parked", None
+        conflicts = 0
+        while True:
+            attempt += 1
+            try:
+                await self.outbox.settle(
+                    event.id,
+                    route.name,
+                    record,
+                    attempt,
+                    lambda ctx: route.handler(event, ctx),
+                    out,
+                )
+                return "ok", parked
+            except Exception as exc:
+                if isinstance(exc, CommitConflict) and conflicts < _MAX_CONFLICTS:
+                    # Ordinary concurrency (two writers of one record): run again at once,
+                    # without spending the retry budget.
+                    conflicts += 1
+                    attempt -= 1
+                    await asyncio.sleep(random.uniform(0, 0.005 * conflicts))
+                    continue
+                verdict = self.retry.verdict(exc, attempt)
+                if verdict is Verdict.RETRY_IN_PLACE or (
+                    verdict is Verdict.RETRY_LATER and not self.use_retry_topic
+                ):
+                    self.metrics.retries.labels(record.topic, route.name, "in_place").inc()
+                    log.warning(
+                        "%s failed (attempt %d), retrying: %r",
+                        route.name,
+                        attempt,
+                        exc,
+                        extra=log_fields(record, event),
+                    )
+                    await asyncio.sleep(self.retry.delay(exc, attempt, in_place=True))
+                    continue
+                if verdict is Verdict.RETRY_LATER:
+                    delay = self.retry.delay(exc, attempt, in_place=False)
+                    await self.parking.to_retry(record, route, event, attempt, delay, out)
+                    return "retry_later", parked
+                await self.dead_letters.dead_letter(record, route, exc, attempt, event, out)
+                return "dead_letter", parked
+
+    async def run_job(self, job: Job) -> None:
+        for attempt in range(1, 1_000_000):
+            out: list[OutgoingRecord] = []
+            try:
+                await self.outbox.settle(
+                    job.mark_id, job.name, None, attempt, job.run, out, job.partition
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("job %s failed (attempt %d): %r", job.name, attempt, exc)
+                await asyncio.sleep(self.retry.delay(exc, attempt, in_place=True))
+                continue
+            out = [await self.claims.offload(r) for r in out]
+            source = next(
+                (tp for tp in sorted(self._assignment()) if tp.partition == job.partition), None
+            )
+            try:
+                await self.delivery.deliver(out, source, None)
+            except Fenced as exc:
+                log.warning("abandoning job %s: %s", job.name, exc)
+                return
+            if job.delivered is not None:
+                await self._until_done(job.delivered)
+            return

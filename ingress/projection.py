@@ -1,0 +1,391 @@
+"""The ingress projection: per-request status and event log, built from the topics.
+
+The HTTP ingress is stateless; what it answers comes from the state store, written here by
+a handler that consumes ``user_request``, ``tool_call``, ``memory_call``, ``tool_result``
+and ``agent_response`` in the consumer group :data:`PROJECTION_GROUP` (replicas of the
+ingress split the partitions). So any replica answers any ``GET`` or stream, and requests
+that upstream systems publish straight to Kafka show up like the ingress's own.
+
+Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`):
+
+- ``{ns}:ingress:request:{request_id}``: the :class:`RequestRecord`, versioned state, so the
+  ingress's first write (``accepted``, right after its publish) and the projection's updates
+  never overwrite each other (a conflicting commit is refused and the event runs again).
+- ``{ns}:ingress:log:{request_id}``: append-only list of :class:`LogEntry` (tool calls, tool
+  results, the final response); an entry's index is its SSE ``id``.
+- ``{ns}:ingress:conversation:{tenant}:{conversation_id}``: sorted index of request ids by
+  request time (the turns of a conversation).
+- ``{ns}:ingress:idempotency:{tenant}:{sha256(key)}``: the ingress's ``Idempotency-Key``
+  claims (written by the ingress only, with a TTL).
+
+Events of one request come from several topics, and a consumer may fetch a response in the
+same batch as (and before) the calls that preceded it. The log must end with the response
+(the SSE stream closes on it), so the response entry is held in the record until the calls
+it accounts for (``tool_calls``), and for a completed run their results, are logged; the
+ingress releases it anyway after a quiet period (:meth:`RequestRepository.release_held`), so
+a response whose progress never comes still ends the stream.
+
+The log append is not part of the runtime's atomic commit (the store has no list op there),
+so a crash between the append and the commit can append an entry twice: the handler skips
+an entry already at the log's tail, and readers drop entries whose ``event_id`` they have
+seen (:func:`unique_entries`). The terminal status is set only from ``agent_response``, and
+a terminal record never changes again.
+
+The ingress writes the first record of every request it accepts, with its conversation
+index, before answering 202 (:meth:`agentstream.ingress.requests.RequestRepository.accept`). When
+the projection in the same process then consumes that very ``user_request``, there is nothing
+left to write: :class:`RecentlyRecorded` tells it so, and it skips the store read too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, Literal
+
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.route import Route
+from agentstream.schemas import (
+    TERMINAL_STATUSES,
+    AgentResponse,
+    AgentResponseData,
+    Envelope,
+    MemoryCall,
+    ToolCall,
+    ToolResult,
+    UserRequest,
+)
+from agentstream.topics import Topic
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = [
+    "PROJECTION_GROUP",
+    "EntryKind",
+    "LogEntry",
+    "Projection",
+    "ProjectionKeys",
+    "RecentlyRecorded",
+    "RequestRecord",
+    "RequestStatus",
+    "unique_entries",
+]
+
+log = logging.getLogger(__name__)
+
+#: Consumer group of the projection (the runtime prefixes it with the topic prefix).
+PROJECTION_GROUP = "ingress-projection"
+
+RequestStatus = Literal["accepted", "running", "completed", "failed", "timed_out", "rejected"]
+EntryKind = Literal["tool_call", "memory_call", "tool_result", "response"]
+
+_DEFAULT_TTL_S = 7 * 24 * 3600
+_TAIL = 16
+_RECORDED_CAPACITY = 10_000
+
+
+class ProjectionKeys:
+    """The store keys of the projection and of the ingress (see the module docstring)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.base = f"{namespace}:ingress"
+
+    def request(self, request_id: str) -> str:
+        return f"{self.base}:request:{request_id}"
+
+    def log(self, request_id: str) -> str:
+        return f"{self.base}:log:{request_id}"
+
+    def conversation(self, tenant: str, conversation_id: str) -> str:
+        return f"{self.base}:conversation:{tenant}:{conversation_id}"
+
+    def idempotency(self, tenant: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.base}:idempotency:{tenant}:{digest}"
+
+
+class LogEntry(BaseModel):
+    """One entry of a request's event log, as streamed to SSE clients."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: str
+    kind: EntryKind
+    time: datetime
+    data: dict[str, JsonValue]
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind == "response"
+
+
+class RequestRecord(BaseModel):
+    """What the ingress knows of one request: who owns it, where it stands, its answer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request_id: str
+    conversation_id: str
+    tenant: str
+    event_id: str | None = None
+    source: str | None = None
+    text: str | None = None
+    user: str | None = None
+    model: str | None = None
+    status: RequestStatus = "accepted"
+    created_at: datetime
+    updated_at: datetime
+    response: AgentResponseData | None = None
+    response_event_id: str | None = None
+    #: Progress entries logged so far, and the response entry while it waits for them.
+    calls_logged: int = 0
+    results_logged: int = 0
+    held: LogEntry | None = None
+    response_logged: bool = False
+    #: Call ids logged so far, and results that arrived before their call (held back).
+    calls_seen: list[str] = Field(default_factory=list)
+    held_results: list[LogEntry] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def response_ready(self) -> bool:
+        """Whether the held response may go to the log: the calls it accounts for (and, for
+        a completed run, their results) are logged before it."""
+        if self.held is None or self.response is None:
+            return False
+        expected = len(self.response.tool_calls)
+        if self.calls_logged < expected:
+            return False
+        return self.status != "completed" or self.results_logged >= expected
+
+    @classmethod
+    def from_request(cls, event: UserRequest) -> RequestRecord:
+        return cls(
+            request_id=event.request_id,
+            conversation_id=event.conversation_id,
+            tenant=event.tenant,
+            event_id=event.id,
+            source=event.source,
+            text=event.data.text,
+            user=event.data.user,
+            model=event.data.model,
+            created_at=event.time,
+            updated_at=event.time,
+        )
+
+    @classmethod
+    def placeholder(cls, event: Envelope[Any]) -> RequestRecord:
+        """A record for an event whose ``user_request`` this projection has not seen."""
+        return cls(
+            request_id=event.request_id,
+            conversation_id=event.conversation_id,
+            tenant=event.tenant,
+            created_at=event.time,
+            updated_at=event.time,
+        )
+
+
+class RecentlyRecorded:
+    """Ids of requests whose first record (with its text and conversation index) this
+    process wrote itself, not yet seen by its projection.
+
+    The ingress adds an id once its ``accepted`` record is committed; the projection takes
+    it back (:meth:`take`) when it consumes the request's ``user_request`` and then writes
+    nothing, as it would have after reading the complete record back. A miss only costs that
+    read: a request accepted by another replica, a redelivery, an id pushed out by newer
+    ones. Hence the bound: ids whose event another replica projects are never taken here,
+    and the oldest go first past ``capacity``.
+    """
+
+    def __init__(self, capacity: int = _RECORDED_CAPACITY) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, request_id: str) -> None:
+        ids = self._ids
+        ids[request_id] = None
+        if len(ids) > self.capacity:
+            del ids[next(iter(ids))]
+
+    def take(self, request_id: str) -> bool:
+        """Whether ``request_id`` was recorded here (and forget it: asked once)."""
+        return self._ids.pop(request_id, False) is None
+
+
+def unique_entries(
+    raw: Iterable[bytes], start: int = 0, seen: set[str] | None = None
+) -> Iterator[tuple[int, LogEntry]]:
+    """``(index, entry)`` of the log items ``raw`` (the first at index ``start``), dropping
+    entries whose event id is in ``seen`` or came earlier; ``seen`` is updated."""
+    seen = set() if seen is None else seen
+    for offset, item in enumerate(raw):
+        entry = LogEntry.model_validate_json(item)
+        if entry.event_id in seen:
+            continue
+        seen.add(entry.event_id)
+        yield start + offset, entry
+
+
+class Projection:
+    """The handlers of :data:`PROJECTION_GROUP`; ``ttl_s`` bounds how long records live;
+    ``recorded``: the requests this process's ingress recorded itself (module docstring)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        ttl_s: int = _DEFAULT_TTL_S,
+        recorded: RecentlyRecorded | None = None,
+    ) -> None:
+        self.keys = ProjectionKeys(namespace)
+        self.ttl_s = ttl_s
+        self.recorded = recorded
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(Topic.USER_REQUEST, self.on_user_request, "projection.user_request"),
+            Route(Topic.TOOL_CALL, self.on_tool_call, "projection.tool_call"),
+            Route(Topic.MEMORY_CALL, self.on_memory_call, "projection.memory_call"),
+            Route(Topic.TOOL_RESULT, self.on_tool_result, "projection.tool_result"),
+            Route(Topic.AGENT_RESPONSE, self.on_agent_response, "projection.agent_response"),
+        ]
+
+    async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        if self.recorded is not None and self.recorded.take(event.request_id):
+            # Recorded by this process's ingress, text and index included: the read below
+            # would find it complete and lead to no write.
+            return []
+        key = self.keys.request(event.request_id)
+        record = await ctx.load(key, RequestRecord)
+        if record is None:
+            record = RequestRecord.from_request(event)
+        elif record.text is None:
+            # Progress of this request was projected before its request (a replay, or an
+            # upstream producer's odd ordering): fill in what only the request carries.
+            fresh = RequestRecord.from_request(event)
+            record = record.model_copy(
+                update={
+                    "event_id": fresh.event_id,
+                    "source": fresh.source,
+                    "text": fresh.text,
+                    "user": fresh.user,
+                    "model": fresh.model,
+                    "created_at": fresh.created_at,
+                }
+            )
+        else:
+            record = None
+        if record is not None:
+            ctx.save(key, record, self.ttl_s)
+        ctx.index_add(
+            self.keys.conversation(event.tenant, event.conversation_id),
+            event.request_id,
+            event.time.timestamp(),
+        )
+        return []
+
+    async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
+        return await self._progress(event, "tool_call", ctx)
+
+    async def on_memory_call(self, event: MemoryCall, ctx: Context) -> list[Envelope[Any]]:
+        return await self._progress(event, "memory_call", ctx)
+
+    async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
+        return await self._progress(event, "tool_result", ctx)
+
+    async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
+        key = self.keys.request(event.request_id)
+        record = await ctx.load(key, RequestRecord)
+        if record is not None and record.response_event_id not in (None, event.id):
+            log.warning(
+                "second terminal response %s for request %s ignored (first: %s)",
+                event.id,
+                event.request_id,
+                record.response_event_id,
+                extra={"request_id": event.request_id},
+            )
+            return []
+        base = record or RequestRecord.placeholder(event)
+        if base.response_logged:
+            return []
+        updated = base.model_copy(
+            update={
+                "status": event.data.status,
+                "response": event.data,
+                "response_event_id": event.id,
+                "held": self._entry(event, "response"),
+                "updated_at": ctx.now(),
+            }
+        )
+        ctx.save(key, await self._release(updated, ctx), self.ttl_s)
+        return []
+
+    async def _progress(
+        self, event: Envelope[Any], kind: EntryKind, ctx: Context
+    ) -> list[Envelope[Any]]:
+        key = self.keys.request(event.request_id)
+        record = await ctx.load(key, RequestRecord) or RequestRecord.placeholder(event)
+        if record.response_logged:
+            # Later than the response (a result that came after the deadline): the stream
+            # already ended with the response, so it is not logged.
+            return []
+        entry = self._entry(event, kind)
+        call_id = str(event.data.call_id)
+        status = record.status if record.terminal else "running"
+        if kind == "tool_result" and call_id not in record.calls_seen:
+            # Fetched before its call (another topic): streamed right after the call.
+            held = [*record.held_results, entry]
+            updated = record.model_copy(
+                update={"held_results": held, "status": status, "updated_at": ctx.now()}
+            )
+            ctx.save(key, updated, self.ttl_s)
+            return []
+        # Counted even when the entry was already at the tail: this handler runs again only
+        # when its previous run's commit did not land, so the count never included it.
+        await self._append(event.request_id, entry, ctx)
+        if kind == "tool_result":
+            counts: dict[str, Any] = {"results_logged": record.results_logged + 1}
+        else:
+            follow = [r for r in record.held_results if r.data.get("call_id") == call_id]
+            for result in follow:
+                await self._append(event.request_id, result, ctx)
+            counts = {
+                "calls_logged": record.calls_logged + 1,
+                "calls_seen": [*record.calls_seen, call_id],
+                "results_logged": record.results_logged + len(follow),
+                "held_results": [r for r in record.held_results if r not in follow],
+            }
+        updated = record.model_copy(update={**counts, "status": status, "updated_at": ctx.now()})
+        ctx.save(key, await self._release(updated, ctx), self.ttl_s)
+        return []
+
+    async def _release(self, record: RequestRecord, ctx: Context) -> RequestRecord:
+        """Append the held response once the progress it accounts for is logged.
+
+        Events of one request come from several topics; a consumer that fetched them in
+        one batch may see the response before the calls that preceded it. The log (whose
+        indexes are the SSE ids) must end with the response, so it waits for them."""
+        if record.held is None or not record.response_ready:
+            return record
+        await self._append(record.request_id, record.held, ctx)
+        return record.model_copy(update={"held": None, "response_logged": True})
+
+    @staticmethod
+    def _entry(event: Envelope[Any], kind: EntryKind) -> LogEntry:
+        return LogEntry(
+            event_id=event.id, kind=kind, time=event.time, data=event.data.model_dump(mode="json")
+        )
+
+    async def _append(self, request_id: str, entry: LogEntry, ctx: Context) -> None:
+        log_key = self.keys.log(request_id)
+        for item in await ctx.store.list_range(log_key, -_TAIL, -1):
+            if LogEntry.model_validate_json(item).event_id == entry.event_id:
+                return
+        await ctx.store.append(log_key, entry.model_dump_json().encode(), self.ttl_s)
