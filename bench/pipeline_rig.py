@@ -113,10 +113,10 @@ class Rig:
     async def pipeline(self, latency: float, in_flight: int, kinds: Sequence[WorkerKind]) -> Any:
         """Topics of a fresh prefix and workers of ``kinds`` on them; returns the settings
         and the worker pids (empty in process)."""
-        from agentstream.handlers.runtime.metrics import Metrics
         from agentstream.handlers.stores.base import InProcessStore
         from agentstream.process import build_workers
         from agentstream.wiring import ensure_topics
+        from prometheus_client import CollectorRegistry
 
         assert self.bus is not None
         settings = bench_settings(self.kind, self.o.partitions, self.bootstrap, self.redis_url)
@@ -143,7 +143,7 @@ class Rig:
         else:
             stop = asyncio.Event()
             workers = build_workers(
-                list(kinds), settings, self.bus, InProcessStore(), Metrics(), stop
+                list(kinds), settings, self.bus, InProcessStore(), CollectorRegistry(), stop
             )
             self._workers.append((stop, asyncio.create_task(workers.run(stop))))
         return settings, pids

@@ -202,9 +202,9 @@ async def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: bool) -> int:
-    from agentstream.handlers.runtime.metrics import Metrics
     from agentstream.process import build_workers, install_signals, until
     from agentstream.wiring import build_bus, build_store, ensure_topics
+    from prometheus_client import CollectorRegistry
 
     stop = asyncio.Event()
     install_signals(stop)
@@ -214,7 +214,7 @@ async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: 
     try:
         await store.ping()
         await ensure_topics(bus, settings.catalog(), create=settings.topics.create_on_start)
-        metrics = Metrics()
+        metrics = CollectorRegistry()  # one registry, every part's metrics
         workers = build_workers(kinds, settings, bus, store, metrics, stop)  # type: ignore[arg-type]
         if with_ingress:
             from agentstream.ingress.projection import PROJECTION_GROUP

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import render
 from agentstream.handlers.stores.base import StateStore
 from agentstream.settings import Settings
 from agentstream.topics import Bus
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
     from agentstream.process import WorkerSet
@@ -40,7 +41,11 @@ class QuietServer(uvicorn.Server):
 
 
 def health_app(
-    settings: Settings, bus: Bus, store: StateStore, metrics: Metrics, workers: WorkerSet
+    settings: Settings,
+    bus: Bus,
+    store: StateStore,
+    metrics: CollectorRegistry,
+    workers: WorkerSet,
 ) -> FastAPI:
     app = FastAPI(title="agentstream worker", docs_url=None, redoc_url=None)
     catalog = settings.catalog()
@@ -71,7 +76,7 @@ def health_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(render(metrics), media_type="text/plain; version=0.0.4")
 
     return app
 
@@ -80,7 +85,7 @@ async def serve_health(
     settings: Settings,
     bus: Bus,
     store: StateStore,
-    metrics: Metrics,
+    metrics: CollectorRegistry,
     workers: WorkerSet,
     stop: asyncio.Event,
 ) -> None:

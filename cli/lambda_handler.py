@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentstream.handlers.agent.routes import DeadlineSweeper
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import Worker
 from agentstream.handlers.stores.base import StateStore
@@ -151,7 +151,7 @@ class LambdaRuntime:
         self.settings = settings
         self.kind = kind
         self.report_failures = report_failures
-        self.metrics = Metrics()
+        self.metrics = RuntimeMetrics()
         self._routes = routes
         self._given_store = store
         self._bus: Bus | None = None
@@ -187,7 +187,9 @@ class LambdaRuntime:
             )
             catalog = self.settings.catalog()
             return Worker(bus, store, catalog, self._routes, config, metrics=self.metrics)
-        built = build_workers([self.kind], self.settings, bus, store, self.metrics, asyncio.Event())
+        built = build_workers(
+            [self.kind], self.settings, bus, store, self.metrics.registry, asyncio.Event()
+        )
         for extra in built.extras:
             # The sweeper's loop sweeps the partitions a consumer owns; a function owns
             # none. `sweep_handler`, run on a schedule, sweeps every partition instead.

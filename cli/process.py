@@ -28,17 +28,19 @@ from agentstream.agents import (
 )
 from agentstream.agents.model import Model, ModelPrice
 from agentstream.agents.routing import ModelRouter
+from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers, DeadlineSweeper
 from agentstream.handlers.memory import MemoryHandlers
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.worker import Worker
 from agentstream.handlers.stats.routes import StatsConfig, StatsHandlers, WindowCloser
 from agentstream.handlers.stores.base import StateStore
-from agentstream.handlers.tool import ToolHandlers
+from agentstream.handlers.tool import ToolHandlers, ToolMetrics
 from agentstream.schemas.errors import ConfigError
 from agentstream.settings import Settings
 from agentstream.topics import Bus, Topic
 from agentstream.wiring import runtime_config
+from prometheus_client import CollectorRegistry
 
 __all__ = [
     "WORKER_KINDS",
@@ -137,16 +139,18 @@ def build_workers(
     settings: Settings,
     bus: Bus,
     store: StateStore,
-    metrics: Metrics,
+    metrics: CollectorRegistry,
     stop: asyncio.Event,
     *,
     router: ModelRouter | None = None,
     registry: ToolRegistry | None = None,
 ) -> WorkerSet:
     """Workers of ``kinds``; ``router`` and ``registry`` replace the configured model and
-    the built-in tools (embedding applications and tests inject their own)."""
+    the built-in tools (embedding applications and tests inject their own). ``metrics`` is
+    the process' Prometheus registry: each part registers its own metrics on it."""
     catalog = settings.catalog()
     result = WorkerSet()
+    runtime_metrics = RuntimeMetrics(metrics)
     registry = registry or tool_registry(settings)
     for kind in kinds:
         config = runtime_config(settings, f"agentstream-{kind}", f"{kind}-worker")
@@ -164,9 +168,9 @@ def build_workers(
                     cache=settings.model.cache and settings.model.provider != "offline",
                     cache_ttl_s=settings.model.cache_ttl_s,
                 ),
-                metrics,
+                AgentMetrics(metrics),
             )
-            worker = Worker(bus, store, catalog, handlers.routes(), config, metrics=metrics)
+            worker = Worker(bus, store, catalog, handlers.routes(), config, metrics=runtime_metrics)
             sweeper = DeadlineSweeper(
                 worker, handlers, settings.namespace, catalog.name(Topic.USER_REQUEST)
             )
@@ -177,13 +181,13 @@ def build_workers(
                 bus,
                 store,
                 catalog,
-                ToolHandlers(registry, metrics).routes(),
+                ToolHandlers(registry, ToolMetrics(metrics)).routes(),
                 config,
-                metrics=metrics,
+                metrics=runtime_metrics,
             )
         elif kind == "memory":
             worker = Worker(
-                bus, store, catalog, MemoryHandlers(metrics).routes(), config, metrics=metrics
+                bus, store, catalog, MemoryHandlers().routes(), config, metrics=runtime_metrics
             )
         else:
             s = settings.stats
@@ -194,7 +198,7 @@ def build_workers(
                     instance=f"{socket.gethostname()}/{os.getpid()}",
                 )
             )
-            worker = Worker(bus, store, catalog, stats.routes(), config, metrics=metrics)
+            worker = Worker(bus, store, catalog, stats.routes(), config, metrics=runtime_metrics)
             closer = WindowCloser(
                 worker,
                 stats,

@@ -17,7 +17,6 @@ from typing import Any
 
 from agentstream.agents import ConversationSummary, MemoryBook, apply_memory_call, memory_scope
 from agentstream.handlers.runtime.context import Context
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.stores.base import StateStore
 from agentstream.handlers.tool import ToolOutcome, tool_result
@@ -47,9 +46,6 @@ class _PendingTurn(BaseModel):
 
 
 class MemoryHandlers:
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
     def routes(self) -> list[Route]:
         return [
             Route(

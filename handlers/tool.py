@@ -16,7 +16,7 @@ from typing import Any
 
 from agentstream.agents import ToolRegistry
 from agentstream.handlers.runtime.context import Context
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import MetricsPart, counter, gauge, histogram
 from agentstream.handlers.runtime.route import Route
 from agentstream.schemas import (
     Envelope,
@@ -26,6 +26,7 @@ from agentstream.schemas import (
     ToolResultData,
 )
 from agentstream.topics import Topic
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, JsonValue
 
 __all__ = ["ToolHandlers", "ToolOutcome", "tool_result"]
@@ -61,8 +62,28 @@ def tool_result(event: Envelope[Any], outcome: ToolOutcome, source: str) -> Tool
     )
 
 
+class ToolMetrics(MetricsPart):
+    """The tool worker's metrics: latency and errors per tool, and its circuit breakers."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.tool_seconds = histogram(
+            r, "agentstream_tool_seconds", "Tool latency", ["tool", "outcome"]
+        )
+        self.tool_errors = counter(
+            r, "agentstream_tool_errors", "Tool errors", ["tool", "error_class"]
+        )
+        self.circuit_state = gauge(
+            r,
+            "agentstream_circuit_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ["name"],
+        )
+
+
 class ToolHandlers:
-    def __init__(self, registry: ToolRegistry, metrics: Metrics) -> None:
+    def __init__(self, registry: ToolRegistry, metrics: ToolMetrics) -> None:
         self.registry = registry
         self.metrics = metrics
 

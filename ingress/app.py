@@ -15,7 +15,6 @@ import asyncio
 import logging
 from typing import Any, NoReturn
 
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.stores.base import StateStore
 from agentstream.ingress.auth import Admission, ApiKeys, Principal
 from agentstream.ingress.config import AppSettings
@@ -38,7 +37,7 @@ from agentstream.ingress.models import (
     RequestView,
     Turn,
 )
-from agentstream.ingress.observe import HttpMetrics
+from agentstream.ingress.observe import HttpMetrics, IngressMetrics
 from agentstream.ingress.projection import RecentlyRecorded, RequestRecord
 from agentstream.ingress.requests import RequestRepository
 from agentstream.ingress.sse import event_stream
@@ -59,7 +58,7 @@ def create_app(
     settings: AppSettings,
     bus: Bus,
     store: StateStore,
-    metrics: Metrics | None = None,
+    metrics: IngressMetrics | None = None,
     *,
     recorded: RecentlyRecorded | None = None,
 ) -> FastAPI:
@@ -68,7 +67,7 @@ def create_app(
     projection worker of the same process, if any (it then skips the requests recorded
     here, :class:`~agentstream.ingress.projection.RecentlyRecorded`)."""
     opts = settings.ingress
-    metrics = metrics or Metrics()
+    metrics = metrics or IngressMetrics()
     catalog = settings.catalog()
     request_topic = catalog.name(Topic.USER_REQUEST)
     main_topics = [catalog.name(t, Kind.MAIN) for t in Topic]

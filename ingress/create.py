@@ -27,7 +27,6 @@ import contextlib
 import logging
 import time
 
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.ingress.auth import Admission
 from agentstream.ingress.config import IngressOptions
 from agentstream.ingress.errors import ApiError, error_for
@@ -40,7 +39,7 @@ from agentstream.ingress.intake import (
 )
 from agentstream.ingress.limits import BodyTooLarge, content_length, refuse_too_large
 from agentstream.ingress.models import AcceptedResponse, RequestView
-from agentstream.ingress.observe import RouteMetrics
+from agentstream.ingress.observe import IngressMetrics, RouteMetrics
 from agentstream.ingress.projection import RequestRecord
 from agentstream.ingress.requests import Claim, ClaimConflict, RequestRepository
 from agentstream.schemas import RetryableError, UserRequest, encode
@@ -106,7 +105,7 @@ class CreateEndpoint:
         repo: RequestRepository,
         bus: Bus,
         request_topic: str,
-        metrics: Metrics,
+        metrics: IngressMetrics,
         route: BaseRoute | None = None,
     ) -> None:
         self.opts = opts

@@ -1,4 +1,6 @@
-"""Prometheus metrics of the HTTP side: responses by route and status, and their latency.
+"""Prometheus metrics of the ingress (:class:`IngressMetrics`): responses by route and
+status, and their latency, open SSE streams, idempotent replays, and the requests it
+publishes (the runtime's ``agentstream_events_produced`` series of the request topic).
 
 An ASGI middleware, so that every answer counts, including those that never reach a route
 (413 from the body limit, 404 for unknown paths). The label is the route template
@@ -12,17 +14,44 @@ from __future__ import annotations
 
 import time
 
-from agentstream.handlers.runtime.metrics import Metrics
-from prometheus_client import Counter, Histogram
+from agentstream.handlers.runtime.metrics import (
+    Counter,
+    Histogram,
+    MetricsPart,
+    counter,
+    events_produced,
+    gauge,
+    histogram,
+)
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["HttpMetrics", "RouteMetrics"]
+__all__ = ["HttpMetrics", "IngressMetrics", "RouteMetrics"]
+
+
+class IngressMetrics(MetricsPart):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
+        self.http_requests = counter(
+            r, "agentstream_http_requests", "Ingress requests", ["route", "status"]
+        )
+        self.http_seconds = histogram(r, "agentstream_http_seconds", "Ingress latency", ["route"])
+        self.ingress_streams = gauge(
+            r, "agentstream_ingress_streams", "Open Server-Sent Event streams"
+        )
+        self.ingress_idempotent_replays = counter(
+            r,
+            "agentstream_ingress_idempotent_replays",
+            "POSTs answered from an earlier request with the same Idempotency-Key",
+        )
+        self.produced = events_produced(r)
 
 
 class RouteMetrics:
     """The labelled children of the HTTP metrics, cached by route template and status."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: IngressMetrics) -> None:
         self.metrics = metrics
         # Bounded: route templates times status codes.
         self._counts: dict[tuple[str, int], Counter] = {}
@@ -44,7 +73,7 @@ class RouteMetrics:
 class HttpMetrics:
     """Counts responses by route template and status, and their latency."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: IngressMetrics) -> None:
         self.app = app
         self.metrics = metrics
         self.routes = RouteMetrics(metrics)

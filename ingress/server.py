@@ -16,13 +16,15 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
 from agentstream.handlers.stores.base import StateStore
 from agentstream.ingress.app import create_app
 from agentstream.ingress.config import AppSettings
+from agentstream.ingress.observe import IngressMetrics
 from agentstream.ingress.projection import PROJECTION_GROUP, Projection, RecentlyRecorded
 from agentstream.topics import Bus
+from prometheus_client import CollectorRegistry
 
 __all__ = ["IngressServer", "projection_worker", "serve"]
 
@@ -40,7 +42,7 @@ def projection_worker(
     settings: AppSettings,
     bus: Bus,
     store: StateStore,
-    metrics: Metrics,
+    metrics: RuntimeMetrics,
     config: RuntimeConfig | None = None,
     *,
     recorded: RecentlyRecorded | None = None,
@@ -68,18 +70,26 @@ class IngressServer:
         bus: Bus,
         store: StateStore,
         *,
-        metrics: Metrics | None = None,
+        metrics: CollectorRegistry | None = None,
         projection: RuntimeConfig | None = None,
         run_projection: bool = True,
         sock: socket.socket | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        # The app's metrics and the projection worker's, on one registry.
+        self.metrics = IngressMetrics(metrics)
         # The projection skips the requests this app recorded itself.
         recorded = RecentlyRecorded() if run_projection else None
         self.app = create_app(settings, bus, store, self.metrics, recorded=recorded)
         self.worker = (
-            projection_worker(settings, bus, store, self.metrics, projection, recorded=recorded)
+            projection_worker(
+                settings,
+                bus,
+                store,
+                RuntimeMetrics(self.metrics.registry),
+                projection,
+                recorded=recorded,
+            )
             if run_projection
             else None
         )
@@ -156,11 +166,13 @@ async def serve(
     store: StateStore,
     *,
     ready: asyncio.Event | None = None,
-    metrics: Metrics | None = None,
+    metrics: CollectorRegistry | None = None,
     projection: RuntimeConfig | None = None,
 ) -> None:
     """Serve the ingress on ``settings.ingress.host``/``port`` with its projection worker
-    until cancelled; ``ready`` is set once both listen. ``projection`` overrides the
+    until cancelled; ``ready`` is set once both listen; ``metrics`` is the process'
+    Prometheus registry, for the app's and the worker's metrics (a fresh one when None,
+    shared with the workers under ``agentstream up``). ``projection`` overrides the
     worker's runtime config (``agentstream.wiring.runtime_config(settings,
     PROJECTION_GROUP, "ingress")`` applies the configured retry policy)."""
     server = IngressServer(settings, bus, store, metrics=metrics, projection=projection)

@@ -16,13 +16,13 @@ from typing import Any
 
 from agentstream.agents import Message, ModelReply, OfflineModel, ToolRegistry, ToolSpec
 from agentstream.agents.routing import ModelRouter
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.stores.base import StateStore
 from agentstream.process import WorkerKind, build_workers
 from agentstream.schemas import AgentResponse, Envelope, SchemaError, decode, encode
 from agentstream.settings import RuntimeSettings, Settings, TopicSettings
 from agentstream.topics import Bus, KafkaConfig, OutgoingRecord, Record, Topic
 from agentstream.wiring import build_bus, build_store, ensure_topics
+from prometheus_client import CollectorRegistry
 
 __all__ = ["FlakyModel", "Stack", "make_stack", "publish_event", "running", "wait_for"]
 
@@ -105,7 +105,7 @@ async def running(
         stack.settings,
         stack.bus,
         stack.store,
-        Metrics(),
+        CollectorRegistry(),
         stop,
         router=router,
         registry=registry,

@@ -40,8 +40,8 @@ from agentstream.agents import (
 from agentstream.agents.routing import ModelRouter, UnknownModel, cache_key
 from agentstream.handlers.agent.deadlines import DeadlineSweeper
 from agentstream.handlers.agent.events import Addressee, call_for, ids_from_raw, response_for
+from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.runtime.context import Context
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.schemas import (
     Envelope,
@@ -89,7 +89,7 @@ class AgentHandlers:
         router: ModelRouter,
         tools: Sequence[ToolSpec],
         config: AgentConfig,
-        metrics: Metrics,
+        metrics: AgentMetrics,
     ) -> None:
         self.router = router
         self.tools = list(tools)

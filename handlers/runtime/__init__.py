@@ -9,9 +9,9 @@ import-linter contract keeps it so): workers import the runtime, never the other
 """
 
 from agentstream.handlers.runtime.context import Context
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.retries import RetryPolicy
 from agentstream.handlers.runtime.route import Job, Route
 from agentstream.handlers.runtime.worker import Worker
 
-__all__ = ["Context", "Job", "Metrics", "RetryPolicy", "Route", "Worker"]
+__all__ = ["Context", "Job", "RetryPolicy", "Route", "RuntimeMetrics", "Worker"]

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentstream.handlers.runtime.log_fields import log_fields
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.outbox import Outbox
 from agentstream.handlers.runtime.parking import RETRY_HEADERS, origin
 from agentstream.handlers.runtime.retries import RetryPolicy
@@ -34,7 +34,7 @@ class DeadLetters:
     def __init__(
         self,
         catalog: Catalog,
-        metrics: Metrics,
+        metrics: RuntimeMetrics,
         outbox: Outbox,
         retry: RetryPolicy,
         *,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.offsets import PartitionOffsets
 from agentstream.schemas.errors import RetryableError
 from agentstream.topics import Bus, OutgoingRecord, TopicPartition
@@ -58,7 +58,7 @@ class Delivery(Protocol):
 class PlainDelivery:
     commits_offsets = False
 
-    def __init__(self, bus: Bus, metrics: Metrics, backoff: Backoff) -> None:
+    def __init__(self, bus: Bus, metrics: RuntimeMetrics, backoff: Backoff) -> None:
         self.bus = bus
         self.metrics = metrics
         self.backoff = backoff
@@ -122,7 +122,7 @@ class TransactionalDelivery:
         bus: Bus,
         group_id: str,
         offsets: dict[TopicPartition, PartitionOffsets],
-        metrics: Metrics,
+        metrics: RuntimeMetrics,
         backoff: Backoff,
         owns: Callable[[TopicPartition], bool],
     ) -> None:

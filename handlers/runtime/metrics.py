@@ -1,20 +1,49 @@
-"""Prometheus metrics of workers and the ingress: the only module that touches the registry.
+"""Prometheus metrics: the only module that creates metric objects and touches a registry.
 
-The registry is injected, so tests read exactly what one worker recorded. Labels name
-topics, groups, handlers, tools, models, tenants and outcomes, never ids: a label per
-request would grow the registry without bound.
+Each part owns its metrics and declares them with this module's factories: the runtime's
+(:class:`RuntimeMetrics`, below), the agent worker's
+(:class:`agentstream.handlers.agent.metrics.AgentMetrics`), the tool worker's
+(:class:`agentstream.handlers.tool.ToolMetrics`) and the ingress'
+(:class:`agentstream.ingress.observe.IngressMetrics`) are :class:`MetricsPart` subclasses that
+call :func:`counter`, :func:`gauge` and :func:`histogram` with one injected
+``CollectorRegistry``, shared by every part of a process, so ``/metrics`` shows them all and
+tests read exactly what one part recorded (``registry.get_sample_value``).
+
+The factories get or create: a metric is registered once per registry, and a part built
+twice on one registry (two workers of one process, the ingress' projection worker beside the
+ingress) shares its metric objects, the way FastStream's Prometheus middleware reuses the
+metrics already on the registry it is given. Asking for a registered name with another type,
+help text or labels is an error, so two parts never disagree about one series.
+
+Labels name topics, groups, handlers, tools, models, tenants and outcomes, never ids: a label
+per request would grow the registry without bound.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
 
-__all__ = ["Metrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "MetricsPart",
+    "RuntimeMetrics",
+    "counter",
+    "events_produced",
+    "gauge",
+    "histogram",
+    "render",
+]
 
 M = TypeVar("M", bound="_CachedLabels")
 
@@ -55,97 +84,125 @@ class Histogram(_CachedLabels, _Histogram):
     pass
 
 
-_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+_Metric = Counter | Gauge | Histogram
+# Per registry: name -> (metric, its declaration). Weak: a test's registry goes with it.
+_declared: WeakKeyDictionary[CollectorRegistry, dict[str, tuple[_Metric, tuple[object, ...]]]]
+_declared = WeakKeyDictionary()
+_lock = threading.Lock()
+
+T = TypeVar("T", Counter, Gauge, Histogram)
 
 
-class Metrics:
+def _get_or_create(
+    kind: type[T],
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: Sequence[str],
+    **options: Any,
+) -> T:
+    declaration = (kind, documentation, tuple(labels), tuple(sorted(options.items())))
+    with _lock:
+        known = _declared.setdefault(registry, {})
+        found = known.get(name)
+        if found is None:
+            metric = kind(name, documentation, labels, registry=registry, **options)
+            known[name] = (metric, declaration)
+            return metric
+        metric_found, declared = found
+        if declared != declaration or not isinstance(metric_found, kind):
+            raise ValueError(
+                f"metric {name} is already declared on this registry as {declared}, "
+                f"not {declaration}"
+            )
+        return metric_found
+
+
+def counter(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str] = ()
+) -> Counter:
+    """The counter ``name`` of ``registry``, created on first use."""
+    return _get_or_create(Counter, registry, name, documentation, labels)
+
+
+def gauge(
+    registry: CollectorRegistry, name: str, documentation: str, labels: Sequence[str] = ()
+) -> Gauge:
+    """The gauge ``name`` of ``registry``, created on first use."""
+    return _get_or_create(Gauge, registry, name, documentation, labels)
+
+
+def histogram(
+    registry: CollectorRegistry,
+    name: str,
+    documentation: str,
+    labels: Sequence[str] = (),
+    *,
+    buckets: Sequence[float] = LATENCY_BUCKETS,
+) -> Histogram:
+    """The histogram ``name`` of ``registry``, created on first use."""
+    return _get_or_create(Histogram, registry, name, documentation, labels, buckets=tuple(buckets))
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format of everything on ``registry``, for ``/metrics``."""
+    return generate_latest(registry)
+
+
+class MetricsPart:
+    """The metrics of one part, on ``registry`` (a fresh one when none is given: a part
+    alone, in a test)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry if registry is not None else CollectorRegistry()
+
+    def render(self) -> bytes:
+        """The text exposition format of the whole registry: every part of the process."""
+        return render(self.registry)
+
+
+class RuntimeMetrics(MetricsPart):
+    """What the runtime counts for every route of every worker: events consumed and
+    produced, handler latency, events in flight, consumer lag, retries, dead letters and
+    dropped duplicates."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
         r = self.registry
-        self.consumed = Counter(
-            "agentstream_events_consumed", "Events consumed", ["topic", "group"], registry=r
+        self.consumed = counter(
+            r, "agentstream_events_consumed", "Events consumed", ["topic", "group"]
         )
-        self.produced = Counter(
-            "agentstream_events_produced", "Events produced", ["topic"], registry=r
-        )
-        self.handler_seconds = Histogram(
+        self.produced = events_produced(r)
+        self.handler_seconds = histogram(
+            r,
             "agentstream_handler_seconds",
             "Handler latency, decode to outputs published",
             ["handler", "outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.in_flight = Gauge(
-            "agentstream_in_flight", "Events held by the runtime", ["group"], registry=r
-        )
-        self.lag = Gauge(
+        self.in_flight = gauge(r, "agentstream_in_flight", "Events held by the runtime", ["group"])
+        self.lag = gauge(
+            r,
             "agentstream_consumer_lag",
             "End offset minus committed offset",
             ["topic", "partition", "group"],
-            registry=r,
         )
-        self.retries = Counter(
-            "agentstream_retries", "Retry attempts", ["topic", "handler", "kind"], registry=r
+        self.retries = counter(
+            r, "agentstream_retries", "Retry attempts", ["topic", "handler", "kind"]
         )
-        self.dead_letters = Counter(
+        self.dead_letters = counter(
+            r,
             "agentstream_dead_letters",
             "Events sent to a dead-letter topic",
             ["topic", "handler", "error_class"],
-            registry=r,
         )
-        self.duplicates = Counter(
-            "agentstream_duplicates_dropped",
-            "Events already handled (dedup by id)",
-            ["handler"],
-            registry=r,
-        )
-        self.llm_tokens = Counter(
-            "agentstream_llm_tokens", "LLM tokens", ["model", "kind", "tenant"], registry=r
-        )
-        self.llm_cost = Counter(
-            "agentstream_llm_cost_usd", "LLM cost in USD", ["model", "tenant"], registry=r
-        )
-        self.llm_calls = Counter(
-            "agentstream_llm_calls", "LLM calls", ["model", "outcome"], registry=r
-        )
-        self.tool_seconds = Histogram(
-            "agentstream_tool_seconds",
-            "Tool latency",
-            ["tool", "outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.tool_errors = Counter(
-            "agentstream_tool_errors", "Tool errors", ["tool", "error_class"], registry=r
-        )
-        self.circuit_state = Gauge(
-            "agentstream_circuit_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            ["name"],
-            registry=r,
-        )
-        self.responses = Counter(
-            "agentstream_responses", "Terminal responses", ["status", "tenant"], registry=r
-        )
-        self.http_requests = Counter(
-            "agentstream_http_requests", "Ingress requests", ["route", "status"], registry=r
-        )
-        self.http_seconds = Histogram(
-            "agentstream_http_seconds",
-            "Ingress latency",
-            ["route"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ingress_streams = Gauge(
-            "agentstream_ingress_streams", "Open Server-Sent Event streams", registry=r
-        )
-        self.ingress_idempotent_replays = Counter(
-            "agentstream_ingress_idempotent_replays",
-            "POSTs answered from an earlier request with the same Idempotency-Key",
-            registry=r,
+        self.duplicates = counter(
+            r, "agentstream_duplicates_dropped", "Events already handled (dedup by id)", ["handler"]
         )
 
-    def render(self) -> bytes:
-        """The text exposition format, for ``/metrics``."""
-        return generate_latest(self.registry)
+
+def events_produced(registry: CollectorRegistry) -> Counter:
+    """``agentstream_events_produced{topic}``: the runtime's outputs, and the requests the
+    ingress publishes (one series per topic, whoever produced it)."""
+    return counter(registry, "agentstream_events_produced", "Events produced", ["topic"])

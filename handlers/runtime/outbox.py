@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from agentstream.handlers.runtime.context import Context, Origin
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.stores.base import StateStore
 from agentstream.schemas import EVENT_TYPES, Envelope, RetryableError, SkipEvent, encode
 from agentstream.topics import Catalog, OutgoingRecord, Record
@@ -32,7 +32,7 @@ class Outbox:
         self,
         store: StateStore,
         catalog: Catalog,
-        metrics: Metrics,
+        metrics: RuntimeMetrics,
         *,
         group_id: str,
         namespace: str,

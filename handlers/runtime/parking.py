@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from agentstream.handlers.runtime.log_fields import log_fields
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.stores.base import StateStore
 from agentstream.schemas import Envelope, header
@@ -58,7 +58,7 @@ class Parking:
         self,
         store: StateStore,
         catalog: Catalog,
-        metrics: Metrics,
+        metrics: RuntimeMetrics,
         until_done: UntilDone,
         *,
         group_id: str,

@@ -22,7 +22,7 @@ from agentstream.handlers.runtime.claims import ClaimCheck
 from agentstream.handlers.runtime.dead_letters import DeadLetters
 from agentstream.handlers.runtime.delivery import Delivery, Fenced
 from agentstream.handlers.runtime.log_fields import log_fields
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.outbox import CommitConflict, Outbox
 from agentstream.handlers.runtime.parking import Parking, UntilDone, attempt_of, wait_until_due
 from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
@@ -45,7 +45,7 @@ class Processor:
     def __init__(
         self,
         catalog: Catalog,
-        metrics: Metrics,
+        metrics: RuntimeMetrics,
         claims: ClaimCheck,
         delivery: Delivery,
         outbox: Outbox,

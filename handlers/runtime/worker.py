@@ -41,7 +41,7 @@ from agentstream.handlers.runtime.claims import ClaimCheck
 from agentstream.handlers.runtime.dead_letters import DeadLetters
 from agentstream.handlers.runtime.delivery import Delivery, PlainDelivery, TransactionalDelivery
 from agentstream.handlers.runtime.lanes import Lanes
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.offsets import PartitionOffsets
 from agentstream.handlers.runtime.outbox import Outbox
 from agentstream.handlers.runtime.parking import RETRY_HEADERS as _RETRY_HEADERS  # noqa: F401 (tests read it here)
@@ -104,14 +104,14 @@ class Worker:
         routes: Sequence[Route],
         config: RuntimeConfig,
         *,
-        metrics: Metrics | None = None,
+        metrics: RuntimeMetrics | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.bus = bus
         self.store = store
         self.catalog = catalog
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or RuntimeMetrics()
         self.now = now
         self._routes: dict[str, Route] = {}
         for route in routes:

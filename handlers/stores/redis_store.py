@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from agentstream.handlers.stores.base import Delete, IndexAdd, Op, Put, PutValue, Versioned
@@ -98,9 +99,16 @@ class RedisStore:
             raise RetryableError(f"Redis unreachable at {self._safe_url()}: {exc}") from exc
 
     def _safe_url(self) -> str:
-        # Never print a password that may be in the URL.
-        _, sep, tail = self.url.rpartition("@")
-        return f"redis://***@{tail}" if sep else self.url
+        # Never print a password that may be in the URL: in its user part, or as the
+        # ``password``/``ssl_password`` options of its query string.
+        parsed = urlsplit(self.url)
+        netloc = parsed.netloc
+        if "@" in netloc:
+            netloc = "***@" + netloc.rpartition("@")[2]
+        query = urlencode(
+            [(k, "***" if "password" in k else v) for k, v in parse_qsl(parsed.query)], safe="/*"
+        )
+        return urlunsplit((parsed.scheme, netloc, parsed.path, query, ""))
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

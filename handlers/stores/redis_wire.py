@@ -11,22 +11,25 @@ one at a time anyway, so one connection carries all of a worker's traffic.
 Failures: a lost connection, a refused reconnect or a reply slower than ``timeout_s``
 fails every batch waiting on the connection with ``ConnectionError``/``TimeoutError``
 (the store turns them into ``RetryableError``); the next batch connects again. URLs:
-``redis://`` and ``rediss://`` with user, password and database; anything else stays on
-redis-py (:func:`supported`).
+``redis://`` and ``rediss://``, read by redis-py's own ``parse_url`` (user, password,
+database, and for ``rediss://`` the TLS options of its query string: ``ssl_ca_certs``,
+``ssl_cert_reqs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``...), whose TLS
+context is the one redis-py's ``SSLConnection`` builds from them, defaults included (the
+certificate and the host name verified); anything else stays on redis-py (:func:`supported`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections import deque
 from typing import Any, cast
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import hiredis
 from redis._parsers.base import BaseParser
+from redis.asyncio.connection import RedisSSLContext, SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -136,14 +139,24 @@ class RedisWire:
     """Batches of commands on one connection, connected on first use and after a failure."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
-        parsed = urlparse(url)
-        self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or 6379
-        self._ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
-        self._username = unquote(parsed.username) if parsed.username else None
-        self._password = unquote(parsed.password) if parsed.password else None
-        path = parsed.path.strip("/")
-        self._db = int(path) if path else 0
+        # redis-py's reading of the URL, so the wire connects where, as whom and how the
+        # store's redis-py pool does: ``?db=`` over the path, percent-decoding, TLS options.
+        options: dict[str, Any] = dict(parse_url(url))
+        self._host: str = options.get("host", "localhost")
+        self._port: int = options.get("port", 6379)
+        self._username: str | None = options.get("username")
+        self._password: str | None = options.get("password")
+        self._db: int = options.get("db", 0)
+        self._tls: RedisSSLContext | None = None
+        if options.get("connection_class") is SSLConnection:
+            # redis-py's SSLConnection checks the options and holds their defaults
+            # (ssl_cert_reqs "required", ssl_check_hostname on); an unknown ``ssl_`` option
+            # or value fails here, at construction, as it fails redis-py's first connect.
+            tls = {k: v for k, v in options.items() if k.startswith("ssl_")}
+            try:
+                self._tls = SSLConnection(host=self._host, port=self._port, **tls).ssl_context
+            except TypeError as exc:
+                raise ValueError(f"unsupported TLS option in the Redis URL: {exc}") from exc
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
@@ -167,9 +180,12 @@ class RedisWire:
             if self._protocol is not None and self._protocol.usable():
                 return self._protocol
             try:
+                # Built on first use, like redis-py: CA and key files are read when connecting
+                # (a missing file is an OSError, below); the context is shared afterwards.
+                tls = self._tls.get() if self._tls is not None else None
                 async with asyncio.timeout(self._timeout_s):
                     _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self._timeout_s), self._host, self._port, ssl=self._ssl
+                        lambda: _Protocol(self._timeout_s), self._host, self._port, ssl=tls
                     )
             except TimeoutError as exc:
                 raise RedisTimeoutError(f"connecting to Redis timed out: {exc}") from exc

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.settings import Settings
 from agentstream.topics import Catalog, Kind
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,7 +219,7 @@ def consumed_topics(settings: Settings, kind: str) -> set[str]:
         settings,
         InProcessBus(default_partitions=settings.topics.partitions),
         InProcessStore(),
-        Metrics(),
+        CollectorRegistry(),
         asyncio.Event(),
     )
     for extra in workers.extras:
@@ -246,8 +246,17 @@ _SUFFIXES = {
 
 @cache
 def metric_families() -> dict[str, str]:
-    """Family name (as registered) to type, from the one registry of the project."""
-    return {m.name: m.type for m in Metrics().registry.collect()}
+    """Family name (as registered) to type, from one registry with every part's metrics:
+    the runtime's, the agent and tool workers' and the ingress'."""
+    from agentstream.handlers.agent.metrics import AgentMetrics
+    from agentstream.handlers.runtime.metrics import RuntimeMetrics
+    from agentstream.handlers.tool import ToolMetrics
+    from agentstream.ingress.observe import IngressMetrics
+
+    registry = CollectorRegistry()
+    for part in (RuntimeMetrics, AgentMetrics, ToolMetrics, IngressMetrics):
+        part(registry)
+    return {m.name: m.type for m in registry.collect()}
 
 
 @cache

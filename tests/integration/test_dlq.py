@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from agentstream.agents import ToolRegistry
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.process import build_workers
 from agentstream.schemas import ToolCall, ToolCallData, derive_id, encode, header
 from agentstream.settings import RuntimeSettings, Settings, TopicSettings
@@ -36,6 +35,7 @@ from agentstream.topics import (
     TopicPartition,
 )
 from agentstream.wiring import build_bus, build_store, ensure_topics
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from tests.cli_runner import run_cli
@@ -137,7 +137,9 @@ async def pipeline(
     catalog = settings.catalog()
     await ensure_topics(bus, catalog, create=True)
     stop = asyncio.Event()
-    workers = build_workers(["tool"], settings, bus, store, Metrics(), stop, registry=registry)
+    workers = build_workers(
+        ["tool"], settings, bus, store, CollectorRegistry(), stop, registry=registry
+    )
     task = asyncio.create_task(workers.run(stop))
     try:
         yield Pipeline(bus, catalog, broken)

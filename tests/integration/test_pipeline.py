@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.process import build_workers
 from agentstream.settings import AgentSettings, Settings, TopicSettings
 from agentstream.topics import KafkaConfig
 from agentstream.wiring import build_bus, build_store, ensure_topics
+from prometheus_client import CollectorRegistry
 
 from tests.procs import WorkerProcs, worker_env
 from tests.workload import check, collect, make_turns, publish
@@ -35,7 +35,7 @@ async def test_pipeline_in_process_two_members_per_group() -> None:
     await ensure_topics(bus, settings.catalog(), create=True)
     stop = asyncio.Event()
     sets = [
-        build_workers(kinds, settings, bus, store, Metrics(), stop)
+        build_workers(kinds, settings, bus, store, CollectorRegistry(), stop)
         for kinds in (["agent", "tool", "memory"], ["agent", "tool"])
     ]
     tasks = [asyncio.create_task(s.run(stop)) for s in sets]

@@ -4,7 +4,8 @@
 persistence optional), keeps its port across restarts and dies with the test process (a
 parent-death signal through ``setpriv``), so crash-and-restart tests get their data back and
 a killed run leaves nothing behind. The ``private_redis`` fixture (:mod:`tests.services.plugin`)
-hands out fresh ones as a :class:`RedisFactory`.
+hands out fresh ones as a :class:`RedisFactory`. With :class:`RedisTls` files the server
+listens with TLS only (``rediss://``), for the Redis wire's TLS tests.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +32,17 @@ from tests.services.processes import (
     tail,
 )
 
-__all__ = ["RedisFactory", "RedisServer"]
+__all__ = ["RedisFactory", "RedisServer", "RedisTls"]
+
+
+@dataclass(frozen=True)
+class RedisTls:
+    """The server's TLS files; ``auth_clients`` asks clients for a certificate of ``ca_file``."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    auth_clients: bool = False
 
 
 class RedisServer:
@@ -43,6 +56,7 @@ class RedisServer:
         appendonly: bool = False,
         executable: str | None = None,
         start_timeout: float = 30.0,
+        tls: RedisTls | None = None,
     ) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
@@ -55,6 +69,7 @@ class RedisServer:
         self.port: int = port if port is not None else free_port()
         self.appendonly: bool = appendonly
         self.start_timeout: float = start_timeout
+        self.tls: RedisTls | None = tls
         self.start_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._closed = False
@@ -64,7 +79,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls is not None else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -110,6 +126,22 @@ class RedisServer:
             "--appendfsync",
             "everysec",
         ]
+        if self.tls is not None:
+            at = command.index("--port")
+            command[at : at + 2] = [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(self.tls.cert_file),
+                "--tls-key-file",
+                str(self.tls.key_file),
+                "--tls-ca-cert-file",
+                str(self.tls.ca_file),
+                "--tls-auth-clients",
+                "yes" if self.tls.auth_clients else "no",
+            ]
         setpriv = shutil.which("setpriv")
         if setpriv is not None:
             # The server dies with this process (thread), even on SIGKILL of the test run.
@@ -141,11 +173,23 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as raw:
+                if self.tls is None:
+                    raw.sendall(b"PING\r\n")
+                    return raw.recv(64).startswith(b"+PONG")
+                with self._tls_socket(raw) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def _tls_socket(self, raw: socket.socket) -> ssl.SSLSocket:
+        assert self.tls is not None
+        context = ssl.create_default_context(cafile=str(self.tls.ca_file))
+        context.check_hostname = False
+        if self.tls.auth_clients:
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return context.wrap_socket(raw)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (redis writes its append-only file and exits); SIGKILL after ``timeout``."""

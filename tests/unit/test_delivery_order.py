@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from agentstream.handlers.runtime.delivery import Fenced, TransactionalDelivery
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.offsets import PartitionOffsets
 from agentstream.topics import OutgoingRecord, TopicPartition
 
@@ -62,7 +62,7 @@ async def claimed(
         tracker.begin(offset)
     bus: Any = OneProducerBus(producer)
     delivery = TransactionalDelivery(
-        bus, "g", {TP: tracker}, Metrics(), backoff=lambda exc, n: 0.0, owns=lambda tp: True
+        bus, "g", {TP: tracker}, RuntimeMetrics(), backoff=lambda exc, n: 0.0, owns=lambda tp: True
     )
     await delivery.acquire({TP})
     return producer, tracker, delivery

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 from agentstream.handlers.runtime.context import Context, Origin
-from agentstream.handlers.runtime.metrics import Metrics
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.stores.base import InProcessStore
 from agentstream.ingress import create_app
 from agentstream.ingress.intake import valid_traceparent, wait_seconds
+from agentstream.ingress.observe import IngressMetrics
 from agentstream.ingress.projection import Projection, ProjectionKeys, RecentlyRecorded
 from agentstream.ingress.server import projection_worker
 from agentstream.schemas import (
@@ -40,6 +41,7 @@ from agentstream.settings import IngressSettings, Settings, TopicSettings
 from agentstream.topics import OutgoingRecord, RecordMetadata, TopicDescription
 from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import ensure_topics
+from prometheus_client import CollectorRegistry
 
 KEY_A, KEY_B = "key-of-acme", "key-of-globex"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
@@ -106,7 +108,7 @@ def store() -> InProcessStore:
 
 @pytest.fixture
 async def client(bus: RecordingBus, store: InProcessStore) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings(), bus, store, Metrics())  # type: ignore[arg-type]
+    app = create_app(settings(), bus, store, IngressMetrics())  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as c:
         yield c
@@ -340,7 +342,7 @@ async def test_422_names_the_fields(client: httpx.AsyncClient, bus: RecordingBus
 
 
 async def test_429_with_retry_after(bus: RecordingBus, store: InProcessStore) -> None:
-    app = create_app(settings(rate_per_second=0.5, rate_burst=2), bus, store, Metrics())  # type: ignore[arg-type]
+    app = create_app(settings(rate_per_second=0.5, rate_burst=2), bus, store, IngressMetrics())  # type: ignore[arg-type]
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://ingress"
     ) as client:
@@ -495,14 +497,14 @@ def test_wait_and_traceparent_parsing() -> None:
 async def test_in_process_bus_end_to_end() -> None:
     """POST, the projection worker consuming the bus, progress, SSE and conversation."""
     config = settings(poll_interval_s=0.01)
-    bus, store, metrics = InProcessBus(default_partitions=3), InProcessStore(), Metrics()
+    bus, store, metrics = InProcessBus(default_partitions=3), InProcessStore(), CollectorRegistry()
     await bus.start()
     await ensure_topics(bus, config.catalog(), create=True)
     recorded = RecentlyRecorded()
-    worker = projection_worker(config, bus, store, metrics, recorded=recorded)
+    worker = projection_worker(config, bus, store, RuntimeMetrics(metrics), recorded=recorded)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
-    app = create_app(config, bus, store, metrics, recorded=recorded)
+    app = create_app(config, bus, store, IngressMetrics(metrics), recorded=recorded)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://ingress"
@@ -536,3 +538,11 @@ async def test_in_process_bus_end_to_end() -> None:
         stop.set()
         await running
         await bus.stop()
+    # The app's metrics and the projection worker's, on the one registry given to both.
+    request_topic = {"topic": f"{PREFIX}user_request"}
+    assert metrics.get_sample_value("agentstream_events_produced_total", request_topic) == 1.0
+    group = {**request_topic, "group": f"{PREFIX}ingress-projection"}
+    assert metrics.get_sample_value("agentstream_events_consumed_total", group) == 1.0
+    route = {"route": "/v1/requests", "status": "202"}
+    assert metrics.get_sample_value("agentstream_http_requests_total", route) == 1.0
+    assert metrics.get_sample_value("agentstream_ingress_streams") == 0.0

@@ -15,10 +15,10 @@ import re
 from typing import Any
 
 import pytest
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.stores.base import InProcessStore
 from agentstream.ingress import create_app
 from agentstream.ingress.create import FastPath
+from agentstream.ingress.observe import IngressMetrics
 from agentstream.schemas import RetryableError
 from fastapi import FastAPI
 
@@ -98,7 +98,7 @@ def bus() -> RecordingBus:
 
 @pytest.fixture
 def app(bus: RecordingBus) -> FastAPI:
-    return create_app(settings(), bus, InProcessStore(), Metrics())  # type: ignore[arg-type]
+    return create_app(settings(), bus, InProcessStore(), IngressMetrics())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("root_path", ["", "/api"])
@@ -186,7 +186,9 @@ async def test_refusals_are_byte_identical(app: FastAPI, bus: RecordingBus, root
 
 
 async def test_rate_limit_is_byte_identical(bus: RecordingBus) -> None:
-    app = create_app(settings(rate_per_second=0.5, rate_burst=1), bus, InProcessStore(), Metrics())  # type: ignore[arg-type]
+    app = create_app(
+        settings(rate_per_second=0.5, rate_burst=1), bus, InProcessStore(), IngressMetrics()
+    )  # type: ignore[arg-type]
     assert await post(app, [AUTH, JSON], [b'{"text":"hi"}']) == accepted()
     limited = error(
         429, "rate_limited", "rate limit exceeded for this API key", (b"retry-after", b"2")
@@ -198,7 +200,7 @@ async def test_rate_limit_is_byte_identical(bus: RecordingBus) -> None:
 
 
 async def test_metrics_label_the_route_as_before(bus: RecordingBus) -> None:
-    metrics = Metrics()
+    metrics = IngressMetrics()
     app = create_app(settings(), bus, InProcessStore(), metrics)  # type: ignore[arg-type]
     await post(app, [AUTH, JSON], [b'{"text":"hi"}'])
     await post(app, [AUTH, JSON], [b'{"text":"hi"}'], root_path="/api")

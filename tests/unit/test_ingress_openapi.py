@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import pytest
 import schemathesis
-from agentstream.handlers.runtime.metrics import Metrics
 from agentstream.handlers.stores.base import InProcessStore
 from agentstream.ingress import create_app
+from agentstream.ingress.observe import IngressMetrics
 from agentstream.settings import IngressSettings, Settings, TopicSettings
 from agentstream.topics import OutgoingRecord, RecordMetadata, TopicDescription
 from hypothesis import HealthCheck, settings
@@ -50,7 +50,7 @@ app = create_app(
     ),
     bus,  # type: ignore[arg-type]
     InProcessStore(),
-    Metrics(),
+    IngressMetrics(),
 )
 # The key goes through schemathesis' own auth config, so that the cases it generates without
 # auth (to check that they are refused) stay without it.
