@@ -1,6 +1,6 @@
 """The conversation a model reads and the reply it gives, plus the token budget of a history.
 
-These are the shapes every model client speaks (:mod:`agentstream.agents.model`): a list of
+These are the shapes every model client speaks (:mod:`agentstream.agents.models.base`): a list of
 :class:`Message` in, a :class:`ModelReply` out. They are plain pydantic models so the
 handlers can keep them in the state store as JSON. Token counts here are estimates
 (:func:`count_tokens`, about four characters a token): good enough to budget a history and to

@@ -26,8 +26,7 @@ from agentstream.agents import (
     builtin_registry,
     memory_tool_specs,
 )
-from agentstream.agents.model import Model, ModelPrice
-from agentstream.agents.routing import ModelRouter
+from agentstream.agents.models import Model, ModelPrice, ModelRouter
 from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers, DeadlineSweeper
 from agentstream.handlers.memory import MemoryHandlers
 from agentstream.handlers.runtime.metrics import Metrics

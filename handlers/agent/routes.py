@@ -37,7 +37,7 @@ from agentstream.agents import (
     history_after,
     start_run,
 )
-from agentstream.agents.routing import ModelRouter, UnknownModel, cache_key
+from agentstream.agents.models import ModelRouter, UnknownModel, cache_key
 from agentstream.handlers.agent.deadlines import DeadlineSweeper
 from agentstream.handlers.agent.events import Addressee, call_for, ids_from_raw, response_for
 from agentstream.handlers.runtime.context import Context
