@@ -11,6 +11,8 @@ Run state lives in the store, so any instance continues any request:
 
 Every request ends in exactly one terminal ``agent_response``: its id is derived from the
 request id alone, and it is emitted only by the step that moves the run to a terminal state.
+Those moves are the loop's (:mod:`agentstream.agents.loop`: ``apply_reply``, ``expire``,
+``fail``, ``refuse``); this module stores their states and publishes ``response_data``.
 A model reply takes effect with the commit of the state it leads to (the step's idempotency
 key is ``request_id`` + step): a redelivered event finds its dedup mark and gets the
 recorded outputs back, so the model is not called again.
