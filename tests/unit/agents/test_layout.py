@@ -29,6 +29,8 @@ def _modules_after(statement: str) -> set[str]:
         "from agentstream.agents.tools import builtin_registry",
         "from agentstream.agents.memory import MemoryBook",
         "from agentstream.agents.models import ModelRouter, ToolSpec",
+        "from agentstream.handlers.tool import ToolHandlers",
+        "from agentstream.handlers.memory import MemoryHandlers",
     ],
 )
 def test_importing_the_agents_api_leaves_openai_out(statement: str) -> None:
