@@ -3,11 +3,19 @@
 Handlers call into this package; it imports :mod:`schemas` and third-party libraries only
 (an import-linter contract keeps it so). State objects are pydantic models, stored by the
 handlers as JSON; functions that change state take ``now`` and return the new state.
+
+Layout: :mod:`.loop` (the run's state machine; every transition, terminal ones included)
+over :mod:`.run` and :mod:`.messages` (its data); :mod:`.models` (the model protocol, the
+OpenAI-compatible client, routing, the reply cache); :mod:`.tools` (the registry and the
+built-in tools); :mod:`.memory` (long-term memory and summaries); :mod:`.offline` (the
+deterministic demo model, not part of the API). The model clients load on first use, so
+``from agentstream.agents import ToolRegistry`` does not import ``openai``.
 """
 
-from agentstream.agents.builtin_tools import builtin_registry
-from agentstream.agents.cache import cache_key, cached_reply, decode_reply, encode_reply
-from agentstream.agents.circuit import CircuitBreaker, CircuitOpen, CircuitState
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from agentstream.agents.loop import (
     Awaiting,
     CallTools,
@@ -19,13 +27,17 @@ from agentstream.agents.loop import (
     RunStatus,
     apply_reply,
     apply_tool_result,
+    compact,
     expire,
+    fail,
     history_after,
+    refuse,
     response_data,
     start_run,
 )
 from agentstream.agents.memory import (
     MEMORY_TOOLS,
+    ConversationSummary,
     Fact,
     MemoryBook,
     RecallArgs,
@@ -42,22 +54,37 @@ from agentstream.agents.messages import (
     count_tokens,
     trim_history,
 )
-from agentstream.agents.model import (
+from agentstream.agents.models import (
     DEFAULT_PRICES,
     Model,
     ModelPrice,
     ModelRejected,
+    ModelRouter,
     ModelTimeout,
     ModelUnavailable,
     ToolSpec,
+    UnknownModel,
+    cache_key,
+    cached_reply,
+    decode_reply,
+    encode_reply,
     price_for,
     priced,
 )
-from agentstream.agents.offline import OfflineModel
-from agentstream.agents.openai_model import OpenAIModel
-from agentstream.agents.routing import ModelRouter, UnknownModel
-from agentstream.agents.summary import ConversationSummary
-from agentstream.agents.tools import InvalidArguments, ToolRegistry, ToolTimeout, UnknownTool
+from agentstream.agents.tools import (
+    CircuitBreaker,
+    CircuitOpen,
+    CircuitState,
+    InvalidArguments,
+    ToolRegistry,
+    ToolTimeout,
+    UnknownTool,
+    builtin_registry,
+)
+
+if TYPE_CHECKING:
+    from agentstream.agents.models.openai_model import OpenAIModel
+    from agentstream.agents.offline import OfflineModel
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -102,16 +129,33 @@ __all__ = [
     "builtin_registry",
     "cache_key",
     "cached_reply",
+    "compact",
     "count_tokens",
     "decode_reply",
     "encode_reply",
     "expire",
+    "fail",
     "history_after",
     "memory_scope",
     "memory_tool_specs",
     "price_for",
     "priced",
+    "refuse",
     "response_data",
     "start_run",
     "trim_history",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The model clients load on first use: importing the tools or the loop must not import
+    # ``openai`` (a tool worker never calls a model) nor the offline model's heuristics.
+    if name == "OpenAIModel":
+        from agentstream.agents.models.openai_model import OpenAIModel
+
+        return OpenAIModel
+    if name == "OfflineModel":
+        from agentstream.agents.offline import OfflineModel
+
+        return OfflineModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

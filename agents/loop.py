@@ -1,13 +1,20 @@
 """The tool-calling loop as a pure state machine that the agent handler drives.
 
 The handler owns every side effect (model calls, events, the state store); this module only
-says what comes next. One run goes::
+says what comes next, and owns every transition of a run, the terminal ones included. One
+run goes::
 
     state = start_run(request, history, ...)            # running, awaiting the model
+    state, ended = expire(state, now)                    # before each model call
     state, decision = apply_reply(state, reply, now)     # after each model call
       CallTools -> publish one tool/memory call per invocation (they run in parallel)
       state, ready = apply_tool_result(state, ...)       # per result; when ready: call the model
-      Finish / Fail -> publish the terminal response (response_data), keep history_after
+      Finish / Fail -> publish the terminal response (response_data), keep history_after,
+                       store compact(state)
+
+and ends early with :func:`expire` (the deadline sweeper), :func:`fail` (an event of the run
+was dead-lettered) or, for a request that never ran, :func:`refuse`. A handler never sets a
+status itself: it asks this module, and builds the answer from :func:`response_data`.
 
 Every function returns a new :class:`RunState` and never reads the clock (``now`` is passed
 in), so a handler that crashed can reload the state and continue, and a redelivered result
@@ -54,8 +61,11 @@ __all__ = [
     "RunStatus",
     "apply_reply",
     "apply_tool_result",
+    "compact",
     "expire",
+    "fail",
     "history_after",
+    "refuse",
     "response_data",
     "start_run",
 ]
@@ -120,6 +130,56 @@ def expire(state: RunState, now: datetime) -> tuple[RunState, Fail | None]:
             status="timed_out",
             reason=f"deadline {state.deadline.isoformat()} passed after {state.step} steps",
         ),
+    )
+
+
+def fail(state: RunState, reason: str) -> tuple[RunState, Fail | None]:
+    """End a running state as ``failed`` for a reason outside the loop (one of its events
+    failed for good); a finished state is returned unchanged, with None."""
+    if state.terminal:
+        return state, None
+    return _end(state, Fail(status="failed", reason=reason))
+
+
+def refuse(
+    *,
+    request_id: str,
+    conversation_id: str,
+    tenant: str,
+    reason: str,
+    rejected: bool,
+    traceparent: str | None = None,
+    user: str | None = None,
+) -> RunState:
+    """The terminal state of a request that never ran: ``rejected`` when the request itself
+    is at fault (undecodable, invalid, an unknown model), ``failed`` otherwise.
+
+    Stored under the request id, it makes a redelivered or replayed request a duplicate, so
+    the request keeps its one terminal answer."""
+    return RunState(
+        request_id=request_id,
+        conversation_id=conversation_id,
+        tenant=tenant,
+        user=user,
+        traceparent=traceparent,
+        messages=[],
+        max_steps=0,
+        status="rejected" if rejected else "failed",
+        awaiting=None,
+        error=reason,
+    )
+
+
+def compact(state: RunState) -> RunState:
+    """What is kept of a finished run: enough to answer "was it started, is it over" (for
+    duplicates, late tool results, replays of a dead letter) and to answer it again.
+
+    The messages are dropped: they live on in the conversation's history
+    (:func:`history_after`, taken before) and in the answer."""
+    if not state.terminal:
+        raise InvalidTransition(f"run {state.request_id} is {state.status}, not finished")
+    return state.model_copy(
+        update={"messages": [], "history_len": 0, "pending": {}, "results": {}, "awaiting": None}
     )
 
 

@@ -1,6 +1,6 @@
 """The conversation a model reads and the reply it gives, plus the token budget of a history.
 
-These are the shapes every model client speaks (:mod:`agentstream.agents.model`): a list of
+These are the shapes every model client speaks (:mod:`agentstream.agents.models.base`): a list of
 :class:`Message` in, a :class:`ModelReply` out. They are plain pydantic models so the
 handlers can keep them in the state store as JSON. Token counts here are estimates
 (:func:`count_tokens`, about four characters a token): good enough to budget a history and to
@@ -85,10 +85,12 @@ class Message(BaseModel):
 
 
 class ToolOutcome(BaseModel):
-    """The result of one tool call as the loop records it and the model reads it.
+    """The result of one tool call: as the tool and memory workers record it (under the
+    call's idempotency key) and answer it, as the loop records it and the model reads it.
 
     In a tool message the outcome is JSON: the output itself when ``ok``, else
     ``{"error": ..., "error_class": ...}``, which is how :meth:`from_content` tells them apart.
+    ``duration_ms`` is reported in the ``tool_result``; the model never sees it.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -97,6 +99,7 @@ class ToolOutcome(BaseModel):
     output: JsonValue = None
     error: str | None = None
     error_class: str | None = None
+    duration_ms: float = 0.0
 
     def to_content(self) -> str:
         if self.ok:

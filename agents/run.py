@@ -26,7 +26,7 @@ __all__ = [
     "RunStatus",
 ]
 
-RunStatus = Literal["running", "completed", "failed", "timed_out"]
+RunStatus = Literal["running", "completed", "failed", "timed_out", "rejected"]
 Awaiting = Literal["model", "tools"]
 
 
@@ -54,12 +54,13 @@ class Finish(BaseModel):
 
 
 class Fail(BaseModel):
-    """The run ended without an answer: ``failed`` (step limit, empty reply) or ``timed_out``."""
+    """The run ended without an answer: ``failed`` (step limit, empty reply, a failure outside
+    the loop), ``timed_out``, or ``rejected`` (the request itself was invalid)."""
 
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["fail"] = "fail"
-    status: Literal["failed", "timed_out"]
+    status: Literal["failed", "timed_out", "rejected"]
     reason: str
 
 

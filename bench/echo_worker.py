@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agentstream.handlers.agent.events import response_for  # noqa: E402
+from agentstream.handlers.agent.events import response_event  # noqa: E402
 from agentstream.handlers.runtime.context import Context  # noqa: E402
 from agentstream.handlers.runtime.route import Route  # noqa: E402
 from agentstream.handlers.runtime.worker import Worker  # noqa: E402
-from agentstream.schemas import Envelope, Usage, UserRequest  # noqa: E402
+from agentstream.schemas import AgentResponseData, Envelope, UserRequest  # noqa: E402
 from agentstream.settings import Settings  # noqa: E402
 from agentstream.topics import Topic  # noqa: E402
 from agentstream.wiring import build_bus, build_store, runtime_config  # noqa: E402
@@ -44,7 +44,7 @@ async def echo(event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
     seen = await ctx.load(key, Seen) or Seen()
     seen.requests += 1
     ctx.save(key, seen, 3600)
-    return [response_for(event, "completed", "ok", None, Usage(), steps=1, tools=[])]
+    return [response_event(event, AgentResponseData(status="completed", text="ok", steps=1))]
 
 
 async def main() -> None:

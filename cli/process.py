@@ -19,15 +19,8 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agentstream.agents import (
-    OfflineModel,
-    OpenAIModel,
-    ToolRegistry,
-    builtin_registry,
-    memory_tool_specs,
-)
-from agentstream.agents.model import Model, ModelPrice
-from agentstream.agents.routing import ModelRouter
+from agentstream.agents import ToolRegistry, builtin_registry, memory_tool_specs
+from agentstream.agents.models import Model, ModelPrice, ModelRouter
 from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers, DeadlineSweeper
 from agentstream.handlers.memory import MemoryHandlers
@@ -70,6 +63,8 @@ def build_model(settings: Settings) -> ModelRouter:
                 "AGENTSTREAM_MODEL__PROVIDER=openai needs AGENTSTREAM_MODEL__BASE_URL "
                 "or AGENTSTREAM_MODEL__API_KEY"
             )
+        from agentstream.agents import OpenAIModel  # only here: a tool worker needs no openai
+
         key = m.api_key.get_secret_value() if m.api_key else "unused"
         small = OpenAIModel(
             model=m.model,
@@ -89,6 +84,8 @@ def build_model(settings: Settings) -> ModelRouter:
                 stream=m.stream,
             )
     else:
+        from agentstream.agents import OfflineModel
+
         small = OfflineModel(latency_s=m.offline_latency_s)
     return ModelRouter(small, large, large_prompt_tokens=m.route_above_tokens)
 

@@ -15,11 +15,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agentstream.agents import ConversationSummary, MemoryBook, apply_memory_call, memory_scope
+from agentstream.agents import (
+    ConversationSummary,
+    MemoryBook,
+    ToolOutcome,
+    apply_memory_call,
+    memory_scope,
+)
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.stores.base import StateStore
-from agentstream.handlers.tool import ToolOutcome, tool_result
+from agentstream.handlers.tool import tool_result
 from agentstream.schemas import (
     AgentResponse,
     Envelope,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agentstream.agents import ToolRegistry
+from agentstream.agents import ToolOutcome, ToolRegistry
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.metrics import MetricsPart, counter, gauge, histogram
 from agentstream.handlers.runtime.route import Route
@@ -27,19 +27,10 @@ from agentstream.schemas import (
 )
 from agentstream.topics import Topic
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, JsonValue
 
-__all__ = ["ToolHandlers", "ToolOutcome", "tool_result"]
+__all__ = ["ToolHandlers", "tool_result"]
 
 SOURCE = "tool-worker"
-
-
-class ToolOutcome(BaseModel):
-    ok: bool
-    output: JsonValue = None
-    error: str | None = None
-    error_class: str | None = None
-    duration_ms: float = 0.0
 
 
 def tool_result(event: Envelope[Any], outcome: ToolOutcome, source: str) -> ToolResult:

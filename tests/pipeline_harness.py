@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentstream.agents import Message, ModelReply, OfflineModel, ToolRegistry, ToolSpec
-from agentstream.agents.routing import ModelRouter
+from agentstream.agents.models.routing import ModelRouter
 from agentstream.handlers.stores.base import StateStore
 from agentstream.process import WorkerKind, build_workers
 from agentstream.schemas import AgentResponse, Envelope, SchemaError, decode, encode

@@ -18,7 +18,7 @@ from typing import Any
 
 
 def _install() -> None:
-    import agentstream.agents.offline as offline
+    import agentstream.agents.offline.model as offline
     import agentstream.handlers.runtime.delivery as delivery
     import agentstream.handlers.runtime.processing as processing
     import agentstream.handlers.runtime.worker as runtime

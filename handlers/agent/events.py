@@ -4,29 +4,26 @@ and the one terminal ``agent_response`` of a request.
 Their ids are derived from the request id (and the step and call index), so a rerun of the
 same step emits the same events, with the same ids. A request whose record did not decode
 is answered from the correlation ids in its raw bytes, when it has them
-(:func:`ids_from_raw`, :class:`Addressee`).
+(:func:`ids_from_raw`). The answer itself is the loop's (:func:`agents.response_data`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from agentstream.agents import MEMORY_TOOLS, RunState
+from agentstream.agents import MEMORY_TOOLS, RunState, response_data
 from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     Envelope,
     MemoryCall,
-    ResponseStatus,
     ToolCall,
     ToolCallData,
-    Usage,
     derive_id,
 )
 
-__all__ = ["SOURCE", "Addressee", "call_for", "ids_from_raw", "response_for"]
+__all__ = ["SOURCE", "call_for", "ids_from_raw", "response_event", "response_for"]
 
 SOURCE = "agent-worker"
 
@@ -48,16 +45,6 @@ def ids_from_raw(raw: bytes | None) -> dict[str, str] | None:
         "conversation_id": str(ids["conversation_id"]),
         "tenant": tenant if isinstance(tenant, str) and tenant else "default",
     }
-
-
-@dataclass(frozen=True)
-class Addressee:
-    """Whom to answer when only the correlation ids of a request are known."""
-
-    request_id: str
-    conversation_id: str
-    tenant: str
-    traceparent: str | None
 
 
 def call_for(state: RunState, invocation: Any, index: int) -> Envelope[Any]:
@@ -83,15 +70,14 @@ def call_for(state: RunState, invocation: Any, index: int) -> Envelope[Any]:
     )
 
 
-def response_for(
-    origin: RunState | Envelope[Any] | Addressee,
-    status: ResponseStatus,
-    text: str | None,
-    error: str | None,
-    usage: Usage,
-    steps: int,
-    tools: list[str],
-) -> AgentResponse:
+def response_for(state: RunState) -> AgentResponse:
+    """The one terminal ``agent_response`` of a finished run, as the loop says it ended."""
+    return response_event(state, response_data(state))
+
+
+def response_event(origin: RunState | Envelope[Any], data: AgentResponseData) -> AgentResponse:
+    """An ``agent_response`` answering ``origin``'s request: its id depends on the request id
+    alone, so a request has one response whichever step or replay emits it."""
     return AgentResponse(
         id=derive_id(origin.request_id, "response"),
         source=SOURCE,
@@ -100,13 +86,5 @@ def response_for(
         causation_id=origin.request_id,
         tenant=origin.tenant,
         traceparent=origin.traceparent,
-        data=AgentResponseData(
-            status=status,
-            text=text,
-            error=error,
-            steps=steps,
-            model=origin.model if isinstance(origin, RunState) else None,
-            usage=usage,
-            tool_calls=list(tools),
-        ),
+        data=data,
     )

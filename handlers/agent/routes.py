@@ -11,6 +11,8 @@ Run state lives in the store, so any instance continues any request:
 
 Every request ends in exactly one terminal ``agent_response``: its id is derived from the
 request id alone, and it is emitted only by the step that moves the run to a terminal state.
+Those moves are the loop's (:mod:`agentstream.agents.loop`: ``apply_reply``, ``expire``,
+``fail``, ``refuse``); this module stores their states and publishes ``response_data``.
 A model reply takes effect with the commit of the state it leads to (the step's idempotency
 key is ``request_id`` + step): a redelivered event finds its dedup mark and gets the
 recorded outputs back, so the model is not called again.
@@ -25,8 +27,6 @@ from typing import Any
 
 from agentstream.agents import (
     CallTools,
-    Fail,
-    Finish,
     Message,
     Model,
     ModelReply,
@@ -34,23 +34,20 @@ from agentstream.agents import (
     ToolSpec,
     apply_reply,
     apply_tool_result,
+    compact,
+    fail,
     history_after,
+    refuse,
     start_run,
 )
-from agentstream.agents.routing import ModelRouter, UnknownModel, cache_key
+from agentstream.agents import expire as expire_run
+from agentstream.agents.models import ModelRouter, UnknownModel, cache_key
 from agentstream.handlers.agent.deadlines import DeadlineSweeper
-from agentstream.handlers.agent.events import Addressee, call_for, ids_from_raw, response_for
+from agentstream.handlers.agent.events import call_for, ids_from_raw, response_for
 from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
-from agentstream.schemas import (
-    Envelope,
-    ResponseStatus,
-    SchemaError,
-    ToolResult,
-    Usage,
-    UserRequest,
-)
+from agentstream.schemas import Envelope, SchemaError, ToolResult, UserRequest
 from agentstream.topics import Topic
 from pydantic import BaseModel, Field
 
@@ -132,10 +129,12 @@ class AgentHandlers:
         run_key = ctx.key("run", event.request_id)
         await ctx.prefetch(run_key, ctx.key("conv", event.conversation_id))
         state = await ctx.load(run_key, RunState)
-        if state is None or state.status != "running":
+        if state is None or state.terminal:
             return []  # a late result of a finished run
         d = event.data
-        state, complete = apply_tool_result(state, d.call_id, d.ok, d.output, d.error)
+        state, complete = apply_tool_result(
+            state, d.call_id, d.ok, d.output, d.error, error_class=d.error_class
+        )
         ctx.save(run_key, state, self.config.run_ttl_s)
         if not complete:
             return []
@@ -151,37 +150,39 @@ class AgentHandlers:
         of the dead letter cannot produce a second answer.
         """
         reason = f"{type(error).__name__}: {error}"
-        if event is None:
-            ids = ids_from_raw(raw)
-            if ids is None:
-                return []  # nothing tells whom to answer; the dead letter is all there is
-            origin = Addressee(ids["request_id"], ids["conversation_id"], ids["tenant"], None)
-            if await ctx.load(ctx.key("run", origin.request_id), RunState) is not None:
-                return await self._fail_running(origin.request_id, reason, ctx)
-            return [response_for(origin, "rejected", None, reason, Usage(), steps=0, tools=[])]
-        state = await ctx.load(ctx.key("run", event.request_id), RunState)
+        ids = ids_from_raw(raw) if event is None else None
+        if event is not None:
+            request_id = event.request_id
+        elif ids is not None:
+            request_id = ids["request_id"]
+        else:
+            return []  # nothing tells whom to answer; the dead letter is all there is
+        state = await ctx.load(ctx.key("run", request_id), RunState)
         if state is not None:
-            if state.status != "running":
-                return []
-            return await self._finish(state, "failed", None, reason, ctx)
+            state, ended = fail(state, reason)
+            return [] if ended is None else await self._finish(state, ctx)
+        if ids is not None:  # an undecodable request: answered, not stored (nothing to replay)
+            refused = refuse(
+                request_id=request_id,
+                conversation_id=ids["conversation_id"],
+                tenant=ids["tenant"],
+                reason=reason,
+                rejected=True,
+            )
+            return [response_for(refused)]
         if not isinstance(event, UserRequest):
             return []
-        status: ResponseStatus = "rejected" if _is_rejection(error) else "failed"
-        marker = start_run(event, [], system_prompt=None, default_deadline_s=None)
-        ctx.save(
-            ctx.key("run", event.request_id),
-            marker.model_copy(update={"status": "failed", "error": reason}),
-            self.config.run_ttl_s,
+        refused = refuse(
+            request_id=event.request_id,
+            conversation_id=event.conversation_id,
+            tenant=event.tenant,
+            traceparent=event.traceparent,
+            user=event.data.user,
+            reason=reason,
+            rejected=_is_rejection(error),
         )
-        return [response_for(event, status, None, reason, Usage(), steps=0, tools=[])]
-
-    async def _fail_running(
-        self, request_id: str, reason: str, ctx: Context
-    ) -> list[Envelope[Any]]:
-        state = await ctx.load(ctx.key("run", request_id), RunState)
-        if state is None or state.status != "running":
-            return []
-        return await self._finish(state, "failed", None, reason, ctx)
+        ctx.save(ctx.key("run", event.request_id), refused, self.config.run_ttl_s)
+        return [response_for(refused)]
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -209,17 +210,15 @@ class AgentHandlers:
         return await self._step(state, ctx)
 
     async def _step(self, state: RunState, ctx: Context) -> list[Envelope[Any]]:
-        if state.deadline is not None and ctx.now() >= state.deadline:
-            return await self._finish(state, "timed_out", None, "deadline passed", ctx)
+        state, expired = expire_run(state, ctx.now())
+        if expired is not None:
+            return await self._finish(state, ctx)
         reply = await self._complete(state, ctx)
         state, decision = apply_reply(state, reply, ctx.now())
         if isinstance(decision, CallTools):
             ctx.save(ctx.key("run", state.request_id), state, self.config.run_ttl_s)
             return [call_for(state, inv, i) for i, inv in enumerate(decision.invocations)]
-        if isinstance(decision, Finish):
-            return await self._finish(state, "completed", decision.text, None, ctx)
-        assert isinstance(decision, Fail)
-        return await self._finish(state, decision.status, None, decision.reason, ctx)
+        return await self._finish(state, ctx)  # Finish or Fail: the state is terminal
 
     async def _complete(self, state: RunState, ctx: Context) -> ModelReply:
         model = self.router.choose(state)
@@ -263,41 +262,22 @@ class AgentHandlers:
         self.metrics.llm_cost.labels(reply.model, tenant).inc(u.cost_usd)
 
     async def _finish(
-        self,
-        state: RunState,
-        status: ResponseStatus,
-        text: str | None,
-        error: str | None,
-        ctx: Context,
-        *,
-        keep_deadline: bool = False,
+        self, state: RunState, ctx: Context, *, keep_deadline: bool = False
     ) -> list[Envelope[Any]]:
-        # What is kept of a finished run answers "was it started, is it over" (duplicates,
-        # late tool results, replays of a dead letter): its messages are not stored again,
-        # they live on in the conversation's history and in the answer.
-        done = state.model_copy(
-            update={
-                "status": status,
-                "messages": [],
-                "history_len": 0,
-                "pending": {},
-                "results": {},
-            }
-        )
-        ctx.save(ctx.key("run", state.request_id), done, self.config.run_ttl_s)
+        """Publish the answer of a run the loop has ended, and start the conversation's next
+        request, if one is waiting."""
+        ctx.save(ctx.key("run", state.request_id), compact(state), self.config.run_ttl_s)
         if not keep_deadline:
             ctx.index_remove(
                 ctx.key("deadlines", str(state.partition)),
                 f"{state.request_id}|{state.conversation_id}",
             )
-        self.metrics.responses.labels(status, state.tenant).inc()
-        outputs: list[Envelope[Any]] = [
-            response_for(state, status, text, error, state.usage, state.step, state.tool_calls_made)
-        ]
+        self.metrics.responses.labels(state.status, state.tenant).inc()
+        outputs: list[Envelope[Any]] = [response_for(state)]
         conv_key = ctx.key("conv", state.conversation_id)
         conv = await ctx.load(conv_key, ConversationState) or ConversationState()
-        if status == "completed" and text is not None:
-            conv.history = history_after(state, text)
+        if state.status == "completed":
+            conv.history = history_after(state)
         if conv.active == state.request_id:
             conv.active = None
         if conv.waiting:
@@ -311,13 +291,12 @@ class AgentHandlers:
 
     async def expire(self, request_id: str, ctx: Context) -> list[Envelope[Any]]:
         state = await ctx.load(ctx.key("run", request_id), RunState)
-        if state is None or state.status != "running":
+        if state is None:
             return []
-        if state.deadline is None or ctx.now() < state.deadline:
-            return []
+        state, expired = expire_run(state, ctx.now())
+        if expired is None:
+            return []  # finished meanwhile, or its deadline moved on
         # The deadline entry stays until the answer is delivered (the sweeper removes it
         # then): a crash between this commit and the publish leaves it for the next sweep,
         # whose job replays the recorded answer instead of losing it.
-        return await self._finish(
-            state, "timed_out", None, "deadline passed", ctx, keep_deadline=True
-        )
+        return await self._finish(state, ctx, keep_deadline=True)

@@ -1,6 +1,6 @@
 """Admission: when a fetched record starts, paced so a backlog is taken up smoothly.
 
-The fetch loop hands records to :class:`Admission`; they wait in its backlog until the
+The fetch loop hands records to :class:`PacedAdmission`; they wait in its backlog until the
 in-flight budget has room, and are started at no more than a paced rate: ``pace`` times the
 budget's measured turnover (``max_in_flight`` / mean time a record is held). Why pace at
 all: started together, records finish together. A worker that takes up a backlog of
@@ -31,14 +31,14 @@ from collections.abc import Callable, Container
 
 from agentstream.topics import Record, TopicPartition
 
-__all__ = ["Admission"]
+__all__ = ["PacedAdmission"]
 
 _TICK_S = 0.01
 _BURST_S = 0.05
 _RECHECK_S = 0.05
 
 
-class Admission:
+class PacedAdmission:
     def __init__(
         self,
         max_in_flight: int,

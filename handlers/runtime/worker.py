@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from agentstream.handlers.runtime.admission import Admission
+from agentstream.handlers.runtime.admission import PacedAdmission
 from agentstream.handlers.runtime.claims import ClaimCheck
 from agentstream.handlers.runtime.dead_letters import DeadLetters
 from agentstream.handlers.runtime.delivery import Delivery, PlainDelivery, TransactionalDelivery
@@ -119,7 +119,7 @@ class Worker:
             self._routes[catalog.name(route.topic, Kind.RETRY)] = route
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._lanes: Lanes[_Item] = Lanes(self._run_item)
-        self._admission = Admission(config.max_in_flight)
+        self._admission = PacedAdmission(config.max_in_flight)
         self._jobs_held = 0
         self._consumer: Consumer | None = None
         self._delivery: Delivery = (

@@ -29,8 +29,8 @@ from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.stats.closer import WindowCloser
 from agentstream.handlers.stats.windows import (
-    Fact,
     Row,
+    StatsFact,
     WindowKeys,
     aggregate,
     latency_ms,
@@ -123,7 +123,7 @@ class StatsHandlers:
         sealed = await ctx.load(keys.sealed, _Sealed)
         if sealed is not None and answered.window < sealed.until:
             return []  # emitted already, without this latency
-        fact = Fact.model_validate_json(answered.member).model_copy(
+        fact = StatsFact.model_validate_json(answered.member).model_copy(
             update={"latency_ms": latency_ms(event.time, answered.at)}
         )
         ctx.index_remove(keys.facts(answered.window), answered.member)
@@ -136,7 +136,7 @@ class StatsHandlers:
         if start is not None:
             ctx.delete(start_key)
         d = event.data
-        fact = Fact(
+        fact = StatsFact(
             id=event.id,
             kind="request",
             tenant=event.tenant,
@@ -157,7 +157,7 @@ class StatsHandlers:
 
     async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
         d = event.data
-        fact = Fact(
+        fact = StatsFact(
             id=event.id,
             kind="tool",
             tenant=event.tenant,
@@ -168,7 +168,7 @@ class StatsHandlers:
         await self._file(fact, event.time, ctx)
         return []
 
-    async def _file(self, fact: Fact, at: datetime, ctx: Context) -> tuple[int, str]:
+    async def _file(self, fact: StatsFact, at: datetime, ctx: Context) -> tuple[int, str]:
         """Add ``fact`` to the window of ``at`` (never later than now), or as late to the
         window open now when that one is sealed. Returns the window and the member."""
         keys = WindowKeys(ctx.namespace, ctx.origin.partition)
@@ -198,7 +198,7 @@ class StatsHandlers:
         members = await ctx.store.index_range(keys.facts(start), limit=_MAX_FACTS)
         if len(members) >= _MAX_FACTS:
             log.warning("window %d of partition %d has too many facts; some stay", start, partition)
-        facts = [Fact.model_validate_json(member) for member, _ in members]
+        facts = [StatsFact.model_validate_json(member) for member, _ in members]
         for member, _ in members:
             ctx.index_remove(keys.facts(start), member)
         ctx.index_remove(keys.windows, str(start))

@@ -16,10 +16,10 @@ from typing import Literal
 from agentstream.schemas import ResponseStatus, StatsDimension, Usage
 from pydantic import BaseModel
 
-__all__ = ["Fact", "Row", "WindowKeys", "aggregate", "latency_ms", "member_of"]
+__all__ = ["Row", "StatsFact", "WindowKeys", "aggregate", "latency_ms", "member_of"]
 
 
-class Fact(BaseModel):
+class StatsFact(BaseModel):
     """One request or tool call as filed under its window; ``id`` (its event's) keeps the
     index members distinct."""
 
@@ -35,7 +35,7 @@ class Fact(BaseModel):
     late: bool = False
 
 
-def member_of(fact: Fact) -> str:
+def member_of(fact: StatsFact) -> str:
     return fact.model_dump_json(exclude_none=True, exclude_defaults=True)
 
 
@@ -70,7 +70,7 @@ class Row:
     samples: list[float] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
-    def add(self, fact: Fact, *, timing: bool) -> None:
+    def add(self, fact: StatsFact, *, timing: bool) -> None:
         if fact.kind == "request":
             outcome = str(fact.status)
         else:
@@ -84,7 +84,7 @@ class Row:
             self.usage = self.usage + fact.usage
 
 
-def aggregate(facts: Iterable[Fact]) -> dict[tuple[StatsDimension, str], Row]:
+def aggregate(facts: Iterable[StatsFact]) -> dict[tuple[StatsDimension, str], Row]:
     """The rows of a window's facts: a request counts for its tenant and its model (with its
     latency, tokens and cost), a tool call for its tenant and its tool (with its duration in
     the tool row only). A request that never reached a model has no model row."""

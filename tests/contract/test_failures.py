@@ -4,7 +4,7 @@ conversation's order, and an answer for every request even when its processing d
 from __future__ import annotations
 
 from agentstream.agents import ToolRegistry, builtin_registry
-from agentstream.agents.routing import ModelRouter
+from agentstream.agents.models.routing import ModelRouter
 from agentstream.schemas import (
     DeadLetter,
     PermanentError,

@@ -3,9 +3,9 @@
 The model (Gemma 3 270M, a base model, greedy sampling) answers poorly; these tests check what
 the client sends and how it reads the server: a completion with the server's usage, a
 streamed completion reassembled from deltas with the usage of the final chunk, the requests
-llama.cpp rejects mapped to :class:`~agentstream.agents.model.ModelRejected`, and the failures
+llama.cpp rejects mapped to :class:`~agentstream.agents.models.ModelRejected`, and the failures
 worth a retry (unreachable server, timeout) mapped to
-:class:`~agentstream.agents.model.ModelUnavailable`. Replies are kept to a few tokens: generation
+:class:`~agentstream.agents.models.ModelUnavailable`. Replies are kept to a few tokens: generation
 runs at a few tokens a second on a shared 2-core machine.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from agentstream.agents.messages import Message, ModelReply, ToolInvocation
-from agentstream.agents.model import ModelRejected, ModelTimeout, ModelUnavailable, ToolSpec
-from agentstream.agents.openai_model import OpenAIModel
+from agentstream.agents.models.base import ModelRejected, ModelTimeout, ModelUnavailable, ToolSpec
+from agentstream.agents.models.openai_model import OpenAIModel
 from agentstream.schemas import PermanentError, RetryableError
 
 from tests.llm_server import LlamaServer

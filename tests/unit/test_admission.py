@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from agentstream.handlers.runtime.admission import Admission
+from agentstream.handlers.runtime.admission import PacedAdmission
 from agentstream.handlers.runtime.context import Context, Origin
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
@@ -42,7 +42,7 @@ def _record(offset: int, partition: int = 0) -> Record:
 
 async def test_a_backlog_is_started_at_the_paced_rate_not_at_once() -> None:
     # Budget 10, records held 1 s (the initial estimate): 1.5 x 10 / 1 s = 15 starts per second.
-    admission = Admission(10, pace=1.5, initial_hold_s=1.0)
+    admission = PacedAdmission(10, pace=1.5, initial_hold_s=1.0)
     started: list[float] = []
     admission.offer([_record(i) for i in range(6)])
     task = asyncio.create_task(admission.run(lambda: 0, lambda r: started.append(time.monotonic())))
@@ -56,7 +56,7 @@ async def test_a_backlog_is_started_at_the_paced_rate_not_at_once() -> None:
 
 
 async def test_fast_handlers_are_not_held_back_and_the_budget_is_kept() -> None:
-    admission = Admission(4, initial_hold_s=1.0)
+    admission = PacedAdmission(4, initial_hold_s=1.0)
     for _ in range(200):
         admission.finished(0.001)  # the estimate follows what is measured
     assert admission.hold_s < 0.01

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from agentstream.agents.builtin_tools import builtin_registry
-from agentstream.agents.timezones import UnknownZone, resolve_zone
-from agentstream.agents.tools import InvalidArguments, ToolRegistry
-from agentstream.agents.units import ConversionError, convert
+from agentstream.agents.tools.builtin import builtin_registry
+from agentstream.agents.tools.registry import InvalidArguments, ToolRegistry
+from agentstream.agents.tools.timezones import UnknownZone, resolve_zone
+from agentstream.agents.tools.units import ConversionError, convert
 from agentstream.schemas import ToolRejected
 
 NOW = datetime(2024, 5, 6, 12, 30, 15, tzinfo=UTC)  # a Monday

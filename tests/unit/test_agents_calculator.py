@@ -7,8 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
-from agentstream.agents import calculator
-from agentstream.agents.calculator import MAX_LENGTH, CalculationError, evaluate, format_number
+from agentstream.agents.tools import calculator
+from agentstream.agents.tools.calculator import (
+    MAX_LENGTH,
+    CalculationError,
+    evaluate,
+    format_number,
+)
 from agentstream.schemas import ToolRejected
 
 

@@ -16,22 +16,22 @@ import re
 from collections.abc import Sequence
 
 import pytest
-from agentstream.agents.builtin_tools import builtin_registry
-from agentstream.agents.cache import CACHE_KEY_VERSION, cache_key
-from agentstream.agents.intents import (
+from agentstream.agents.memory.book import memory_tool_specs
+from agentstream.agents.memory.keywords import keywords, words
+from agentstream.agents.messages import Message, ToolInvocation, count_tokens, message_tokens
+from agentstream.agents.models.base import ToolSpec
+from agentstream.agents.models.cache import CACHE_KEY_VERSION, cache_key
+from agentstream.agents.offline.intents import (
     _ARITHMETIC_RULES,
     _spaced,
     expression_in,
     parse_asks,
     zones_in,
 )
-from agentstream.agents.keywords import keywords, words
-from agentstream.agents.memory import memory_tool_specs
-from agentstream.agents.messages import Message, ToolInvocation, count_tokens, message_tokens
-from agentstream.agents.model import ToolSpec
-from agentstream.agents.offline import OfflineModel
-from agentstream.agents.timezones import CITY_ZONES, UnknownZone, resolve_zone
-from agentstream.agents.units import ConversionError, parse_unit
+from agentstream.agents.offline.model import OfflineModel
+from agentstream.agents.tools.builtin import builtin_registry
+from agentstream.agents.tools.timezones import CITY_ZONES, UnknownZone, resolve_zone
+from agentstream.agents.tools.units import ConversionError, parse_unit
 
 # --- the reference implementations (as they were before the hot paths were optimised) ---
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from agentstream.agents.memory import (
+from agentstream.agents.memory.book import (
     MAX_FACTS,
     MEMORY_TOOLS,
     MemoryBook,
@@ -14,8 +14,8 @@ from agentstream.agents.memory import (
     memory_tool_specs,
     parse_fact,
 )
-from agentstream.agents.summary import ConversationSummary
-from agentstream.agents.tools import InvalidArguments, UnknownTool
+from agentstream.agents.memory.summary import ConversationSummary
+from agentstream.agents.tools.registry import InvalidArguments, UnknownTool
 
 NOW = datetime(2024, 5, 6, 12, 30, tzinfo=UTC)
 

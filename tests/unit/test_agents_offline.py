@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
-from agentstream.agents.builtin_tools import builtin_registry
-from agentstream.agents.intents import parse_asks
 from agentstream.agents.loop import (
     CallTools,
     RunState,
@@ -22,10 +20,17 @@ from agentstream.agents.loop import (
     history_after,
     start_run,
 )
-from agentstream.agents.memory import MEMORY_TOOLS, MemoryBook, apply_memory_call, memory_tool_specs
+from agentstream.agents.memory.book import (
+    MEMORY_TOOLS,
+    MemoryBook,
+    apply_memory_call,
+    memory_tool_specs,
+)
 from agentstream.agents.messages import Message, ToolInvocation, ToolOutcome
-from agentstream.agents.model import Model, ToolSpec
-from agentstream.agents.offline import OfflineModel
+from agentstream.agents.models.base import Model, ToolSpec
+from agentstream.agents.offline.intents import parse_asks
+from agentstream.agents.offline.model import OfflineModel
+from agentstream.agents.tools.builtin import builtin_registry
 from agentstream.schemas import ToolRejected, UserRequest, UserRequestData
 
 NOW = datetime(2024, 5, 6, 12, 30, tzinfo=UTC)

@@ -10,14 +10,14 @@ from typing import Any
 import httpx
 import pytest
 from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ToolInvocation
-from agentstream.agents.model import (
+from agentstream.agents.models.base import (
     ModelPrice,
     ModelRejected,
     ModelTimeout,
     ModelUnavailable,
     ToolSpec,
 )
-from agentstream.agents.openai_model import OpenAIModel, parse_retry_after
+from agentstream.agents.models.openai_model import OpenAIModel, parse_retry_after
 from agentstream.schemas import PermanentError, RetryableError
 from pydantic import SecretStr
 

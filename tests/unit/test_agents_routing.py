@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from agentstream.agents.cache import cache_key, cached_reply, decode_reply, encode_reply
 from agentstream.agents.loop import start_run
 from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, ToolInvocation
-from agentstream.agents.model import ToolSpec
-from agentstream.agents.routing import ModelRouter, UnknownModel
+from agentstream.agents.models.base import ToolSpec
+from agentstream.agents.models.cache import cache_key, cached_reply, decode_reply, encode_reply
+from agentstream.agents.models.routing import ModelRouter, UnknownModel
 from agentstream.schemas import PermanentError, Usage, UserRequest, UserRequestData
 
 TOOLS = [ToolSpec(name="calculator", description="math", parameters={"type": "object"})]

@@ -7,8 +7,13 @@ import threading
 import time
 
 import pytest
-from agentstream.agents.circuit import CircuitBreaker, CircuitOpen
-from agentstream.agents.tools import InvalidArguments, ToolRegistry, ToolTimeout, UnknownTool
+from agentstream.agents.tools.circuit import CircuitBreaker, CircuitOpen
+from agentstream.agents.tools.registry import (
+    InvalidArguments,
+    ToolRegistry,
+    ToolTimeout,
+    UnknownTool,
+)
 from agentstream.schemas import RetryableError, ToolRejected
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -309,7 +314,7 @@ async def test_a_blocking_plain_tool_still_times_out_without_stalling_the_loop()
 
 
 def test_the_quick_built_ins_run_inline_the_text_tools_in_a_thread() -> None:
-    from agentstream.agents.builtin_tools import builtin_registry
+    from agentstream.agents.tools.builtin import builtin_registry
 
     registry = builtin_registry()
     inline = {name for name in registry.names() if registry.get(name).inline}

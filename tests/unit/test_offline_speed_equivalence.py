@@ -23,8 +23,6 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from unittest import mock
 
 import pytest
-from agentstream.agents import intents, offline
-from agentstream.agents.intents import _ARITHMETIC_RULES, Ask, _spaced, expression_in, parse_asks
 from agentstream.agents.messages import (
     Message,
     ModelReply,
@@ -34,8 +32,17 @@ from agentstream.agents.messages import (
     message_tokens,
     messages_tokens,
 )
-from agentstream.agents.model import ToolSpec
-from agentstream.agents.offline import OfflineModel
+from agentstream.agents.models.base import ToolSpec
+from agentstream.agents.offline import intents
+from agentstream.agents.offline import model as offline
+from agentstream.agents.offline.intents import (
+    _ARITHMETIC_RULES,
+    Ask,
+    _spaced,
+    expression_in,
+    parse_asks,
+)
+from agentstream.agents.offline.model import OfflineModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agentstream.agents.keywords import keywords
+from agentstream.agents.memory.keywords import keywords
 from pydantic import BaseModel, Field
 
 __all__ = ["ConversationSummary"]

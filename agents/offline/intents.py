@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-from agentstream.agents.keywords import STOP_WORDS
-from agentstream.agents.timezones import CITY_ZONES, UnknownZone, resolve_zone
-from agentstream.agents.units import ConversionError, parse_unit
+from agentstream.agents.memory.keywords import STOP_WORDS
+from agentstream.agents.tools.timezones import CITY_ZONES, UnknownZone, resolve_zone
+from agentstream.agents.tools.units import ConversionError, parse_unit
 
 __all__ = [
     "Ask",

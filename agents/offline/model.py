@@ -1,7 +1,7 @@
 """The offline model: deterministic, no network, no key, enough to show the whole pipeline.
 
 It is stateless like a real chat model: each call reads the last user message
-(:func:`agentstream.agents.intents.parse_asks`) and the tool results already in the conversation
+(:func:`.intents.parse_asks`) and the tool results already in the conversation
 after it, and decides the next step, using only the tools it is offered, by name:
 
 1. When a calculation needs a remembered value ("my budget times 3"), it first calls
@@ -27,8 +27,6 @@ import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-from agentstream.agents.calculator import format_number
-from agentstream.agents.intents import Ask, expression_in, parse_asks, substitute_memory
 from agentstream.agents.messages import (
     Message,
     ModelReply,
@@ -37,7 +35,9 @@ from agentstream.agents.messages import (
     count_tokens,
     messages_tokens,
 )
-from agentstream.agents.model import ModelPrice, ToolSpec, priced
+from agentstream.agents.models.base import ModelPrice, ToolSpec, priced
+from agentstream.agents.offline.intents import Ask, expression_in, parse_asks, substitute_memory
+from agentstream.agents.tools.calculator import format_number
 from pydantic import JsonValue
 
 __all__ = ["OfflineModel"]

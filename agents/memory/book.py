@@ -19,9 +19,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from agentstream.agents.keywords import keywords, stem, words
-from agentstream.agents.model import ToolSpec
-from agentstream.agents.tools import InvalidArguments, UnknownTool, validation_problems
+from agentstream.agents.memory.keywords import keywords, stem, words
+from agentstream.agents.models.base import ToolSpec
+from agentstream.agents.tools.registry import InvalidArguments, UnknownTool, validation_problems
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 __all__ = [
@@ -232,7 +232,7 @@ def apply_memory_call(
 ) -> JsonValue:
     """Run one memory tool call against ``book`` (mutating it for ``remember``); its output.
 
-    Raises :class:`~agentstream.agents.tools.UnknownTool` or
+    Raises :class:`~agentstream.agents.tools.registry.UnknownTool` or
     :class:`~agentstream.agents.tools.InvalidArguments` (both :class:`~schemas.ToolRejected`) like
     the tool registry does.
     """

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from agentstream.agents.cache import (
+from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, message_tokens
+from agentstream.agents.models.base import Model, ToolSpec
+from agentstream.agents.models.cache import (
     cache_key,
 )  # re-exported: routing and caching are decided together
-from agentstream.agents.loop import RunState
-from agentstream.agents.messages import UNPARSED_ARGUMENTS, Message, ModelReply, message_tokens
-from agentstream.agents.model import Model, ToolSpec
+from agentstream.agents.run import RunState
 from agentstream.schemas import PermanentError
 
 __all__ = ["LARGE_ROUTES", "SMALL_ROUTES", "ModelRouter", "UnknownModel", "cache_key"]

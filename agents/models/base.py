@@ -2,7 +2,7 @@
 
 A model is anything with a ``name`` and an async :meth:`Model.complete`; agentstream ships
 two, the offline deterministic one (:mod:`agentstream.agents.offline`) and the OpenAI-compatible
-client (:mod:`agentstream.agents.openai_model`). Clients raise :class:`ModelUnavailable`
+client (:mod:`agentstream.agents.models.openai_model`). Clients raise :class:`ModelUnavailable`
 (retriable: timeouts, 5xx, 429 with ``retry_after``) or :class:`ModelRejected` (permanent: the
 endpoint refused the request), so the handler runtime applies its retry policy without inspecting
 messages.

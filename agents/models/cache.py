@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 from agentstream.agents.messages import Message, ModelReply
-from agentstream.agents.model import ToolSpec
+from agentstream.agents.models.base import ToolSpec
 from agentstream.schemas import Usage
 
 __all__ = ["CACHE_KEY_VERSION", "cache_key", "cached_reply", "decode_reply", "encode_reply"]

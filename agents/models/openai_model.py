@@ -4,8 +4,8 @@ It speaks chat completions with function calling through the ``openai`` package'
 ``AsyncOpenAI``. Retry policy belongs to the worker runtime, not to the client: the SDK's own
 retries are off by default (``max_retries=0``) and every failure is mapped to the error
 taxonomy instead (:func:`model_error`): 429, 408, 5xx, timeouts and lost connections become
-:class:`~agentstream.agents.model.ModelUnavailable` (retriable, ``retry_after`` from the
-``Retry-After`` header), any other 4xx becomes :class:`~agentstream.agents.model.ModelRejected`
+:class:`~agentstream.agents.models.base.ModelUnavailable` (retriable, ``retry_after`` from the
+``Retry-After`` header), any other 4xx becomes :class:`~.base.ModelRejected`
 with the status and the server's own message.
 
 With ``stream=True`` the reply is read as server-sent chunks and reassembled, tool-call
@@ -31,7 +31,7 @@ from agentstream.agents.messages import (
     count_tokens,
     message_tokens,
 )
-from agentstream.agents.model import (
+from agentstream.agents.models.base import (
     ModelPrice,
     ModelRejected,
     ModelTimeout,
@@ -136,7 +136,7 @@ def _wire(message: Message) -> dict[str, Any]:
 
 
 class OpenAIModel:
-    """A :class:`~agentstream.agents.model.Model` over any OpenAI-compatible chat-completions
+    """A :class:`~agentstream.agents.models.base.Model` over any OpenAI-compatible chat-completions
     endpoint.
 
     ``http_client`` is handed to ``AsyncOpenAI`` unchanged (an ``httpx.AsyncClient``, for a

@@ -15,10 +15,10 @@ arguments::
 
 The argument model's JSON Schema is what the model sees (:meth:`ToolRegistry.specs`).
 :meth:`ToolRegistry.call` validates the arguments first, then runs the tool under its
-timeout and its own :class:`~agentstream.agents.circuit.CircuitBreaker`. What it raises tells the
+timeout and its own :class:`~.circuit.CircuitBreaker`. What it raises tells the
 runtime what to do: :class:`~schemas.ToolRejected` (unknown tool, invalid arguments, input
 the tool refuses) can never succeed and is reported to the model as an error result;
-:class:`ToolTimeout` and :class:`~agentstream.agents.circuit.CircuitOpen` are retriable. A sync
+:class:`ToolTimeout` and :class:`~.circuit.CircuitOpen` are retriable. A sync
 function runs in a worker thread so a slow one cannot block the event loop; a timed-out thread is
 abandoned, not killed, which is why built-in tools also bound their own work.
 """
@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, get_type_hints
 
-from agentstream.agents.circuit import CircuitBreaker, CircuitState
-from agentstream.agents.model import ToolSpec
+from agentstream.agents.models.base import ToolSpec
+from agentstream.agents.tools.circuit import CircuitBreaker, CircuitState
 from agentstream.schemas import RetryableError, ToolRejected
 from pydantic import BaseModel, JsonValue, TypeAdapter, ValidationError
 

@@ -2,9 +2,9 @@
 
 All of them are pure computations: no shell, no file system, no network. Their inputs are
 bounded (expression length, text size) so a hostile prompt cannot make a tool worker spin.
-:func:`builtin_registry` builds a fresh :class:`~agentstream.agents.tools.ToolRegistry` with all of
+:func:`builtin_registry` builds a fresh :class:`~.registry.ToolRegistry` with all of
 them; the clock is injectable so tests can pin "now". The memory tools (``remember``,
-``recall``) are not here: they belong to the memory worker (:mod:`agentstream.agents.memory`).
+``recall``) are not here: they belong to the memory worker (:mod:`agentstream.agents.memory.book`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from datetime import datetime
 from datetime import time as time_of_day
 from typing import Annotated
 
-from agentstream.agents.calculator import evaluate
-from agentstream.agents.timezones import Clock, resolve_zone, system_clock
-from agentstream.agents.tools import ToolRegistry
-from agentstream.agents.units import convert
+from agentstream.agents.tools.calculator import evaluate
+from agentstream.agents.tools.registry import ToolRegistry
+from agentstream.agents.tools.timezones import Clock, resolve_zone, system_clock
+from agentstream.agents.tools.units import convert
 from agentstream.schemas import ToolRejected
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
 
