@@ -18,7 +18,7 @@ from agentstream.agents.loop import (
     response_data,
 )
 
-from tests.unit.test_agents_loop import T0, answer, begin, calls
+from tests.support.runs import T0, answer, begin, calls
 
 
 def test_fail_ends_a_running_run_once() -> None:

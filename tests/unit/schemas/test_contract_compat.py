@@ -15,7 +15,7 @@ from agentstream.schemas.compat import breaking_changes
 from agentstream.schemas.events import EVENT_TYPES
 from agentstream.schemas.export import event_json_schema
 
-CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract"
+CONTRACT = Path(__file__).resolve().parents[3] / "docs" / "contract"
 
 
 def _committed() -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ from agentstream.ingress.observe import IngressMetrics
 from agentstream.schemas import RetryableError
 from fastapi import FastAPI
 
-from tests.unit.test_ingress_app import KEY_A, KEY_B, RecordingBus, settings
+from tests.unit.ingress.test_app import KEY_A, KEY_B, RecordingBus, settings
 
 JSON = (b"content-type", b"application/json")
 AUTH = (b"authorization", f"Bearer {KEY_A}".encode())
