@@ -35,8 +35,8 @@ class Route:
     ``on_dead_letter`` hook) may emit to, in the order a reader expects.
 
     ``publishes`` is the declaration the AsyncAPI document and the deployment checks read
-    (:mod:`agentstream.workers`), as FastStream declares a subscriber with its publishers; the
-    runtime does not enforce it, the handler tests do.
+    (:mod:`agentstream.workers`), as FastStream declares a subscriber with its publishers. The
+    runtime does not enforce it; ``tests/unit/test_workers.py`` holds a pipeline run to it.
     """
 
     topic: Topic
