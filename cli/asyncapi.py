@@ -13,22 +13,23 @@ test compares new code with. It holds:
 - ``components.schemas``: each event's JSON Schema (draft 2020-12, ``schemaFormat`` says
   so), inlined so the document stands alone; its ``$defs`` references point into the
   document, so both AsyncAPI tools and JSON Schema validators resolve them;
-- ``operations``: who sends and who receives what (the ingress, the agent, tool and memory
-  workers with their consumer groups, the ingress projection, an operator's ``dlq``).
+- ``operations``: who sends and who receives what: the ingress; every worker kind of
+  :data:`agentstream.workers.WORKERS` (what its routes consume and publish, with its
+  consumer group); an operator's ``dlq``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from agentstream.schemas.codec import CONTENT_TYPE, SPEC_VERSION
 from agentstream.schemas.deadletter import DLQ_HEADERS
 from agentstream.schemas.export import event_json_schema
-from agentstream.status import projection_group, worker_group
 from agentstream.topics import Catalog, Kind, Topic, TopicSpec
+from agentstream.workers import WORKERS, WorkerKind
 
 __all__ = [
     "ASYNCAPI_VERSION",
@@ -223,47 +224,15 @@ def _channel(spec: TopicSpec) -> dict[str, Any]:
     }
 
 
-#: Who consumes and who produces each logical topic. Consumers also send to ``T.retry`` and
-#: ``T.dlq`` of what they consume and receive ``T.retry`` (the runtime does it for them).
-_ROLES: tuple[tuple[str, str, tuple[Topic, ...], tuple[Topic, ...]], ...] = (
-    ("ingress", "the HTTP ingress (and upstream producers)", (), (Topic.USER_REQUEST,)),
-    (
-        "agent",
-        "the agent worker",
-        (Topic.USER_REQUEST, Topic.TOOL_RESULT),
-        (Topic.TOOL_CALL, Topic.MEMORY_CALL, Topic.AGENT_RESPONSE),
-    ),
-    ("tool", "the tool worker", (Topic.TOOL_CALL,), (Topic.TOOL_RESULT,)),
-    (
-        "memory",
-        "the memory worker",
-        (Topic.MEMORY_CALL, Topic.USER_REQUEST, Topic.AGENT_RESPONSE),
-        (Topic.TOOL_RESULT,),
-    ),
-    (
-        "stats",
-        "the stats worker",
-        (Topic.USER_REQUEST, Topic.TOOL_RESULT, Topic.AGENT_RESPONSE),
-        (Topic.AGENT_STATS,),
-    ),
-    (
-        "projection",
-        "the ingress's request projection",
-        tuple(t for t in Topic if t is not Topic.AGENT_STATS),
-        (),
-    ),
-)
+#: The one producer that is not a worker: the HTTP ingress's ``POST /v1/requests`` (upstream
+#: systems may publish requests straight to the topic, too).
+_INGRESS = ("ingress", "the HTTP ingress (and upstream producers)", (Topic.USER_REQUEST,))
 
 
-def _group_of(role: str, prefix: str) -> str | None:
-    if role == "projection":
-        return projection_group(prefix)
-    if role in ("agent", "tool", "memory", "stats"):
-        return worker_group(prefix, role)
-    return None
-
-
-def _operations(catalog: Catalog) -> dict[str, Any]:
+def _operations(catalog: Catalog, kinds: Sequence[WorkerKind]) -> dict[str, Any]:
+    """Who sends and receives what: each kind's routes and periodic jobs say it. A consumer
+    also sends to ``T.retry`` and ``T.dlq`` of what it consumes and receives ``T.retry``
+    (the runtime does it for its routes)."""
     ops: dict[str, Any] = {}
 
     def add(role: str, who: str, action: str, spec: TopicSpec, group: str | None) -> None:
@@ -283,15 +252,19 @@ def _operations(catalog: Catalog) -> dict[str, Any]:
             }
         ops[f"{role}.{action}.{channel}"] = op
 
-    for role, who, receives, sends in _ROLES:
-        group = _group_of(role, catalog.prefix)
-        for topic in sends:
-            add(role, who, "send", catalog.spec(topic), group)
-        for topic in receives:
-            add(role, who, "receive", catalog.spec(topic), group)
-            add(role, who, "receive", catalog.spec(topic, Kind.RETRY), group)
-            add(role, who, "send", catalog.spec(topic, Kind.RETRY), group)
-            add(role, who, "send", catalog.spec(topic, Kind.DLQ), group)
+    role, who, sends = _INGRESS
+    for topic in sends:
+        add(role, who, "send", catalog.spec(topic), None)
+    for kind in kinds:
+        parts = kind.declared()
+        group = kind.group_id(catalog.prefix)
+        for topic in parts.publishes():
+            add(kind.name, kind.title, "send", catalog.spec(topic), group)
+        for topic in parts.consumes():
+            add(kind.name, kind.title, "receive", catalog.spec(topic), group)
+            add(kind.name, kind.title, "receive", catalog.spec(topic, Kind.RETRY), group)
+            add(kind.name, kind.title, "send", catalog.spec(topic, Kind.RETRY), group)
+            add(kind.name, kind.title, "send", catalog.spec(topic, Kind.DLQ), group)
     for topic in Topic:
         add(
             "operator",
@@ -303,8 +276,9 @@ def _operations(catalog: Catalog) -> dict[str, Any]:
     return ops
 
 
-def build_asyncapi(catalog: Catalog) -> dict[str, Any]:
-    """The AsyncAPI 3.0.0 document of ``catalog``'s topics, as JSON-ready data."""
+def build_asyncapi(catalog: Catalog, kinds: Iterable[WorkerKind] = WORKERS) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of ``catalog``'s topics and the worker ``kinds`` (every
+    registered kind by default), as JSON-ready data."""
     specs = list(catalog.specs())
     schemas: dict[str, Any] = {
         spec.event_type.TYPE: {
@@ -350,7 +324,7 @@ def build_asyncapi(catalog: Catalog) -> dict[str, Any]:
             },
         },
         "channels": {_channel_id(s): _channel(s) for s in specs},
-        "operations": _operations(catalog),
+        "operations": _operations(catalog, list(kinds)),
         "components": {
             "schemas": schemas,
             "messages": {_message_id(s): _message(s) for s in specs},

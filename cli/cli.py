@@ -18,6 +18,7 @@ from typing import Any
 
 from agentstream.schemas.errors import AgentstreamError
 from agentstream.settings import Settings, load_settings
+from agentstream.workers import WORKERS
 
 __all__ = ["main"]
 
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None)
 
     worker = sub.add_parser("worker", help="run worker(s) against Kafka and Redis")
-    worker.add_argument("kinds", nargs="+", choices=["agent", "tool", "memory", "stats"])
+    worker.add_argument("kinds", nargs="+", choices=WORKERS.names())
 
     sub.add_parser("ingress", help="run the HTTP ingress against Kafka and Redis")
 
@@ -215,13 +216,13 @@ async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: 
         await store.ping()
         await ensure_topics(bus, settings.catalog(), create=settings.topics.create_on_start)
         metrics = CollectorRegistry()  # one registry, every part's metrics
-        workers = build_workers(kinds, settings, bus, store, metrics, stop)  # type: ignore[arg-type]
+        workers = build_workers(kinds, settings, bus, store, metrics, stop)
         if with_ingress:
-            from agentstream.ingress.projection import PROJECTION_GROUP
             from agentstream.ingress.server import serve
             from agentstream.wiring import runtime_config
 
-            projection = runtime_config(settings, PROJECTION_GROUP, "ingress")
+            kind = WORKERS.get("projection")
+            projection = runtime_config(settings, kind.group, kind.source)
             workers.extras.append(
                 until(stop, serve(settings, bus, store, metrics=metrics, projection=projection))
             )
@@ -244,12 +245,14 @@ async def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     )
     settings = settings.model_copy(update={**updates, "ingress": ingress})
+    kinds = WORKERS.names()
+    named = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
     print(
-        f"agentstream up: agent, tool, memory and stats workers on the in-process bus; "
+        f"agentstream up: {named} workers on the in-process bus; "
         f"ingress on http://{ingress.host}:{ingress.port}  (Ctrl-C to stop)",
         flush=True,
     )
-    return await _run_services(settings, ["agent", "tool", "memory", "stats"], with_ingress=True)
+    return await _run_services(settings, kinds, with_ingress=True)
 
 
 async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,7 +1,8 @@
 """The AWS Lambda entry point: the workers' handlers on batches from an MSK event source.
 
-One function is deployed per worker kind (``AGENTSTREAM_LAMBDA_WORKER=agent|tool|memory``;
-the topic alone cannot tell, ``user_request`` feeds both the agent and the memory worker).
+One function is deployed per worker kind (``AGENTSTREAM_LAMBDA_WORKER``, a standalone kind of
+:data:`agentstream.workers.WORKERS`; the topic alone cannot tell, ``user_request`` feeds both
+the agent and the memory worker).
 Its event source mappings deliver batches in the documented Kafka event format (Amazon MSK
 or self-managed Kafka), and every record goes through :meth:`Worker.process_record`: the
 very path a record consumed by a container worker takes (decode, dedup mark and outbox,
@@ -31,17 +32,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agentstream.handlers.agent.routes import DeadlineSweeper
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import Worker
 from agentstream.handlers.stores.base import StateStore
 from agentstream.logs import configure_logging
-from agentstream.process import WORKER_KINDS, WorkerKind, build_workers
+from agentstream.process import build_workers
 from agentstream.schemas import ConfigError
 from agentstream.settings import Settings, load_settings
 from agentstream.topics import Bus, Catalog, Headers, Record
 from agentstream.wiring import build_bus, build_store, ensure_topics, runtime_config
+from agentstream.workers import WORKERS, Sweeper
 
 __all__ = [
     "KIND_ENV",
@@ -142,7 +143,7 @@ class LambdaRuntime:
     def __init__(
         self,
         settings: Settings,
-        kind: WorkerKind,
+        kind: str,
         *,
         routes: Sequence[Route] | None = None,
         store: StateStore | None = None,
@@ -157,7 +158,7 @@ class LambdaRuntime:
         self._bus: Bus | None = None
         self._store: StateStore | None = None
         self._worker: Worker | None = None
-        self._sweepers: list[DeadlineSweeper] = []
+        self._sweepers: list[Sweeper] = []
 
     async def start(self) -> Worker:
         """Connect and build the worker, once; a failure leaves nothing half-built, so the
@@ -182,26 +183,26 @@ class LambdaRuntime:
 
     def _build(self, bus: Bus, store: StateStore) -> Worker:
         if self._routes is not None:
-            config = runtime_config(
-                self.settings, f"agentstream-{self.kind}", f"{self.kind}-worker"
-            )
+            kind = WORKERS.get(self.kind)
+            config = runtime_config(self.settings, kind.group, kind.source)
             catalog = self.settings.catalog()
             return Worker(bus, store, catalog, self._routes, config, metrics=self.metrics)
         built = build_workers(
             [self.kind], self.settings, bus, store, self.metrics.registry, asyncio.Event()
         )
         for extra in built.extras:
-            # The sweeper's loop sweeps the partitions a consumer owns; a function owns
+            # A periodic job's loop sweeps the partitions a consumer owns; a function owns
             # none. `sweep_handler`, run on a schedule, sweeps every partition instead.
             extra.close()
-        self._sweepers = built.sweepers
+        self._sweepers = built.periodic
         return built.workers[0]
 
     async def sweep(self) -> int:
-        """End the runs whose deadline passed, on every partition (the agent kind only)."""
+        """One round of the kind's periodic jobs on every partition: the agent's ends the
+        runs whose deadline passed, the stats worker's emits the windows that are due."""
         await self.start()
         if not self._sweepers:
-            raise ConfigError("the deadline sweep runs in the agent function only")
+            raise ConfigError(f"the {self.kind} worker has no periodic jobs to sweep")
         partitions = range(self.settings.topics.partitions)
         return sum([await s.sweep(partitions, wait=True) for s in self._sweepers])
 
@@ -298,7 +299,7 @@ _warm = _Warm()
 def configure(
     settings: Settings | None = None,
     *,
-    kind: WorkerKind | None = None,
+    kind: str | None = None,
     routes: Sequence[Route] | None = None,
     store: StateStore | None = None,
     report_failures: bool | None = None,
@@ -325,10 +326,11 @@ def configure(
     return runtime
 
 
-def _kind_from_env() -> WorkerKind:
+def _kind_from_env() -> str:
     kind = os.environ.get(KIND_ENV, "")
-    if kind not in WORKER_KINDS:
-        raise ConfigError(f"{KIND_ENV} must be one of {', '.join(WORKER_KINDS)}, not {kind!r}")
+    names = WORKERS.names()
+    if kind not in names:
+        raise ConfigError(f"{KIND_ENV} must be one of {', '.join(names)}, not {kind!r}")
     return kind
 
 
@@ -348,8 +350,9 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
 
 def sweep_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     """Scheduled entry point (``agentstream.lambda_handler.sweep_handler``, e.g. every
-    minute from EventBridge): ends the runs whose deadline passed while they waited for
-    tools, so every request still gets its ``timed_out`` answer on Lambda."""
+    minute from EventBridge): one round of the kind's periodic jobs. In the agent function
+    it ends the runs whose deadline passed while they waited for tools, so every request
+    still gets its ``timed_out`` answer on Lambda."""
     runtime = _warm.runtime or configure()
     if _warm.runner is None:
         _warm.runner = asyncio.Runner()

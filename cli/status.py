@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentstream.schemas.errors import RetryableError
 from agentstream.topics import Catalog, TopicPartition
+from agentstream.workers import WORKERS
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import KafkaError, KafkaTimeoutError, for_code
 from aiokafka.protocol.admin import DescribeGroupsRequest_v1, DescribeGroupsRequest_v2
@@ -40,9 +41,6 @@ __all__ = [
     "topic_health",
     "worker_group",
 ]
-
-#: The worker kinds whose groups are ``{prefix}agentstream-{kind}`` (agentstream.process).
-_WORKER_KINDS = ("agent", "tool", "memory", "stats")
 
 
 class _DescribeGroups(Request[DescribeGroupsRequest_v1 | DescribeGroupsRequest_v2]):  # type: ignore[misc]
@@ -118,20 +116,20 @@ class StatusReport(_Model):
 
 
 def worker_group(prefix: str, kind: str) -> str:
-    """The consumer group of the ``kind`` workers (agent, tool, memory) of a deployment."""
-    return f"{prefix}agentstream-{kind}"
+    """The consumer group of the ``kind`` workers (agentstream.workers) of a deployment."""
+    return WORKERS.get(kind).group_id(prefix)
 
 
 def projection_group(prefix: str) -> str:
     """The consumer group of the ingress's projection worker."""
-    from agentstream.ingress.projection import PROJECTION_GROUP
-
-    return f"{prefix}{PROJECTION_GROUP}"
+    return worker_group(prefix, "projection")
 
 
 def deployment_groups(prefix: str) -> list[str]:
-    """The consumer groups of the deployment with topic prefix ``prefix``."""
-    return [*(worker_group(prefix, kind) for kind in _WORKER_KINDS), projection_group(prefix)]
+    """The consumer groups of the deployment with topic prefix ``prefix``: one per worker
+    kind, the ingress's projection last."""
+    kinds = sorted(WORKERS, key=lambda kind: not kind.standalone)
+    return [kind.group_id(prefix) for kind in kinds]
 
 
 async def list_groups(bus: KafkaBus) -> list[str]:

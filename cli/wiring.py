@@ -1,4 +1,4 @@
-"""Builds the running parts from ``Settings``: bus, store, model, topics, workers.
+"""Builds the running parts from ``Settings``: bus, store, model, tools, topics, workers.
 
 The only place that knows which implementation backs what: the in-process bus and store
 for the embedded default, Kafka and Redis otherwise.
@@ -6,6 +6,7 @@ for the embedded default, Kafka and Redis otherwise.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -18,9 +19,18 @@ from agentstream.settings import Settings
 from agentstream.topics import Bus
 
 if TYPE_CHECKING:
+    from agentstream.agents import ToolRegistry
+    from agentstream.agents.models import ModelRouter
     from agentstream.topics import Catalog
 
-__all__ = ["build_bus", "build_store", "ensure_topics", "runtime_config"]
+__all__ = [
+    "build_bus",
+    "build_model",
+    "build_store",
+    "ensure_topics",
+    "runtime_config",
+    "tool_registry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +97,67 @@ def runtime_config(settings: Settings, group_id: str, source: str) -> RuntimeCon
         claim_ttl_s=max(settings.topics.retention_ms, settings.topics.dlq_retention_ms) // 1000
         + 24 * 3600,
     )
+
+
+def build_model(settings: Settings) -> ModelRouter:
+    """The model router of the settings: the offline model, or an OpenAI-compatible one."""
+    from agentstream.agents.models import Model, ModelPrice, ModelRouter
+
+    m = settings.model
+    price = ModelPrice(
+        prompt_per_1k=m.prompt_price_per_1k, completion_per_1k=m.completion_price_per_1k
+    )
+    small: Model
+    large: Model | None = None
+    if m.provider == "openai":
+        if not m.base_url and m.api_key is None:
+            raise ConfigError(
+                "AGENTSTREAM_MODEL__PROVIDER=openai needs AGENTSTREAM_MODEL__BASE_URL "
+                "or AGENTSTREAM_MODEL__API_KEY"
+            )
+        from agentstream.agents import OpenAIModel  # only here: other workers need no openai
+
+        key = m.api_key.get_secret_value() if m.api_key else "unused"
+        small = OpenAIModel(
+            model=m.model,
+            base_url=m.base_url,
+            api_key=key,
+            timeout_s=m.timeout_s,
+            price=price,
+            stream=m.stream,
+        )
+        if m.large_model:
+            large = OpenAIModel(
+                model=m.large_model,
+                base_url=m.base_url,
+                api_key=key,
+                timeout_s=m.timeout_s,
+                price=price,
+                stream=m.stream,
+            )
+    else:
+        from agentstream.agents import OfflineModel
+
+        small = OfflineModel(latency_s=m.offline_latency_s)
+    return ModelRouter(small, large, large_prompt_tokens=m.route_above_tokens)
+
+
+def tool_registry(settings: Settings) -> ToolRegistry:
+    """The built-in tools, plus those of ``AGENTSTREAM_TOOLS_MODULE`` when set."""
+    from agentstream.agents import builtin_registry
+
+    registry = builtin_registry()
+    if settings.tools_module:
+        try:
+            module = importlib.import_module(settings.tools_module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import tools module {settings.tools_module!r}: {exc}"
+            ) from exc
+        register = getattr(module, "register", None)
+        if not callable(register):
+            raise ConfigError(
+                f"tools module {settings.tools_module!r} has no register(registry) function"
+            )
+        register(registry)
+    return registry

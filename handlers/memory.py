@@ -59,6 +59,7 @@ class MemoryHandlers:
                 self.on_memory_call,
                 "memory.memory_call",
                 on_dead_letter=self.on_dead_letter,
+                publishes=(Topic.TOOL_RESULT,),
             ),
             Route(Topic.USER_REQUEST, self.on_user_request, "memory.user_request"),
             Route(Topic.AGENT_RESPONSE, self.on_agent_response, "memory.agent_response"),

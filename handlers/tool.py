@@ -85,6 +85,7 @@ class ToolHandlers:
                 self.on_tool_call,
                 "tool.tool_call",
                 on_dead_letter=self.on_dead_letter,
+                publishes=(Topic.TOOL_RESULT,),
             )
         ]
 

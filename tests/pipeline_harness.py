@@ -17,7 +17,7 @@ from typing import Any
 from agentstream.agents import Message, ModelReply, OfflineModel, ToolRegistry, ToolSpec
 from agentstream.agents.models.routing import ModelRouter
 from agentstream.handlers.stores.base import StateStore
-from agentstream.process import WorkerKind, build_workers
+from agentstream.process import build_workers
 from agentstream.schemas import AgentResponse, Envelope, SchemaError, decode, encode
 from agentstream.settings import RuntimeSettings, Settings, TopicSettings
 from agentstream.topics import Bus, KafkaConfig, OutgoingRecord, Record, Topic
@@ -94,7 +94,7 @@ async def make_stack(
 @asynccontextmanager
 async def running(
     stack: Stack,
-    kinds: Sequence[WorkerKind],
+    kinds: Sequence[str],
     *,
     router: ModelRouter | None = None,
     registry: ToolRegistry | None = None,

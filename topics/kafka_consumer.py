@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from agentstream.schemas.errors import RetryableError
 from agentstream.topics.bus import RebalanceInProgress, Record, RevokeCallback, TopicPartition
+from agentstream.topics.config import KafkaConfig
 from agentstream.topics.kafka_errors import (
     NOT_AUTHORIZED,
     TRANSIENT,
@@ -27,12 +28,19 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition as KafkaTP
 
-if TYPE_CHECKING:
-    from agentstream.topics.kafka import KafkaBus
-
-__all__ = ["KafkaConsumer"]
+__all__ = ["ConsumerHost", "KafkaConsumer"]
 
 log = logging.getLogger(__name__)
+
+
+class ConsumerHost(Protocol):
+    """What a consumer asks of the bus that made it: :class:`agentstream.topics.kafka.KafkaBus`
+    (a protocol, so this module does not import the bus that imports it)."""
+
+    @property
+    def config(self) -> KafkaConfig: ...
+
+    async def require_topics(self, names: Iterable[str]) -> None: ...
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -58,7 +66,7 @@ class KafkaConsumer:
 
     def __init__(
         self,
-        bus: KafkaBus,
+        bus: ConsumerHost,
         group_id: str,
         topics: Sequence[str],
         *,

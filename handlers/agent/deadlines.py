@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.periodic import run_periodically
@@ -19,10 +19,14 @@ from agentstream.handlers.runtime.route import Job
 from agentstream.handlers.runtime.worker import Worker
 from agentstream.schemas import Envelope
 
-if TYPE_CHECKING:
-    from agentstream.handlers.agent.routes import AgentHandlers
+__all__ = ["DeadlineSweeper", "Expiring"]
 
-__all__ = ["DeadlineSweeper"]
+
+class Expiring(Protocol):
+    """What the sweeper ends runs with: :class:`~agentstream.handlers.agent.routes.AgentHandlers`
+    (a protocol, so this module does not import the routes that import it)."""
+
+    async def expire(self, request_id: str, ctx: Context) -> Sequence[Envelope[Any]]: ...
 
 
 class DeadlineSweeper:
@@ -36,7 +40,7 @@ class DeadlineSweeper:
     def __init__(
         self,
         worker: Worker,
-        handlers: AgentHandlers,
+        handlers: Expiring,
         namespace: str,
         topic_name: str,
         interval_s: float = 1.0,

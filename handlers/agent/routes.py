@@ -56,6 +56,10 @@ __all__ = ["AgentConfig", "AgentHandlers", "ConversationState", "DeadlineSweeper
 log = logging.getLogger(__name__)
 
 
+#: A step of a run calls tools and memory, or answers (a dead letter answers too).
+_PUBLISHES = (Topic.TOOL_CALL, Topic.MEMORY_CALL, Topic.AGENT_RESPONSE)
+
+
 def _is_rejection(error: BaseException) -> bool:
     """The request itself is at fault, not the pipeline."""
     return isinstance(error, SchemaError | UnknownModel)
@@ -100,12 +104,14 @@ class AgentHandlers:
                 self.on_user_request,
                 "agent.user_request",
                 on_dead_letter=self.on_dead_letter,
+                publishes=_PUBLISHES,
             ),
             Route(
                 Topic.TOOL_RESULT,
                 self.on_tool_result,
                 "agent.tool_result",
                 on_dead_letter=self.on_dead_letter,
+                publishes=_PUBLISHES,
             ),
         ]
 

@@ -31,10 +31,19 @@ DeadLetterHook = Callable[
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """``handler`` consumes ``topic``; ``publishes`` names every topic it (or its
+    ``on_dead_letter`` hook) may emit to, in the order a reader expects.
+
+    ``publishes`` is the declaration the AsyncAPI document and the deployment checks read
+    (:mod:`agentstream.workers`), as FastStream declares a subscriber with its publishers. The
+    runtime does not enforce it; ``tests/unit/test_workers.py`` holds a pipeline run to it.
+    """
+
     topic: Topic
     handler: Handler
     name: str
     on_dead_letter: DeadLetterHook | None = None
+    publishes: tuple[Topic, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

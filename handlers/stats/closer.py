@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.periodic import run_periodically
@@ -19,10 +19,14 @@ from agentstream.handlers.runtime.worker import Worker
 from agentstream.handlers.stats.windows import WindowKeys
 from agentstream.schemas import Envelope
 
-if TYPE_CHECKING:
-    from agentstream.handlers.stats.routes import StatsHandlers
+__all__ = ["Closing", "WindowCloser"]
 
-__all__ = ["WindowCloser"]
+
+class Closing(Protocol):
+    """What the closer seals windows with: :class:`~agentstream.handlers.stats.routes.StatsHandlers`
+    (a protocol, so this module does not import the routes that import it)."""
+
+    async def close(self, partition: int, start: int, ctx: Context) -> Sequence[Envelope[Any]]: ...
 
 
 class WindowCloser:
@@ -38,7 +42,7 @@ class WindowCloser:
     def __init__(
         self,
         worker: Worker,
-        handlers: StatsHandlers,
+        handlers: Closing,
         namespace: str,
         topic_name: str,
         interval_s: float = 1.0,

@@ -8,7 +8,6 @@ renamed setting, command, topic or metric breaks a test instead of a deployment.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -19,6 +18,7 @@ import pytest
 import yaml
 from agentstream.settings import Settings
 from agentstream.topics import Catalog, Kind
+from agentstream.workers import WORKERS
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -34,7 +34,10 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 PLAIN_VARIABLES = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
 #: ``AGENTSTREAM_*`` variables that are not fields: read by ``load_settings`` itself.
 NON_FIELD_VARIABLES = {"AGENTSTREAM_CONFIG"}
-WORKER_KINDS = ("agent", "tool", "memory", "stats")
+#: The kinds with a process of their own: one Deployment, Compose service and ScaledObject each.
+WORKER_KINDS = WORKERS.names()
+#: The Deployments (and Compose services) running our code, besides the topic creation job.
+SERVICES = (*(f"{kind}-worker" for kind in WORKER_KINDS), "ingress")
 
 
 # -- YAML ---------------------------------------------------------------------------------
@@ -205,32 +208,14 @@ def group_id(settings: Settings, kind: str) -> str:
     """The consumer group of a worker kind, as the process builds it."""
     from agentstream.wiring import runtime_config
 
-    return runtime_config(settings, f"agentstream-{kind}", f"{kind}-worker").group_id
+    worker = WORKERS.get(kind)
+    return runtime_config(settings, worker.group, worker.source).group_id
 
 
 def consumed_topics(settings: Settings, kind: str) -> set[str]:
-    """The main topics a worker kind consumes, from the handlers ``build_workers`` wires."""
-    from agentstream.handlers.stores.base import InProcessStore
-    from agentstream.process import build_workers
-    from agentstream.topics.memory import InProcessBus
-
-    workers = build_workers(
-        [kind],  # type: ignore[list-item]
-        settings,
-        InProcessBus(default_partitions=settings.topics.partitions),
-        InProcessStore(),
-        CollectorRegistry(),
-        asyncio.Event(),
-    )
-    for extra in workers.extras:
-        extra.close()  # background coroutines (the deadline sweeper), never started here
+    """The main topics a worker kind consumes: its routes, as the registry declares them."""
     catalog = settings.catalog()
-    names: set[str] = set()
-    for worker in workers.workers:
-        # The route table is private to the runtime; it is the truth about subscriptions.
-        for route in worker._routes.values():
-            names.add(catalog.name(route.topic, Kind.MAIN))
-    return names
+    return {catalog.name(topic, Kind.MAIN) for topic in WORKERS.get(kind).declared().consumes()}
 
 
 # -- metrics ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from tests.deploy.manifests import (
     COMPOSE_FILE,
     DOCKERFILE,
     REPO,
+    SERVICES,
     WORKER_KINDS,
     compose,
     compose_value,
@@ -54,17 +55,7 @@ def _seconds(duration: str) -> float:
 
 def test_compose_parses_and_has_every_part() -> None:
     services = _services()
-    assert {
-        "kafka",
-        "redis",
-        "topics",
-        "ingress",
-        "agent-worker",
-        "tool-worker",
-        "memory-worker",
-        "prometheus",
-        "grafana",
-    } <= set(services)
+    assert {"kafka", "redis", "topics", *SERVICES, "prometheus", "grafana"} <= set(services)
     assert "version" not in compose(), "the Compose Specification has no version key"
 
 
@@ -121,9 +112,7 @@ def test_redis_is_healthchecked() -> None:
     assert "redis-cli" in json.dumps(redis["healthcheck"]["test"])
 
 
-@pytest.mark.parametrize(
-    "name", ["topics", "ingress", "agent-worker", "tool-worker", "memory-worker"]
-)
+@pytest.mark.parametrize("name", ["topics", *SERVICES])
 def test_service_runs_a_real_command_with_real_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 from tests.deploy.manifests import (
     K8S,
     SCHEMAS,
+    SERVICES,
     WORKER_KINDS,
     configmap_data,
     example_secrets,
@@ -189,7 +190,7 @@ def test_references_resolve() -> None:
 
 def test_every_deployment_has_a_pdb_and_an_autoscaler() -> None:
     deployments = {d["metadata"]["name"]: d for d in objects("Deployment")}
-    assert set(deployments) == {f"{k}-worker" for k in WORKER_KINDS} | {"ingress"}
+    assert set(deployments) == set(SERVICES)
     scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objects("ScaledObject")}
     hpa = {o["spec"]["scaleTargetRef"]["name"] for o in objects("HorizontalPodAutoscaler")}
     assert scaled == {f"{k}-worker" for k in WORKER_KINDS}, "one ScaledObject per worker"
@@ -213,9 +214,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize(
-    "name", ["agent-worker", "tool-worker", "memory-worker", "stats-worker", "ingress"]
-)
+@pytest.mark.parametrize("name", SERVICES)
 def test_deployment_runs_a_real_command_with_real_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -236,9 +235,7 @@ def test_deployment_runs_a_real_command_with_real_settings(
     assert settings.topics.create_on_start is False, "Strimzi owns the topics on Kubernetes"
 
 
-@pytest.mark.parametrize(
-    "name", ["agent-worker", "tool-worker", "memory-worker", "stats-worker", "ingress"]
-)
+@pytest.mark.parametrize("name", SERVICES)
 def test_probes_grace_and_security(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = named("Deployment", name)
     pod = deployment["spec"]["template"]

@@ -12,6 +12,7 @@ import pytest
 from tests.deploy.manifests import (
     GRAFANA_DIR,
     PROMETHEUS_DIR,
+    SERVICES,
     compose,
     compose_value,
     exposed_metric_names,
@@ -169,7 +170,7 @@ def test_prometheus_scrapes_every_service() -> None:
             assert sd.get("type", "SRV") == "A"
             dns.update(f"{n}:{sd['port']}" for n in sd["names"])
     services = _metrics_ports()
-    assert {"ingress", "agent-worker", "tool-worker", "memory-worker"} <= set(services)
+    assert set(SERVICES) <= set(services)
     for name, (port, replicas) in services.items():
         target = f"{name}:{port}"
         if replicas > 1:

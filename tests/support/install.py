@@ -10,25 +10,37 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import agentstream
 
-__all__ = ["missing_modules"]
+__all__ = ["REPO", "listed_packages", "missing_modules", "package_dirs"]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _package_dirs() -> dict[str, str]:
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())
-    mapping: dict[str, str] = config["tool"]["setuptools"]["package-dir"]
+def _setuptools_config() -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return dict(config["tool"]["setuptools"])
+
+
+def package_dirs() -> dict[str, str]:
+    """pyproject's ``package-dir``: import package to its folder in the repository."""
+    mapping: dict[str, str] = _setuptools_config()["package-dir"]
     return mapping
+
+
+def listed_packages() -> list[str]:
+    """pyproject's ``packages``: every import package the distribution installs."""
+    packages: list[str] = _setuptools_config()["packages"]
+    return packages
 
 
 def missing_modules() -> list[str]:
     """Source modules of the package that the installed link tree does not have."""
     installed_root = Path(agentstream.__file__).parent
     missing: list[str] = []
-    for package, folder in _package_dirs().items():
+    for package, folder in package_dirs().items():
         relative = Path(*package.split(".")[1:])
         for source in sorted((REPO / folder).rglob("*.py")):
             inside = source.relative_to(REPO / folder)

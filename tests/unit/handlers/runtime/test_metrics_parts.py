@@ -28,12 +28,13 @@ from agentstream.handlers.stores.base import InProcessStore
 from agentstream.handlers.tool import ToolHandlers, ToolMetrics
 from agentstream.ingress.observe import IngressMetrics
 from agentstream.ingress.server import IngressServer
-from agentstream.process import WORKER_KINDS, build_workers
+from agentstream.process import build_workers
 from agentstream.schemas import ToolCall, ToolCallData
 from agentstream.settings import Settings, TopicSettings
 from agentstream.topics import Topic
 from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import ensure_topics
+from agentstream.workers import WORKERS
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -125,7 +126,14 @@ def test_a_process_registers_every_part_once_on_its_registry() -> None:
     registry = CollectorRegistry()
     settings = Settings(topics=TopicSettings(prefix="metrics."))
     bus, store = InProcessBus(), InProcessStore()
-    workers = build_workers(list(WORKER_KINDS), settings, bus, store, registry, asyncio.Event())
+    workers = build_workers(
+        [k for k in WORKERS.names() if WORKERS.get(k).standalone],
+        settings,
+        bus,
+        store,
+        registry,
+        asyncio.Event(),
+    )
     for extra in workers.extras:
         extra.close()  # background coroutines, never started here
     server = IngressServer(settings, bus, store, metrics=registry)
