@@ -43,6 +43,7 @@ from agentstream.topics.kafka_errors import (
     missing,
     not_authorized,
 )
+from agentstream.topics.kafka_metadata import forbid_auto_topic_creation
 from agentstream.topics.kafka_transactions import KafkaTransactions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -62,6 +63,9 @@ _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _TOPIC_AUTHORIZATION_FAILED = 29
 _CLUSTER_AUTHORIZATION_FAILED = 31
+
+# No Metadata request of this process may make a broker auto-create a topic (ADR 20).
+forbid_auto_topic_creation()
 
 
 async def _stop_standalone(consumer: AIOKafkaConsumer) -> None:
@@ -287,16 +291,27 @@ class KafkaBus:
             )
         return found
 
-    async def topic_configs(self, name: str) -> dict[str, str]:
-        """The non-default configs of topic ``name`` (``retention.ms`` and the like)."""
-        response = await self.admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name)]
-        )
-        configs: dict[str, str] = {}
+    async def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The effective configs (``retention.ms`` and the like, defaults included) of each
+        of the existing topics ``names``, in one DescribeConfigs request."""
+        if not names:
+            return {}
+        try:
+            response = await asyncio.wait_for(
+                self.admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+                ),
+                self.config.request_timeout_ms / 1000,
+            )
+        except (TimeoutError, *TRANSIENT) as exc:
+            raise RetryableError(f"cannot reach Kafka to describe topic configs: {exc!r}") from exc
+        configs: dict[str, dict[str, str]] = {}
         for result in response:
-            for resource in result.resources:
-                for entry in resource[4]:
-                    configs[entry[0]] = entry[1]
+            for error_code, _message, _type, name, entries, *_ in result.resources:
+                if error_code == _TOPIC_AUTHORIZATION_FAILED:
+                    raise not_authorized(self.config, f"describe the configs of topic {name!r}")
+                if error_code == 0:
+                    configs[name] = {entry[0]: entry[1] for entry in entries}
         return configs
 
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
