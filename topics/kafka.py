@@ -42,6 +42,7 @@ from agentstream.topics.kafka_errors import (
     authentication_failure,
     missing,
     not_authorized,
+    unreachable,
 )
 from agentstream.topics.kafka_metadata import forbid_auto_topic_creation
 from agentstream.topics.kafka_transactions import KafkaTransactions
@@ -105,8 +106,8 @@ class KafkaBus:
             with contextlib.suppress(Exception):
                 await admin.close()
             if isinstance(exc, TRANSIENT):
-                raise await authentication_failure(self.config) or RetryableError(
-                    f"cannot reach Kafka at {self.config.bootstrap_servers}: {exc}"
+                raise await authentication_failure(self.config) or await unreachable(
+                    self.config, exc
                 ) from exc
             if isinstance(exc, NOT_AUTHORIZED):
                 # The idempotent producer needs WRITE on some topic (or IDEMPOTENT_WRITE).
@@ -345,14 +346,18 @@ class KafkaBus:
         await consumer.start()
         try:
             tps = [KafkaTP(topic, p) for p in range(described[topic].partitions)]
-            consumer.assign(tps)
+            # Where each partition begins and ends, by two ListOffsets requests: only the
+            # partitions with records in range are read, and an empty topic is never
+            # fetched from (seek_to_beginning would wait for a fetch round per partition).
             ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                if start and tp.partition in start:
-                    consumer.seek(tp, start[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
-            remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            begins = await consumer.beginning_offsets(tps)
+            wanted = start or {}
+            firsts = {tp: max(begins[tp], wanted.get(tp.partition, 0)) for tp in tps}
+            remaining = {tp for tp in tps if firsts[tp] < ends[tp]}
+            if remaining:
+                consumer.assign(sorted(remaining))
+                for tp in remaining:
+                    consumer.seek(tp, firsts[tp])
             records: list[Record] = []
             loop = asyncio.get_running_loop()
             last_progress = loop.time()
