@@ -2,9 +2,10 @@
 
 Reads what :mod:`agentstream.status` collects (each group's state, members, assignment,
 committed and end offsets and lag, and whether every catalog topic exists) and prints it as
-tables, or as JSON with ``--json``. Exit status: 0 when every catalog topic exists and every
-group could be read, 1 otherwise (a group named with ``--group`` that does not exist included),
-2 on the in-process bus (whose groups live inside the ``agentstream up`` process).
+tables, or as JSON with ``--json``. Exit status: 0 when every catalog topic exists with the
+catalog's partition count and every group could be read, 1 otherwise (a group named with
+``--group`` that does not exist included), 2 on the in-process bus (whose groups live inside
+the ``agentstream up`` process).
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ way.
 The consumer, the transactional producer and the error mapping have their own modules
 (:mod:`agentstream.topics.kafka_consumer`, :mod:`agentstream.topics.kafka_transactions`,
 :mod:`agentstream.topics.kafka_errors`); this one keeps the bus itself and re-exports
-``KafkaConsumer`` and ``KafkaTransactions``.
+``KafkaConsumer`` and ``KafkaTransactions``. Importing it turns off topic auto-creation in
+every Metadata request aiokafka sends from this process
+(:mod:`agentstream.topics.kafka_metadata`, ADR 20).
 """
 
 from __future__ import annotations
@@ -361,6 +363,10 @@ class KafkaBus:
             records: list[Record] = []
             loop = asyncio.get_running_loop()
             last_progress = loop.time()
+            positions = dict(firsts)
+            # The first fetch also finds the leaders and connects to them: it gets the
+            # client's request timeout, the later silences only ``idle_ms``.
+            patience_ms = max(idle_ms, self.config.request_timeout_ms)
             while remaining:
                 batches = await consumer.getmany(*remaining, timeout_ms=100)
                 for tp, messages in batches.items():
@@ -377,11 +383,13 @@ class KafkaBus:
                                     m.timestamp,
                                 )
                             )
-                    last_progress = loop.time()
                 for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
+                    position = await consumer.position(tp)
+                    if position != positions[tp]:
+                        positions[tp], last_progress, patience_ms = position, loop.time(), idle_ms
+                    if position >= ends[tp]:
                         remaining.discard(tp)
-                if remaining and (loop.time() - last_progress) * 1000 > idle_ms:
+                if remaining and (loop.time() - last_progress) * 1000 > patience_ms:
                     # read_committed: aborted records and markers sit below the end offset
                     # and are never returned; stop once nothing more arrives.
                     break
