@@ -35,6 +35,7 @@ __all__ = [
     "ASYNCAPI_VERSION",
     "CONTRACT_VERSION",
     "JSON_SCHEMA_FORMAT",
+    "PARTITIONER",
     "build_asyncapi",
     "message_schemas",
     "write_asyncapi",
@@ -45,6 +46,17 @@ ASYNCAPI_VERSION = "3.0.0"
 CONTRACT_VERSION = "1.0.0"
 JSON_SCHEMA_FORMAT = "application/schema+json;version=2020-12"
 _KAFKA_BINDING = "0.5.0"
+#: What upstream producers must know about partitioning (agentstream.topics.partitioner).
+PARTITIONER = (
+    "Producers must choose the partition with Kafka's default partitioner: "
+    "toPositive(murmur2(key)) % partitions, as the Java client and aiokafka do. Every "
+    "agentstream producer uses it, consumers own the same partition number of every topic "
+    "(range assignment), and a conversation's turns stay in one ordered partition only if "
+    "every producer hashes keys alike. librdkafka clients (confluent-kafka for Python, Go "
+    "and .NET, node-rdkafka) default to consistent_random (CRC32): set "
+    "partitioner=murmur2_random. A record without a key breaks the order of its "
+    "conversation whatever the partitioner."
+)
 #: Headers the runtime adds when it moves a record to ``T.retry`` (handlers/parking.py).
 _RETRY_HEADERS = (
     "x-retry-attempt",
@@ -119,7 +131,7 @@ def _header_schemas() -> dict[str, Any]:
         "ConversationKey": {
             "type": "string",
             "description": "The record key: the event's conversation_id (UTF-8). All events "
-            "of one conversation share a partition and are processed in order.",
+            "of one conversation share a partition and are processed in order. " + PARTITIONER,
         },
     }
 
@@ -299,7 +311,8 @@ def build_asyncapi(catalog: Catalog, kinds: Iterable[WorkerKind] = WORKERS) -> d
             f"{prefix_note}, their events and who sends and receives them. Every event is a "
             "JSON envelope (id, type, source, time, request_id, conversation_id, "
             "causation_id, tenant, traceparent, data) keyed by conversation_id, with "
-            "CloudEvents headers. Within a .vN type changes are additive only.",
+            "CloudEvents headers. Within a .vN type changes are additive only. Producers "
+            "pick the partition with Kafka's murmur2 partitioner (see ConversationKey).",
         },
         "defaultContentType": CONTENT_TYPE,
         "servers": {

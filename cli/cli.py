@@ -27,7 +27,15 @@ log = logging.getLogger("agentstream")
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 #: Modules that add commands: each has ``register(subparsers) -> dict[str, Command]``.
-_EXTENSIONS = ("agentstream.status_command", "agentstream.tail", "agentstream.dlq_command")
+_EXTENSIONS = (
+    "agentstream.status_command",
+    "agentstream.tail",
+    "agentstream.dlq_command",
+    "agentstream.topics_command",
+)
+
+#: Commands that run until stopped; the others are one-shot and print failures as one line.
+_SERVICES = frozenset({"up", "worker", "ingress"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,9 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("kinds", nargs="+", choices=WORKERS.names())
 
     sub.add_parser("ingress", help="run the HTTP ingress against Kafka and Redis")
-
-    topics = sub.add_parser("topics", help="create or describe the catalog's topics")
-    topics.add_argument("action", choices=["create", "describe", "list"])
 
     schema = sub.add_parser("schema", help="the published event contract")
     schema.add_argument("action", choices=["export"])
@@ -87,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging("DEBUG" if args.debug else settings.log_level, settings.log_json)
+    configure_logging(
+        "DEBUG" if args.debug else settings.log_level,
+        settings.log_json,
+        client_logs=args.debug or args.command in _SERVICES,
+    )
     command = _COMMANDS[args.command]
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -155,51 +164,6 @@ async def _cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     written = [str(p) for p in [*paths, *extra]]
     _emit(args, {"written": written}, "\n".join(f"wrote {p}" for p in written))
     return 0
-
-
-async def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from agentstream.wiring import build_bus
-
-    catalog = settings.catalog()
-    bus = build_bus(settings)
-    await bus.start()
-    try:
-        specs = list(catalog.specs())
-        if args.action == "create":
-            created = await bus.create_topics([s.description() for s in specs])
-            _emit(
-                args,
-                {"created": created, "existing": len(specs) - len(created)},
-                "\n".join(
-                    [
-                        *(f"created {n}" for n in created),
-                        f"{len(specs) - len(created)} already existed",
-                    ]
-                ),
-            )
-            return 0
-        found = await bus.describe_topics([s.name for s in specs])
-        rows = [
-            {
-                "name": s.name,
-                "exists": s.name in found,
-                "partitions": found[s.name].partitions if s.name in found else None,
-                "replication_factor": found[s.name].replication_factor if s.name in found else None,
-                "wanted_partitions": s.partitions,
-            }
-            for s in specs
-        ]
-        lines = [f"{'topic':<40} {'partitions':>10} {'replicas':>8}  state"]
-        for r in rows:
-            state = "ok" if r["exists"] else "MISSING"
-            lines.append(
-                f"{r['name']:<40} {r['partitions'] or '-':>10} {r['replication_factor'] or '-':>8}"
-                f"  {state}"
-            )
-        _emit(args, rows, "\n".join(lines))
-        return 0 if all(r["exists"] for r in rows) else 1
-    finally:
-        await bus.stop()
 
 
 async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: bool) -> int:
@@ -342,7 +306,6 @@ _COMMANDS: dict[str, Command] = {
     "up": _cmd_up,
     "worker": _cmd_worker,
     "ingress": _cmd_ingress,
-    "topics": _cmd_topics,
     "schema": _cmd_schema,
     "send": _cmd_send,
     "memory": _cmd_memory,

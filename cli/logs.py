@@ -32,9 +32,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO", json_logs: bool | None = None) -> None:
+#: The Kafka client's loggers. aiokafka logs a failed bootstrap as an ERROR line before it
+#: raises; a one-shot command reports the exception itself, readably, so it hides these.
+_CLIENT_LOGGERS = ("aiokafka", "kafka")
+
+
+def _not_client(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(_CLIENT_LOGGERS)
+
+
+def configure_logging(
+    level: str = "INFO", json_logs: bool | None = None, *, client_logs: bool = True
+) -> None:
+    """Log to stderr. ``client_logs=False`` (one-shot CLI commands) drops the Kafka
+    client's records: their failures come back as exceptions the command prints as one line."""
     use_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
     handler = logging.StreamHandler(sys.stderr)
+    if not client_logs:
+        handler.addFilter(_not_client)
     if use_json:
         handler.setFormatter(JsonFormatter())
     else:

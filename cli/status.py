@@ -112,7 +112,10 @@ class StatusReport(_Model):
 
     @property
     def healthy(self) -> bool:
-        return all(t.exists for t in self.topics) and not any(g.error for g in self.groups)
+        """Every catalog topic exists with the catalog's partition count (workers refuse to
+        start otherwise, ADR 20) and every group could be read."""
+        topics_ok = all(t.exists and t.partitions == t.wanted_partitions for t in self.topics)
+        return topics_ok and not any(g.error for g in self.groups)
 
 
 def worker_group(prefix: str, kind: str) -> str:

@@ -2,9 +2,10 @@
 
 Reads what :mod:`agentstream.status` collects (each group's state, members, assignment,
 committed and end offsets and lag, and whether every catalog topic exists) and prints it as
-tables, or as JSON with ``--json``. Exit status: 0 when every catalog topic exists and every
-group could be read, 1 otherwise, 2 on the in-process bus (whose groups live inside the
-``agentstream up`` process).
+tables, or as JSON with ``--json``. Exit status: 0 when every catalog topic exists with the
+catalog's partition count and every group could be read, 1 otherwise (a group named with
+``--group`` that does not exist included), 2 on the in-process bus (whose groups live inside
+the ``agentstream up`` process).
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report.model_dump(mode="json"), indent=2))
     else:
         print(_human(report))
+    # A group asked for by name that Kafka does not know is most likely a typo (or the
+    # wrong prefix); the deployment's own groups may simply not have started yet.
+    unknown = [g.group_id for g in groups if args.groups and not g.exists and not g.error]
+    if unknown:
+        print(
+            f"error: no such consumer group: {', '.join(unknown)} (no member joined it and "
+            "no offsets were committed)",
+            file=sys.stderr,
+        )
+        print("hint: `agentstream status --all` lists every group of the cluster", file=sys.stderr)
+        return 1
     return 0 if report.healthy else 1
 
 

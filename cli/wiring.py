@@ -17,6 +17,7 @@ from agentstream.handlers.stores.redis_store import RedisStore
 from agentstream.schemas.errors import ConfigError
 from agentstream.settings import Settings
 from agentstream.topics import Bus
+from agentstream.topics.drift import compare, partition_mismatch
 
 if TYPE_CHECKING:
     from agentstream.agents import ToolRegistry
@@ -60,19 +61,23 @@ def build_store(settings: Settings) -> StateStore:
 
 
 async def ensure_topics(bus: Bus, catalog: Catalog, *, create: bool) -> None:
-    """Create the catalog's missing topics, or fail naming them when creation is off."""
+    """Create the catalog's missing topics, or fail naming them when creation is off; then
+    fail (``ConfigError``) when a topic's partition count is not the catalog's, since one
+    member must own a conversation in every topic (ADR 20)."""
     specs = list(catalog.specs())
     if create:
         created = await bus.create_topics([s.description() for s in specs])
         if created:
             log.info("created topics: %s", ", ".join(created))
-        return
     existing = await bus.describe_topics([s.name for s in specs])
     missing = [s.name for s in specs if s.name not in existing]
     if missing:
         raise ConfigError(
             f"missing topics: {', '.join(missing)}; run `agentstream topics create` first"
         )
+    mismatch = partition_mismatch(compare(s.description(), existing[s.name]) for s in specs)
+    if mismatch is not None:
+        raise mismatch
 
 
 def runtime_config(settings: Settings, group_id: str, source: str) -> RuntimeConfig:

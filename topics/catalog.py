@@ -73,12 +73,16 @@ class TopicSpec:
     key: str = "conversation_id"
 
     def description(self) -> TopicDescription:
+        """How the topic is created, and what ``topics describe`` compares it with.
+
+        ``min.insync.replicas`` is always set (2, or 1 with a single replica) rather than
+        left to the broker's default, so a cluster default above the replication factor
+        cannot make every acks=all write fail."""
         configs = {
             "retention.ms": str(self.retention_ms),
             "cleanup.policy": "delete",
+            "min.insync.replicas": str(min(2, self.replication_factor)),
         }
-        if self.replication_factor > 1:
-            configs["min.insync.replicas"] = str(min(2, self.replication_factor))
         return TopicDescription(self.name, self.partitions, self.replication_factor, configs)
 
 

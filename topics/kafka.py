@@ -13,7 +13,9 @@ way.
 The consumer, the transactional producer and the error mapping have their own modules
 (:mod:`agentstream.topics.kafka_consumer`, :mod:`agentstream.topics.kafka_transactions`,
 :mod:`agentstream.topics.kafka_errors`); this one keeps the bus itself and re-exports
-``KafkaConsumer`` and ``KafkaTransactions``.
+``KafkaConsumer`` and ``KafkaTransactions``. Importing it turns off topic auto-creation in
+every Metadata request aiokafka sends from this process
+(:mod:`agentstream.topics.kafka_metadata`, ADR 20).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from agentstream.topics.kafka_errors import (
     authentication_failure,
     missing,
     not_authorized,
+    unreachable,
 )
+from agentstream.topics.kafka_metadata import forbid_auto_topic_creation
 from agentstream.topics.kafka_transactions import KafkaTransactions
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -62,6 +66,9 @@ _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _TOPIC_AUTHORIZATION_FAILED = 29
 _CLUSTER_AUTHORIZATION_FAILED = 31
+
+# No Metadata request of this process may make a broker auto-create a topic (ADR 20).
+forbid_auto_topic_creation()
 
 
 async def _stop_standalone(consumer: AIOKafkaConsumer) -> None:
@@ -101,8 +108,8 @@ class KafkaBus:
             with contextlib.suppress(Exception):
                 await admin.close()
             if isinstance(exc, TRANSIENT):
-                raise await authentication_failure(self.config) or RetryableError(
-                    f"cannot reach Kafka at {self.config.bootstrap_servers}: {exc}"
+                raise await authentication_failure(self.config) or await unreachable(
+                    self.config, exc
                 ) from exc
             if isinstance(exc, NOT_AUTHORIZED):
                 # The idempotent producer needs WRITE on some topic (or IDEMPOTENT_WRITE).
@@ -287,16 +294,27 @@ class KafkaBus:
             )
         return found
 
-    async def topic_configs(self, name: str) -> dict[str, str]:
-        """The non-default configs of topic ``name`` (``retention.ms`` and the like)."""
-        response = await self.admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, name)]
-        )
-        configs: dict[str, str] = {}
+    async def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The effective configs (``retention.ms`` and the like, defaults included) of each
+        of the existing topics ``names``, in one DescribeConfigs request."""
+        if not names:
+            return {}
+        try:
+            response = await asyncio.wait_for(
+                self.admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+                ),
+                self.config.request_timeout_ms / 1000,
+            )
+        except (TimeoutError, *TRANSIENT) as exc:
+            raise RetryableError(f"cannot reach Kafka to describe topic configs: {exc!r}") from exc
+        configs: dict[str, dict[str, str]] = {}
         for result in response:
-            for resource in result.resources:
-                for entry in resource[4]:
-                    configs[entry[0]] = entry[1]
+            for error_code, _message, _type, name, entries, *_ in result.resources:
+                if error_code == _TOPIC_AUTHORIZATION_FAILED:
+                    raise not_authorized(self.config, f"describe the configs of topic {name!r}")
+                if error_code == 0:
+                    configs[name] = {entry[0]: entry[1] for entry in entries}
         return configs
 
     async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
@@ -330,17 +348,25 @@ class KafkaBus:
         await consumer.start()
         try:
             tps = [KafkaTP(topic, p) for p in range(described[topic].partitions)]
-            consumer.assign(tps)
+            # Where each partition begins and ends, by two ListOffsets requests: only the
+            # partitions with records in range are read, and an empty topic is never
+            # fetched from (seek_to_beginning would wait for a fetch round per partition).
             ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                if start and tp.partition in start:
-                    consumer.seek(tp, start[tp.partition])
-                else:
-                    await consumer.seek_to_beginning(tp)
-            remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            begins = await consumer.beginning_offsets(tps)
+            wanted = start or {}
+            firsts = {tp: max(begins[tp], wanted.get(tp.partition, 0)) for tp in tps}
+            remaining = {tp for tp in tps if firsts[tp] < ends[tp]}
+            if remaining:
+                consumer.assign(sorted(remaining))
+                for tp in remaining:
+                    consumer.seek(tp, firsts[tp])
             records: list[Record] = []
             loop = asyncio.get_running_loop()
             last_progress = loop.time()
+            positions = dict(firsts)
+            # The first fetch also finds the leaders and connects to them: it gets the
+            # client's request timeout, the later silences only ``idle_ms``.
+            patience_ms = max(idle_ms, self.config.request_timeout_ms)
             while remaining:
                 batches = await consumer.getmany(*remaining, timeout_ms=100)
                 for tp, messages in batches.items():
@@ -357,11 +383,13 @@ class KafkaBus:
                                     m.timestamp,
                                 )
                             )
-                    last_progress = loop.time()
                 for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
+                    position = await consumer.position(tp)
+                    if position != positions[tp]:
+                        positions[tp], last_progress, patience_ms = position, loop.time(), idle_ms
+                    if position >= ends[tp]:
                         remaining.discard(tp)
-                if remaining and (loop.time() - last_progress) * 1000 > idle_ms:
+                if remaining and (loop.time() - last_progress) * 1000 > patience_ms:
                     # read_committed: aborted records and markers sit below the end offset
                     # and are never returned; stop once nothing more arrives.
                     break

@@ -10,7 +10,10 @@ them, and "cannot reach Kafka" would send operators the wrong way.
 
 from __future__ import annotations
 
-from agentstream.schemas.errors import ConfigError, TopicMissing
+import asyncio
+import socket
+
+from agentstream.schemas.errors import ConfigError, RetryableError, TopicMissing
 from agentstream.topics.config import KafkaConfig
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -27,7 +30,14 @@ from aiokafka.errors import (
     TransactionalIdAuthorizationFailed,
 )
 
-__all__ = ["NOT_AUTHORIZED", "TRANSIENT", "authentication_failure", "missing", "not_authorized"]
+__all__ = [
+    "NOT_AUTHORIZED",
+    "TRANSIENT",
+    "authentication_failure",
+    "missing",
+    "not_authorized",
+    "unreachable",
+]
 
 TRANSIENT = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
 NOT_AUTHORIZED = (
@@ -87,3 +97,24 @@ async def authentication_failure(config: KafkaConfig) -> ConfigError | None:
             continue
         conn.close()
     return None
+
+
+async def unreachable(config: KafkaConfig, exc: BaseException) -> RetryableError:
+    """After a failed bootstrap: "cannot reach Kafka", saying which host names do not
+    resolve (a typo in KAFKA_BOOTSTRAP_SERVERS, most likely) instead of aiokafka's list of
+    address tuples."""
+    loop = asyncio.get_running_loop()
+    unknown = []
+    for address in config.bootstrap_servers.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            await loop.getaddrinfo(host.strip("[]"), port or None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            unknown.append(host)
+    if unknown:
+        why = f"cannot resolve host name {', '.join(unknown)}"
+    elif "bootstrap" in str(exc):
+        why = "no bootstrap server answered"
+    else:
+        why = str(exc) or type(exc).__name__
+    return RetryableError(f"cannot reach Kafka at {config.bootstrap_servers}: {why}")

@@ -157,8 +157,12 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=$protocol_map
 log.dirs=$log_dirs
 
-# One node: every internal topic has one replica.
+# Kafka's stock topic defaults, kept on purpose: a topic a client makes the broker create by
+# accident (a Metadata request naming a missing topic) shows up with one partition
+# (agentstream creates its topics through the admin API only, ADR 20).
+auto.create.topics.enable=true
 num.partitions=1
+# One node: every internal topic has one replica.
 default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
@@ -168,7 +172,6 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=5
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 # Lets tests use short consumer session timeouts (the default minimum is 6 s).
 group.min.session.timeout.ms=1000

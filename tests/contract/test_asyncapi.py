@@ -341,3 +341,18 @@ def test_schema_export_writes_the_asyncapi_document(tmp_path: Path) -> None:
     assert f"wrote {tmp_path / 'asyncapi.json'}" in out.getvalue()
     written = json.loads((tmp_path / "asyncapi.json").read_text())
     assert written == build_asyncapi(Settings().catalog())
+
+
+def test_upstream_producers_are_told_which_partitioner_to_use() -> None:
+    """librdkafka's default partitioner (CRC32) puts most conversations elsewhere than
+    murmur2 (tests/contract/test_upstream_partitioners.py): the contract says what to set."""
+    document = build_asyncapi(Settings().catalog())
+    key = document["components"]["schemas"]["ConversationKey"]["description"]
+    assert "murmur2" in key
+    assert "partitioner=murmur2_random" in key
+    assert "consistent_random" in key
+    message = document["components"]["messages"]["agentstream.user_request.v1"]
+    assert message["bindings"]["kafka"]["key"]["description"] == key
+    assert "murmur2" in document["info"]["description"]
+    committed = json.loads(COMMITTED.read_text())
+    assert committed["components"]["schemas"]["ConversationKey"]["description"] == key

@@ -297,6 +297,30 @@ async def test_status_of_a_deployment_its_groups_and_topics(
         await bus.stop()
 
 
+@pytest.mark.kafka
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_of_a_group_that_does_not_exist_exits_1(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch, as_json: bool
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PREFIX", prefix)
+    group = f"{prefix}no-such-group"
+    code, out, err = _cli(
+        ["--json", "status", "--group", group] if as_json else ["status", "-g", group]
+    )
+    assert code == 1
+    assert err.splitlines() == [
+        f"error: no such consumer group: {group} (no member joined it and no offsets were "
+        "committed)",
+        "hint: `agentstream status --all` lists every group of the cluster",
+    ]
+    if as_json:
+        (reported,) = json.loads(out)["groups"]
+        assert (reported["group_id"], reported["exists"]) == (group, False)
+    else:
+        assert f"GROUP {group}  (no such group" in out
+
+
 def test_status_on_the_in_process_bus_says_it_needs_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     code, out, err = _cli(["status"])
@@ -306,11 +330,38 @@ def test_status_on_the_in_process_bus_says_it_needs_kafka(monkeypatch: pytest.Mo
     assert "KAFKA_BOOTSTRAP_SERVERS" in err
 
 
-def test_status_without_a_broker_is_one_line_and_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
-    code, out, err = _cli(["status"])
+@pytest.mark.parametrize(
+    ("bootstrap", "why"),
+    [
+        ("127.0.0.1:1", "no bootstrap server answered"),
+        ("no-such-host.invalid:9092", "cannot resolve host name no-such-host.invalid"),
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_without_a_broker_is_one_line_and_a_hint(
+    monkeypatch: pytest.MonkeyPatch, bootstrap: str, why: str, as_json: bool
+) -> None:
+    """Nothing but the readable line and the hint: aiokafka's own ERROR log line of the
+    failed bootstrap (timestamped, before them) is not shown by a one-shot command."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+    monkeypatch.setenv("AGENTSTREAM_LOG_JSON", "false")
+    code, out, err = _cli(["--json", "status"] if as_json else ["status"])
     assert code == 1
     assert out == ""
-    assert "error: cannot reach Kafka at 127.0.0.1:1" in err
-    assert "hint: is Kafka reachable" in err
-    assert "Traceback" not in err
+    assert err.splitlines() == [
+        f"error: cannot reach Kafka at {bootstrap}: {why}",
+        f"hint: is Kafka reachable at {bootstrap}? set KAFKA_BOOTSTRAP_SERVERS, or start one "
+        "with infra/kafka/start.sh",
+    ]
+
+
+def test_worker_commands_keep_the_kafka_client_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Services (``worker``, ``ingress``, ``up``) log what the Kafka client says; only the
+    one-shot commands leave it out. ``--debug`` shows it everywhere."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("AGENTSTREAM_LOG_JSON", "false")
+    code, _, err = _cli(["worker", "tool"])
+    assert code == 1
+    assert "aiokafka" in err
+    assert err.splitlines()[-2].startswith("error: cannot reach Kafka at 127.0.0.1:1")

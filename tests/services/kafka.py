@@ -4,6 +4,10 @@
 ``infra/kafka/pom.xml``), and can stop, kill, pause, resume and restart the broker on the same
 ports and data dir, which is what the chaos and broker-death tests need. The ``private_kafka``
 fixture (:mod:`tests.services.plugin`) hands out fresh ones as a :class:`KafkaFactory`.
+
+The broker keeps Kafka's stock topic defaults (:data:`STOCK_TOPIC_DEFAULTS`): auto-creation on
+and one partition, so a topic that anything made the broker create by accident shows, with the
+wrong partition count, instead of hiding behind ``auto.create.topics.enable=false``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,21 @@ from tests.services.processes import (
     wait_gone,
 )
 
-__all__ = ["KAFKA_DIR", "REPO_ROOT", "KafkaBroker", "KafkaFactory", "kafka_version"]
+__all__ = [
+    "KAFKA_DIR",
+    "REPO_ROOT",
+    "STOCK_TOPIC_DEFAULTS",
+    "KafkaBroker",
+    "KafkaFactory",
+    "kafka_version",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 KAFKA_DIR = REPO_ROOT / "infra" / "kafka"
+
+#: Broker settings ``infra/kafka/start.sh`` leaves at Kafka's defaults, as a stock cluster has
+#: them (DESIGN.md 8): tests prove that agentstream never relies on, nor triggers, them.
+STOCK_TOPIC_DEFAULTS = {"auto.create.topics.enable": "true", "num.partitions": "1"}
 
 
 def kafka_version() -> str:
