@@ -1,15 +1,21 @@
-"""Retries and dead letters belong to the group that failed, on both buses (ADR 17).
+"""Retries and dead letters belong to the group that failed, and a permanent error is dead-
+lettered at once, on both buses (ADR 17).
 
 Every group that reads ``user_request`` (the agent, the memory worker, the ingress projection,
 the stats worker) shares ``user_request.retry``. A retry copy written by one group must not be
 acted on by another: the agent group would answer that turn ahead of its own backlog on the
 main topic, out of order, without the earlier turns in its history. Nothing is killed here: one
 group fails one turn transiently while the agent group is still behind on the main topic.
+
+A permanent error anywhere (the handler, the decode, the dead-letter hook that builds the
+terminal answer) goes to the dead-letter topic at once, and the partition moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +28,7 @@ from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import Worker
 from agentstream.process import build_workers
 from agentstream.schemas import (
+    DeadLetter,
     Envelope,
     RetryableError,
     UserRequest,
@@ -29,7 +36,8 @@ from agentstream.schemas import (
     decode,
 )
 from agentstream.settings import RuntimeSettings
-from agentstream.topics import Kind, Topic
+from agentstream.topics import Kind, OutgoingRecord, Topic, TopicPartition
+from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import runtime_config
 
 from tests.contract.conftest import StackMaker
@@ -179,3 +187,71 @@ async def _async(value: Any) -> Any:
 
 async def _answered(stack: Stack, ids: set[str]) -> bool:
     return ids <= set(await stack.responses())
+
+
+async def _committed(stack: Stack, group: str, tp: TopicPartition) -> int | None:
+    """The group's committed offset of ``tp``, read from outside the group."""
+    if isinstance(stack.bus, InProcessBus):
+        snapshot = stack.bus.describe_group(group)
+        return None if snapshot is None else snapshot.committed.get(tp)
+    from agentstream.status import group_status
+    from agentstream.topics.kafka import KafkaBus
+
+    assert isinstance(stack.bus, KafkaBus)
+    [status] = await group_status(stack.bus, [group])
+    return next(
+        (p.committed for p in status.partitions if (p.topic, p.partition) == tuple(tp)), None
+    )
+
+
+async def test_a_request_no_answer_can_be_built_for_is_dead_lettered_at_once(
+    make_stack_for: StackMaker,
+) -> None:
+    # Straight to Kafka, a conversation_id one character too long: the record does not
+    # decode, and the dead-letter hook cannot build the terminal answer either (the response
+    # would break the same limit). Before: the hook was retried 19 times, ~30 s, while the
+    # partition's committed offset stood still.
+    stack = await make_stack_for(partitions=1)
+    topic = stack.catalog.name(Topic.USER_REQUEST)
+    conv = "c" * 201
+    raw = json.dumps(
+        {
+            "type": "agentstream.user_request.v1",
+            "id": "long-1",
+            "request_id": "r-long",
+            "conversation_id": conv,
+            "source": "upstream",
+            "time": "2026-12-07T10:00:00Z",
+            "data": {"text": "hello"},
+        }
+    ).encode()
+    group = runtime_config(stack.settings, "agentstream-agent", "agent-worker").group_id
+    dlq = stack.catalog.name(Topic.USER_REQUEST, Kind.DLQ)
+    metrics = Metrics()
+    async with running_agent(stack, metrics, OfflineModel()):
+        at = await stack.bus.publish(OutgoingRecord(topic, raw, conv.encode()))
+        started = time.monotonic()
+        await wait_for(lambda: stack.read(dlq), timeout_s=60, interval_s=0.05)
+        dead_after = time.monotonic() - started
+        tp = TopicPartition(topic, at.partition)
+        await wait_for(
+            lambda: _past(_committed(stack, group, tp), at.offset), timeout_s=60, interval_s=0.1
+        )
+        committed_after = time.monotonic() - started
+        # The partition flows: a good request behind it is answered.
+        await publish_event(stack, _request("hello", "r-fine", "c-fine"))
+        await wait_for(lambda: _answered(stack, {"r-fine"}), timeout_s=30)
+    assert dead_after < 3, f"the dead letter took {dead_after:.1f}s"
+    assert committed_after < 4, f"the committed offset moved after {committed_after:.1f}s"
+    [dead] = await stack.read(dlq)
+    info = DeadLetter.from_headers(dead.headers)
+    assert (info.error_class, info.attempts, info.group) == ("SchemaError", 1, group)
+    assert dead.value == raw
+    # No answer could be built (its conversation_id breaks the response's schema too): the
+    # dead letter is the end.
+    assert "r-long" not in await stack.responses()
+
+
+async def _past(committed: Any, offset: int) -> bool:
+    value = await committed
+    return value is not None and value > offset
