@@ -65,7 +65,10 @@ _RETRY_HEADERS = (
     "x-retry-origin-partition",
     "x-retry-origin-offset",
     "x-retry-origin-timestamp",
+    "x-retry-group",
 )
+#: Added after contract 1.0.0, so not required of records written before (ADR 17).
+_RETRY_OPTIONAL = ("x-retry-group",)
 
 _CE_HEADERS: dict[str, str] = {
     "ce_specversion": f"CloudEvents spec version, always {SPEC_VERSION}.",
@@ -116,8 +119,9 @@ def _header_schemas() -> dict[str, Any]:
         "RetryHeaders": {
             "type": "object",
             "description": "A record waiting on T.retry: the original headers plus where it "
-            "came from, the attempt count and when it is due (epoch ms).",
-            "required": list(_RETRY_HEADERS),
+            "came from, the attempt count, when it is due (epoch ms) and the consumer group "
+            "it is for (x-retry-group: only that group acts on it).",
+            "required": [n for n in _RETRY_HEADERS if n not in _RETRY_OPTIONAL],
             "properties": {**ce, **_string_props(_RETRY_HEADERS)},
         },
         "DeadLetterHeaders": {

@@ -175,6 +175,8 @@ class Selection:
     error_class: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    #: The consumer group that dead-lettered it (``x-dlq-group``), exactly.
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if (self.offsets is not None or self.partition is not None) and len(self.topics) != 1:
@@ -192,6 +194,7 @@ class Selection:
             and (self.error_class is None or (error or "").lower() == self.error_class.lower())
             and (self.since is None or entry.failed_at >= self.since)
             and (self.until is None or entry.failed_at < self.until)
+            and (self.group is None or (entry.info is not None and entry.info.group == self.group))
         )
 
 

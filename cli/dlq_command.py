@@ -66,6 +66,9 @@ def register(subparsers: Any) -> dict[str, Command]:
     )
     pick.add_argument("--partition", type=int, metavar="N", help="partition of the DLQ topic")
     pick.add_argument("--error-class", metavar="NAME", help="x-dlq-error-class (SchemaError)")
+    pick.add_argument(
+        "--group", metavar="GROUP", help="the consumer group that failed it (x-dlq-group)"
+    )
     pick.add_argument("--since", type=parse_time, metavar="TIME", help="failed at or after")
     pick.add_argument(
         "--until", type=parse_time, metavar="TIME", help="failed before (ISO 8601, or an age: 2h)"
@@ -87,9 +90,10 @@ def register(subparsers: Any) -> dict[str, Command]:
     r = sub.add_parser(
         "replay",
         parents=[common],
-        help="republish the original records to their original topic",
+        help="republish the original records to their original topic, for the group that failed",
         description="Republish each selected dead letter's original bytes, key and headers "
-        "to its original topic, with x-replayed-from. Events are deduplicated by id: "
+        "to its original topic, with x-replayed-from and x-replayed-group: only the consumer "
+        "group that dead-lettered it acts on the replay. Events are deduplicated by id: "
         "replaying one whose processing completed since is a no-op.",
     )
     r.add_argument("--dry-run", action="store_true", help="print what would be replayed")
@@ -119,6 +123,7 @@ async def _cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             args.error_class,
             args.since,
             args.until,
+            args.group,
         )
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,14 +168,16 @@ async def _replay(
     dedup_ttl_s: int,
 ) -> int:
     window = datetime.now(UTC) - timedelta(seconds=dedup_ttl_s)
-    stale = sum(1 for e in entries if e.failed_at < window)
+    stale = sum(1 for e in entries if e.failed_at < window and not _group_of(e))
     if stale:
-        # Past the dedup window, groups that handled the event fine (a topic has several
-        # consumer groups; only one failed) no longer recognise it and handle it again.
+        # A replay goes to the group that failed (x-replayed-group). A dead letter that names
+        # no group goes to every group of its topic; past the dedup window, the groups that
+        # handled the event fine no longer recognise it and handle it again.
         _note(
-            f"warning: {stale} dead letter(s) failed more than {timedelta(seconds=dedup_ttl_s)} "
-            "ago, beyond the dedup window (runtime.dedup_ttl_s): consumer groups that completed "
-            "them will handle them again"
+            f"warning: {stale} dead letter(s) name no consumer group and failed more than "
+            f"{timedelta(seconds=dedup_ttl_s)} ago, beyond the dedup window "
+            "(runtime.dedup_ttl_s): every group of their topic gets them, and groups that "
+            "completed them will handle them again"
         )
     seen = await already_replayed(bus, catalog, entries)
     if seen is None:
@@ -251,6 +258,7 @@ def _report(
                 "key": as_text(out.key),
                 "request_id": e.request_id,
                 "event_id": e.event_id,
+                "group": _group_of(e),
                 "size": len(out.value or b""),
                 "replayed_before": None if seen is None else e.coordinates in seen,
             }
@@ -267,6 +275,7 @@ def _report(
     for row in rows:
         print(
             f"{verb} {row['dlq']} -> {row['replayed_to'] or row['topic']} "
+            f"for {row['group'] or 'every group'} "
             f"(key {row['key']!r}, {row['size']} bytes, request {row['request_id'] or '-'})"
         )
     if metas is None:
@@ -291,11 +300,24 @@ def _note(text: str) -> None:
 
 def _described(args: argparse.Namespace) -> str:
     parts = [f"topic {args.topic}"]
-    for name in ("request_id", "offset_range", "partition", "error_class", "since", "until"):
+    for name in (
+        "request_id",
+        "offset_range",
+        "partition",
+        "error_class",
+        "group",
+        "since",
+        "until",
+    ):
         value = getattr(args, name)
         if value is not None:
             parts.append(f"{name.replace('_', '-')} {value}")
     return ", ".join(parts)
+
+
+def _group_of(entry: DeadLetterEntry) -> str | None:
+    """The consumer group a replay of ``entry`` is for (see :func:`replay_record`)."""
+    return entry.info.group if entry.info is not None and entry.info.group else None
 
 
 def _counted(entries: Iterable[DeadLetterEntry], catalog: Catalog) -> str:

@@ -26,7 +26,9 @@ def format_table(entries: Sequence[DeadLetterEntry]) -> str:
     """One line per dead letter under a header row, then the count."""
     if not entries:
         return "0 dead letters"
-    rows = [("DEAD LETTER", "ORIGIN", "FAILED AT", "ERROR", "ATTEMPTS", "HANDLER", "REQUEST")]
+    rows = [
+        ("DEAD LETTER", "ORIGIN", "FAILED AT", "GROUP", "ERROR", "ATTEMPTS", "HANDLER", "REQUEST")
+    ]
     for e in entries:
         i = e.info
         rows.append(
@@ -34,6 +36,7 @@ def format_table(entries: Sequence[DeadLetterEntry]) -> str:
                 e.coordinates,
                 e.origin,
                 utc_iso(e.failed_at),
+                i.group if i else "?",
                 i.error_class if i else "?",
                 str(i.attempts) if i else "?",
                 i.handler if i else "?",

@@ -2,9 +2,11 @@
 
 :func:`replay` republishes the original bytes and key to the original topic, so the record
 runs through the same handlers again once its cause is fixed. Replayed records carry
-``x-replayed-from: <dlq topic>/<partition>/<offset>`` and lose the ``x-dlq-*`` and
-``x-retry-*`` headers; consumers deduplicate them by event id like any redelivery, so
-replaying an event whose processing completed since is a no-op (docs/adr/0007-dlq-replay.md).
+``x-replayed-from: <dlq topic>/<partition>/<offset>`` and ``x-replayed-group``, the consumer
+group that dead-lettered it: only that group acts on the replay, the others pass it by
+(docs/adr/0017-retries-belong-to-their-group.md). They lose the ``x-dlq-*`` and ``x-retry-*``
+headers; the group deduplicates them by event id like any redelivery, so replaying an event
+whose processing completed since is a no-op (docs/adr/0007-dlq-replay.md).
 Before replaying, :func:`already_replayed` scans the target topics (from the earliest selected
 dead letter on, when that is cheap) for earlier replays of the same dead letters.
 """
@@ -15,13 +17,23 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from agentstream.dlq import DeadLetterEntry, utc_iso
+from agentstream.handlers.runtime.addressing import REPLAY_GROUP
 from agentstream.schemas import header
 from agentstream.schemas.errors import AgentstreamError
-from agentstream.topics import Bus, Catalog, Kind, OutgoingRecord, RecordMetadata, TopicPartition
+from agentstream.topics import (
+    Bus,
+    Catalog,
+    Headers,
+    Kind,
+    OutgoingRecord,
+    RecordMetadata,
+    TopicPartition,
+)
 
 __all__ = [
     "REPLAYED_AT",
     "REPLAYED_FROM",
+    "REPLAY_GROUP",
     "SCAN_LIMIT",
     "ReplayFailed",
     "already_replayed",
@@ -58,10 +70,16 @@ def target_topic(entry: DeadLetterEntry, catalog: Catalog) -> str:
 
 def replay_record(entry: DeadLetterEntry, catalog: Catalog, *, at: datetime) -> OutgoingRecord:
     """The original bytes, key and headers (minus ``x-dlq-*``, ``x-retry-*`` and an earlier
-    replay's ``x-replayed-*``), plus where it was replayed from and when."""
+    replay's ``x-replayed-*``), plus where it was replayed from, when, and for which group
+    (none when the dead letter does not say: then every group of the topic gets it)."""
     r = entry.record
     kept = tuple((k, v) for k, v in r.headers if not k.startswith(_DROPPED_ON_REPLAY))
-    marks = ((REPLAYED_FROM, entry.coordinates.encode()), (REPLAYED_AT, utc_iso(at).encode()))
+    marks: Headers = (
+        (REPLAYED_FROM, entry.coordinates.encode()),
+        (REPLAYED_AT, utc_iso(at).encode()),
+    )
+    if entry.info is not None and entry.info.group:
+        marks += ((REPLAY_GROUP, entry.info.group.encode()),)
     return OutgoingRecord(target_topic(entry, catalog), r.value, r.key, kept + marks)
 
 

@@ -8,7 +8,9 @@ or self-managed Kafka), and every record goes through :meth:`Worker.process_reco
 very path a record consumed by a container worker takes (decode, dedup mark and outbox,
 handler, retries in place, ``T.retry`` or ``T.dlq``, outputs published with acks=all). A
 batch delivered again after a timeout, a crash or a partial failure is therefore harmless:
-events already handled republish their recorded outputs, with the same ids.
+events already handled republish their recorded outputs, with the same ids. That path also
+passes by the retry copies and replays meant for another consumer group (ADR 17): the
+function of one kind acts only on what its group (``agentstream-<kind>``) failed.
 
 Records of one partition run in order, partitions concurrently, and two events of one
 conversation never at once. A partition stops at the first record that could not be

@@ -20,14 +20,17 @@ from agentstream.handlers.runtime.log_fields import log_fields
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.outbox import Outbox
 from agentstream.handlers.runtime.parking import RETRY_HEADERS, origin
-from agentstream.handlers.runtime.retries import RetryPolicy
+from agentstream.handlers.runtime.retries import RetryPolicy, is_permanent
 from agentstream.handlers.runtime.route import Route
-from agentstream.schemas import DeadLetter, Envelope, dead_letter_headers
+from agentstream.schemas import DeadLetter, Envelope, RetryableError, dead_letter_headers
 from agentstream.topics import Catalog, Kind, OutgoingRecord, Record
 
 __all__ = ["DeadLetters"]
 
 log = logging.getLogger(__name__)
+
+#: Attempts of a hook failing for a passing reason (about 30 s with the in-place backoff).
+_HOOK_ATTEMPTS = 19
 
 
 class DeadLetters:
@@ -93,7 +96,7 @@ class DeadLetters:
         if hook is None:
             return
         mark_id = f"dead-letter:{event.id if event else f'{topic}/{partition}/{offset}'}"
-        for attempt in range(1, 20):
+        for attempt in range(1, _HOOK_ATTEMPTS + 1):
             try:
                 await self.outbox.settle(
                     mark_id,
@@ -105,7 +108,22 @@ class DeadLetters:
                 )
                 return
             except Exception as exc:
+                if self._gives_up(exc, attempt):
+                    log.error(
+                        "dead-letter hook of %s failed for good (attempt %d), the dead letter "
+                        "is all there is: %r",
+                        route.name,
+                        attempt,
+                        exc,
+                        extra=log_fields(record, event),
+                    )
+                    return
                 log.warning(
                     "dead-letter hook of %s failed (attempt %d): %r", route.name, attempt, exc
                 )
                 await asyncio.sleep(self.retry.delay(exc, attempt, in_place=True))
+
+    def _gives_up(self, error: BaseException, attempt: int) -> bool:
+        if is_permanent(error) or attempt >= _HOOK_ATTEMPTS:
+            return True
+        return not isinstance(error, RetryableError) and attempt >= self.retry.max_attempts

@@ -1,12 +1,14 @@
 """The retry topic, and the keys parked behind it so that retries keep order per key.
 
 An event that fails past its in-place attempts moves to its topic's ``.retry`` sibling with
-``x-retry-*`` headers: the attempt count, when it is due, and where it was first read (so a
-dead letter names the original position, however many hops it took). While an event of a
-key waits there, its key is *parked*: later events of that key follow it into the retry
-topic instead of overtaking it, and the key is unparked once the retried event is settled
-and delivered. The parked keys of a partition live in a store index (so the next owner of the
-partition knows them) and in memory while this member owns the partition.
+``x-retry-*`` headers: the attempt count, when it is due, where it was first read (so a
+dead letter names the original position, however many hops it took) and the consumer group
+it is for (only that group acts on it: :mod:`agentstream.handlers.runtime.addressing`). While
+an event of a key waits there, its key is *parked*: later events of that key follow it into
+the retry topic instead of overtaking it, and the key is unparked once the retried event is
+settled and delivered. Parking is per consumer group: the parked keys of a group's partition live in
+a store index of that group (so the next owner of the partition knows them) and in memory
+while this member owns the partition; another group's retries never park or unpark them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from agentstream.handlers.runtime.addressing import RETRY_GROUP
 from agentstream.handlers.runtime.log_fields import log_fields
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.route import Route
@@ -41,6 +44,7 @@ RETRY_HEADERS = (
     _ORIGIN_PARTITION,
     _ORIGIN_OFFSET,
     _ORIGIN_TIMESTAMP,
+    RETRY_GROUP,
 )
 
 _SEP = "\x1f"  # between a key and an event id in the parked index (ids are UUIDs)
@@ -148,6 +152,7 @@ class Parking:
             (_ORIGIN_PARTITION, str(first[1]).encode()),
             (_ORIGIN_OFFSET, str(first[2]).encode()),
             (_ORIGIN_TIMESTAMP, str(first[3]).encode()),
+            (RETRY_GROUP, self.group_id.encode()),
         ]
         # Park before publishing: a crash in between leaves the key parked (safe: later
         # events follow into the retry topic); the other way round one could overtake.

@@ -2,9 +2,11 @@
 
 This is the path every consumed record takes once its lane runs it, and the path
 :meth:`agentstream.handlers.runtime.worker.Worker.process_record` offers runners without a consumer
-loop. The retry policy (:mod:`agentstream.handlers.runtime.retries`) decides after each failed
-attempt: again in place, to the retry topic (:mod:`agentstream.handlers.runtime.parking`) or to the
-dead-letter topic (:mod:`agentstream.handlers.runtime.dead_letters`). What handling produced is
+loop (the Lambda handler). A retry copy or a replay meant for another consumer group is passed
+by first (:mod:`agentstream.handlers.runtime.addressing`). The retry policy
+(:mod:`agentstream.handlers.runtime.retries`) decides after each failed attempt: again in
+place, to the retry topic (:mod:`agentstream.handlers.runtime.parking`) or to the dead-letter
+topic (:mod:`agentstream.handlers.runtime.dead_letters`). What handling produced is
 delivered as a whole, then a key parked behind this event is unparked: in that order, so a later
 event of the key cannot overtake outputs not yet delivered. Store steps that must not fail the
 event wait out outages instead (``until_done``), the record staying in flight meanwhile.
@@ -18,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 
+from agentstream.handlers.runtime.addressing import addressee
 from agentstream.handlers.runtime.claims import ClaimCheck
 from agentstream.handlers.runtime.dead_letters import DeadLetters
 from agentstream.handlers.runtime.delivery import Delivery, Fenced
@@ -104,6 +107,8 @@ class Processor:
         """Handle ``record``, collecting what to publish into ``out``. Returns the outcome
         and, for a record from the retry topic, the parked event id to clear once delivered."""
         from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
+        if not await self._meant_for_us(record, route, from_retry):
+            return "other_group", None
         attempt = attempt_of(record)
         if from_retry:
             await wait_until_due(record)
@@ -163,6 +168,17 @@ class Processor:
                     return "retry_later", parked
                 await self.dead_letters.dead_letter(record, route, exc, attempt, event, out)
                 return "dead_letter", parked
+
+    async def _meant_for_us(self, record: Record, route: Route, from_retry: bool) -> bool:
+        """Whether this group acts on ``record``: a retry copy or a replay meant for another
+        group is passed by at once, without effect (ADR 17). A retry copy that names no
+        group (written before the header existed) is ours when our key is parked."""
+        group = addressee(record, from_retry=from_retry)
+        if group is not None:
+            return group == self.parking.group_id
+        if not from_retry:
+            return True
+        return await self._until_done(lambda: self.parking.is_parked(route, record))
 
     async def run_job(self, job: Job) -> None:
         for attempt in range(1, 1_000_000):

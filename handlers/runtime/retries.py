@@ -5,6 +5,10 @@ then moves to the topic's ``.retry`` sibling with a growing delay, so the partit
 blocked; once the whole budget is spent, or at once for a ``PermanentError``, it becomes a
 dead letter. A ``RetryableError`` with ``retry_after`` (a 429 or 503 that said how long)
 sets the delay instead of the backoff.
+
+A pydantic ``ValidationError`` counts as permanent, like a ``PermanentError``: our models
+reject the same input the same way on every attempt (a ``conversation_id`` too long for the
+response built from it), so retrying it only holds the partition back (issue 14, ADR 17).
 """
 
 from __future__ import annotations
@@ -14,8 +18,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from agentstream.schemas.errors import PermanentError, RetryableError
+from pydantic import ValidationError
 
-__all__ = ["RetryPolicy", "Verdict"]
+__all__ = ["RetryPolicy", "Verdict", "is_permanent"]
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether retrying ``error`` cannot help (see the module docstring)."""
+    return isinstance(error, PermanentError | ValidationError)
 
 
 class Verdict(Enum):
@@ -37,7 +47,7 @@ class RetryPolicy:
 
     def verdict(self, error: BaseException, attempt: int) -> Verdict:
         """What to do after ``attempt`` (1-based, counted over the event's whole life)."""
-        if isinstance(error, PermanentError):
+        if is_permanent(error):
             return Verdict.DEAD_LETTER
         if attempt >= self.max_attempts:
             return Verdict.DEAD_LETTER

@@ -278,7 +278,10 @@ def test_header_schemas_describe_what_the_runtime_writes() -> None:
         _RETRY_HEADERS,
     )  # the runtime's own list: no drift allowed
 
-    assert set(_RETRY_HEADERS) <= set(schemas["RetryHeaders"]["required"])
+    retry = schemas["RetryHeaders"]
+    assert set(_RETRY_HEADERS) <= set(retry["properties"])
+    # Records written before x-retry-group (ADR 17) stay valid.
+    assert set(_RETRY_HEADERS) - set(retry["required"]) == {"x-retry-group"}
 
 
 # -- compatible with the committed contract ------------------------------------------------------

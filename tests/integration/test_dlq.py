@@ -6,7 +6,8 @@ budget, in place and through ``tool_call.retry``, is spent). The commands then r
 ``agentstream.cli.main`` in a worker thread, while the test's loop keeps the worker running:
 ``list`` and ``show`` read the dead letters, ``replay --dry-run`` publishes nothing, and
 ``replay`` republishes exactly the selected record, which the worker handles once: replaying
-it again is deduplicated by event id.
+it again is deduplicated by event id. A replay goes to the group that failed it only: another
+group reading the same topic passes it by (ADR 17).
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from typing import Any
 
 import pytest
 from agentstream.agents import ToolRegistry
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.metrics import RuntimeMetrics
+from agentstream.handlers.runtime.route import Route
+from agentstream.handlers.runtime.worker import Worker
+from agentstream.handlers.stores.base import StateStore
 from agentstream.process import build_workers
-from agentstream.schemas import ToolCall, ToolCallData, derive_id, encode, header
+from agentstream.schemas import Envelope, ToolCall, ToolCallData, derive_id, encode, header
 from agentstream.settings import RuntimeSettings, Settings, TopicSettings
 from agentstream.topics import (
     Bus,
@@ -34,7 +40,7 @@ from agentstream.topics import (
     Topic,
     TopicPartition,
 )
-from agentstream.wiring import build_bus, build_store, ensure_topics
+from agentstream.wiring import build_bus, build_store, ensure_topics, runtime_config
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
@@ -88,6 +94,8 @@ class Pipeline:
     bus: Bus
     catalog: Catalog
     broken: dict[str, bool]
+    settings: Settings
+    store: StateStore
 
     def results(self, records: list[Record], request_id: str) -> list[Record]:
         return [r for r in records if header(r.headers, "ce_requestid") == request_id]
@@ -142,7 +150,7 @@ async def pipeline(
     )
     task = asyncio.create_task(workers.run(stop))
     try:
-        yield Pipeline(bus, catalog, broken)
+        yield Pipeline(bus, catalog, broken, settings, store)
     finally:
         stop.set()
         await task
@@ -326,3 +334,71 @@ async def test_a_selection_that_matches_nothing_is_answered_at_once(
         assert took < 10, f"dlq {' '.join(argv)} took {took:.1f}s"
     listed = await dlq_json("list", "--topic", "tool_call")
     assert len(listed) == 3
+
+
+async def test_a_replay_goes_to_the_group_that_failed_it_only(pipeline: Pipeline) -> None:
+    bus, catalog = pipeline.bus, pipeline.catalog
+    tool_call = catalog.name(Topic.TOOL_CALL)
+    tool_group = f"{catalog.prefix}agentstream-tool"
+    # A second group on tool_call (an audit trail, say) that handles every call fine.
+    seen: list[str] = []
+
+    async def observe(event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
+        seen.append(event.request_id)
+        return []
+
+    config = runtime_config(pipeline.settings, "test-observer", "observer")
+    metrics = RuntimeMetrics()
+    observer = Worker(
+        bus,
+        pipeline.store,
+        catalog,
+        [Route(Topic.TOOL_CALL, observe, "observer.tool_call")],
+        config,
+        metrics=metrics,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(observer.run(stop))
+    try:
+        call = _call("req-one-group", "flaky")
+        key, value, headers = encode(call)
+        await bus.publish(OutgoingRecord(tool_call, value, key, tuple(headers)))
+        await eventually(lambda: _is(pipeline.dead_letters(), 1), "the tool group's dead letter")
+        await eventually(lambda: _async(seen == ["req-one-group"]), "the observer")
+
+        # list names the group that failed; --group selects by it.
+        code, out, _ = await dlq("list", "--topic", "tool_call")
+        assert code == 0
+        assert tool_group in out.splitlines()[1]
+        assert out.splitlines()[0].split()[5] == "GROUP"
+        [listed] = await dlq_json("list", "--group", tool_group)
+        assert listed["group"] == tool_group
+        assert (await dlq("list", "--group", config.group_id))[0] == 1  # it failed nothing
+
+        pipeline.broken["on"] = False
+        before = await ends(bus, tool_call)
+        code, out, err = await dlq("replay", "--yes", "--request-id", "req-one-group")
+        assert code == 0, err
+        assert f"for {tool_group}" in out
+        (replayed,) = await read_from(bus, tool_call, before)
+        assert header(replayed.headers, "x-replayed-group") == tool_group
+        # The tool group runs it (its answer now succeeds); the observer passes it by.
+        await eventually(lambda: _length(pipeline.tool_results("req-one-group"), 2), "the replay")
+        # Twice: the tool group's copy in tool_call.retry (before the dead letter), the replay.
+        await eventually(
+            lambda: _async(_outcomes(metrics, "other_group") == 2), "the observer passing it by"
+        )
+        assert seen == ["req-one-group"]
+        assert _outcomes(metrics, "ok") == 1
+    finally:
+        stop.set()
+        await task
+
+
+def _outcomes(metrics: RuntimeMetrics, outcome: str) -> float:
+    labels = {"handler": "observer.tool_call", "outcome": outcome}
+    return metrics.registry.get_sample_value("agentstream_handler_seconds_count", labels) or 0.0
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -9,6 +9,7 @@ called directly. The end-to-end behaviour against Kafka and a real worker is in
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -30,6 +31,7 @@ from agentstream.dlq import (
 from agentstream.dlq_command import _confirm, _replay
 from agentstream.dlq_format import details, format_details, format_table
 from agentstream.dlq_replay import (
+    REPLAY_GROUP,
     REPLAYED_AT,
     REPLAYED_FROM,
     ReplayFailed,
@@ -249,6 +251,7 @@ async def test_list_table_and_json(bus: InProcessBus) -> None:
         "ORIGIN",
         "FAILED",
         "AT",
+        "GROUP",
         "ERROR",
         "ATTEMPTS",
         "HANDLER",
@@ -259,6 +262,7 @@ async def test_list_table_and_json(bus: InProcessBus) -> None:
     for part in ("p.tool_call.dlq/0/0", "p.tool_call[1]@7", "2025-05-01T12:00:00Z"):
         assert part in first
     assert " RuntimeError " in first
+    assert " p.agentstream-tool " in first  # the group that failed it
     assert " 6 " in first
     assert "tool.tool_call" in first
     assert " r1 " in first
@@ -323,6 +327,9 @@ async def test_replay_record_restores_the_original(bus: InProcessBus) -> None:
     assert dict(out.headers)[REPLAYED_FROM] == b"p.tool_call.dlq/0/0"
     assert dict(out.headers)[REPLAYED_AT] == b"2025-05-02T12:00:00Z"
     assert dict(out.headers)["ce_id"] == b"r1-event"
+    # For the group that failed it only (ADR 17); a dead letter naming none, for every group.
+    assert dict(out.headers)[REPLAY_GROUP] == b"p.agentstream-tool"
+    assert REPLAY_GROUP not in dict(replay_record(bare, CATALOG, at=at).headers)
     assert replay_record(bad, CATALOG, at=at).topic == "p.tool_call"
     # From a .retry topic, or with no dead-letter headers: the main topic of the DLQ's topic.
     assert target_topic(request, CATALOG) == "p.user_request"
@@ -358,6 +365,26 @@ async def test_replay_failing_part_way_says_how_far_it_got(bus: InProcessBus) ->
     assert len(failed.value.done) == 100
 
 
+async def test_selection_by_group(bus: InProcessBus) -> None:
+    tool = await _coordinates(bus, Selection(group="p.agentstream-tool"))
+    assert len(tool) == 3  # the bare record names no group
+    assert await _coordinates(bus, Selection(group="p.agentstream-agent")) == []
+
+
+async def test_an_old_dead_letter_naming_no_group_warns_of_the_dedup_window(
+    bus: InProcessBus, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = await select(bus, CATALOG, Selection((Topic.USER_REQUEST,)))
+    args = argparse.Namespace(dry_run=True, yes=False, skip_replayed=False, json=False)
+    await asyncio.sleep(0.01)
+    assert await _replay(args, bus, CATALOG, entries, dedup_ttl_s=0) == 0
+    out, err = capsys.readouterr()
+    # Of the two (both past a window of 0 s), only the one naming no group goes to groups
+    # that completed it.
+    assert "1 dead letter(s) name no consumer group and failed more than 0:00:00 ago" in err
+    assert "-> p.user_request for every group" in out
+
+
 async def test_dry_run_plans_and_warns(
     bus: InProcessBus, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -368,12 +395,14 @@ async def test_dry_run_plans_and_warns(
     assert await _replay(args, bus, CATALOG, entries, dedup_ttl_s=3600) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
-        "would replay p.tool_call.dlq/0/0 -> p.tool_call (key 'c1', "
+        "would replay p.tool_call.dlq/0/0 -> p.tool_call for p.agentstream-tool (key 'c1', "
         f"{len(entries[0].record.value or b'')} bytes, request r1)",
-        "would replay p.tool_call.dlq/0/1 -> p.tool_call (key 'c2', 1510 bytes, request r2)",
+        "would replay p.tool_call.dlq/0/1 -> p.tool_call for p.agentstream-tool (key 'c2', "
+        "1510 bytes, request r2)",
         "dry run: 2 dead letter(s) would be replayed; nothing was published",
     ]
-    assert "2 dead letter(s) failed more than 1:00:00 ago, beyond the dedup window" in err
+    # Replays go to the group that failed: the others never see them, whatever their age.
+    assert "dedup window" not in err
     assert "1 of 2 selected dead letter(s) were replayed before: p.tool_call.dlq/0/0" in err
     args.json = True
     args.skip_replayed = True

@@ -9,10 +9,10 @@ import pytest
 from agentstream.handlers.runtime.context import Context, Origin
 from agentstream.handlers.runtime.lanes import Lanes
 from agentstream.handlers.runtime.offsets import PartitionOffsets
-from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
+from agentstream.handlers.runtime.retries import RetryPolicy, Verdict, is_permanent
 from agentstream.handlers.stores.base import Delete, IndexAdd, InProcessStore, Put
 from agentstream.schemas import RetryableError, SchemaError
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 
 def test_committable_offset_is_lowest_unfinished() -> None:
@@ -182,3 +182,17 @@ async def test_context_load_of_a_saved_key_as_another_model_parses_a_copy() -> N
     ctx.save("ns:conv", _Conv(active="r2"))
     other = await ctx.load("ns:conv", _Other)
     assert other == _Other(active="r2")
+
+
+def test_a_validation_error_is_permanent() -> None:
+    # Our models reject the same input on every attempt: retrying only holds the partition.
+    class Limited(BaseModel):
+        name: str
+
+    with pytest.raises(ValidationError) as caught:
+        Limited.model_validate({"name": 42})
+    policy = RetryPolicy(in_place_attempts=3, max_attempts=6)
+    assert is_permanent(caught.value)
+    assert policy.verdict(caught.value, 1) is Verdict.DEAD_LETTER
+    assert not is_permanent(RetryableError("503"))
+    assert not is_permanent(ValueError("bug"))
