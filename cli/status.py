@@ -204,10 +204,30 @@ def _readable(exc: KafkaError, action: str) -> RetryableError:
     return RetryableError(f"Kafka refused to {action}: {exc}")
 
 
+#: How long ``status`` waits for a group coordinator. On a fresh cluster the broker creates
+#: ``__consumer_offsets`` on the first coordinator lookup and answers "not available"
+#: meanwhile (a few seconds); past this the error is reported.
+COORDINATOR_WAIT_S = 15.0
+
+
+async def _coordinator(bus: KafkaBus, group_id: str) -> int:
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + COORDINATOR_WAIT_S, 0.2
+    while True:
+        try:
+            coordinator: int = await bus.admin.find_coordinator(group_id)
+            return coordinator
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or loop.time() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
 async def _describe(bus: KafkaBus, group_id: str) -> _Described:
     admin = bus.admin
     try:
-        coordinator = await admin.find_coordinator(group_id)
+        coordinator = await _coordinator(bus, group_id)
         # admin._send_request is aiokafka's own way to send a request to one node; its
         # describe_consumer_groups is unusable against Kafka 4 (see _DescribeGroups).
         response = await admin._send_request(_DescribeGroups([group_id]), coordinator)

@@ -190,9 +190,9 @@ def test_describe_says_what_differs_from_the_catalog_and_exits_1(
     assert sum(not r["ok"] for r in described.values()) == 2
 
     # status, too, counts the partition mismatch as unhealthy.
-    code, out, _ = run_cli(["status"])
+    code, out, err = run_cli(["status"])
     assert code == 1
-    assert f"{requests}: 1 partitions, 3 configured" in out
+    assert f"{requests}: 1 partitions, 3 configured" in out, out + err
 
 
 def test_describe_names_missing_topics_and_creates_none(
