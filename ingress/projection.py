@@ -16,7 +16,8 @@ Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`
 - ``{ns}:ingress:conversation:{tenant}:{conversation_id}``: sorted index of request ids by
   request time (the turns of a conversation).
 - ``{ns}:ingress:idempotency:{tenant}:{sha256(key)}``: the ingress's ``Idempotency-Key``
-  claims (written by the ingress only, with a TTL).
+  claims (written by the ingress only, with a TTL), and ``...:refused`` beside it, how many
+  posts with the key were refused (503), which gives the next post new ids.
 
 Events of one request come from several topics, and a consumer may fetch a response in the
 same batch as (and before) the calls that preceded it. The log must end with the response
@@ -30,6 +31,10 @@ so a crash between the append and the commit can append an entry twice: the hand
 an entry already at the log's tail, and readers drop entries whose ``event_id`` they have
 seen (:func:`unique_entries`). The terminal status is set only from ``agent_response``, and
 a terminal record never changes again.
+
+A ``user_request`` appended after its accept-by deadline (the ingress answered 503,
+:mod:`agentstream.topics.deadline`) runs no handler in any group; here it is recorded as
+``refused``, with one terminal ``refused`` log entry, unless the ingress did so already.
 
 The ingress writes the first record of every request it accepts, with its conversation
 index, before answering 202 (:meth:`agentstream.ingress.requests.RequestRepository.accept`). When
@@ -62,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
     "PROJECTION_GROUP",
+    "REFUSED_MESSAGE",
     "EntryKind",
     "LogEntry",
     "Projection",
@@ -69,6 +75,7 @@ __all__ = [
     "RecentlyRecorded",
     "RequestRecord",
     "RequestStatus",
+    "refusal_entry",
     "unique_entries",
 ]
 
@@ -77,8 +84,14 @@ log = logging.getLogger(__name__)
 #: Consumer group of the projection (the runtime prefixes it with the topic prefix).
 PROJECTION_GROUP = "ingress-projection"
 
-RequestStatus = Literal["accepted", "running", "completed", "failed", "timed_out", "rejected"]
-EntryKind = Literal["tool_call", "memory_call", "tool_result", "response"]
+RequestStatus = Literal[
+    "accepted", "running", "completed", "failed", "timed_out", "rejected", "refused"
+]
+EntryKind = Literal["tool_call", "memory_call", "tool_result", "response", "refused"]
+#: What GET and the SSE stream say of a request answered 503 (never run).
+REFUSED_MESSAGE = (
+    "the broker did not acknowledge the request in time; it was refused and will never run"
+)
 
 _DEFAULT_TTL_S = 7 * 24 * 3600
 _TAIL = 16
@@ -104,6 +117,10 @@ class ProjectionKeys:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self.base}:idempotency:{tenant}:{digest}"
 
+    def refusals(self, tenant: str, key: str) -> str:
+        """How many posts with this ``Idempotency-Key`` were refused (503)."""
+        return f"{self.idempotency(tenant, key)}:refused"
+
 
 class LogEntry(BaseModel):
     """One entry of a request's event log, as streamed to SSE clients."""
@@ -117,7 +134,7 @@ class LogEntry(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return self.kind == "response"
+        return self.kind in ("response", "refused")
 
 
 class RequestRecord(BaseModel):
@@ -149,7 +166,7 @@ class RequestRecord(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in TERMINAL_STATUSES or self.status == "refused"
 
     @property
     def response_ready(self) -> bool:
@@ -176,6 +193,11 @@ class RequestRecord(BaseModel):
             created_at=event.time,
             updated_at=event.time,
         )
+
+    @classmethod
+    def refused(cls, event: UserRequest) -> RequestRecord:
+        """The record of a request answered 503: it never runs (ADR 6)."""
+        return cls.from_request(event).model_copy(update={"status": "refused"})
 
     @classmethod
     def placeholder(cls, event: Envelope[Any]) -> RequestRecord:
@@ -219,6 +241,16 @@ class RecentlyRecorded:
         return self._ids.pop(request_id, False) is None
 
 
+def refusal_entry(event: UserRequest) -> LogEntry:
+    """The one log entry of a refused request (its SSE stream ends with it)."""
+    return LogEntry(
+        event_id=event.id,
+        kind="refused",
+        time=event.time,
+        data={"status": "refused", "message": REFUSED_MESSAGE},
+    )
+
+
 def unique_entries(
     raw: Iterable[bytes], start: int = 0, seen: set[str] | None = None
 ) -> Iterator[tuple[int, LogEntry]]:
@@ -250,7 +282,12 @@ class Projection:
 
     def routes(self) -> list[Route]:
         return [
-            Route(Topic.USER_REQUEST, self.on_user_request, "projection.user_request"),
+            Route(
+                Topic.USER_REQUEST,
+                self.on_user_request,
+                "projection.user_request",
+                on_refused=self.on_refused_request,
+            ),
             Route(Topic.TOOL_CALL, self.on_tool_call, "projection.tool_call"),
             Route(Topic.MEMORY_CALL, self.on_memory_call, "projection.memory_call"),
             Route(Topic.TOOL_RESULT, self.on_tool_result, "projection.tool_result"),
@@ -289,6 +326,24 @@ class Projection:
             event.request_id,
             event.time.timestamp(),
         )
+        return []
+
+    async def on_refused_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        """A ``user_request`` that landed after its accept-by deadline: the ingress answered
+        503 and no group runs it; record it as refused (the ingress may have already)."""
+        key = self.keys.request(event.request_id)
+        record = await ctx.load(key, RequestRecord)
+        if record is None:
+            ctx.save(key, RequestRecord.refused(event), self.ttl_s)
+        elif record.status != "refused":
+            log.warning(
+                "request %s landed after its deadline but is recorded as %s; left as is",
+                event.request_id,
+                record.status,
+                extra={"request_id": event.request_id},
+            )
+            return []
+        await self._append(event.request_id, refusal_entry(event), ctx)
         return []
 
     async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:

@@ -31,10 +31,15 @@ DeadLetterHook = Callable[
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """``on_refused`` runs instead of ``handler`` for a record that landed after its
+    accept-by deadline (:mod:`agentstream.topics.deadline`): its producer answered that it
+    was refused, so no handler runs it. None (most routes): the record is skipped."""
+
     topic: Topic
     handler: Handler
     name: str
     on_dead_letter: DeadLetterHook | None = None
+    on_refused: Handler | None = None
 
 
 @dataclass(frozen=True, slots=True)
