@@ -3,7 +3,9 @@
 :func:`replay` republishes the original bytes and key to the original topic, so the record
 runs through the same handlers again once its cause is fixed. Replayed records carry
 ``x-replayed-from: <dlq topic>/<partition>/<offset>`` and lose the ``x-dlq-*`` and
-``x-retry-*`` headers; consumers deduplicate them by event id like any redelivery, so
+``x-retry-*`` headers, and the ``x-accept-by`` deadline of a request the ingress accepted
+(the replay is appended long after it: kept, it would make the request refused,
+:mod:`agentstream.topics.deadline`); consumers deduplicate them by event id like any redelivery, so
 replaying an event whose processing completed since is a no-op (docs/adr/0007-dlq-replay.md).
 Before replaying, :func:`already_replayed` scans the target topics (from the earliest selected
 dead letter on, when that is cheap) for earlier replays of the same dead letters.
@@ -18,6 +20,7 @@ from agentstream.dlq import DeadLetterEntry, utc_iso
 from agentstream.schemas import header
 from agentstream.schemas.errors import AgentstreamError
 from agentstream.topics import Bus, Catalog, Kind, OutgoingRecord, RecordMetadata, TopicPartition
+from agentstream.topics.deadline import ACCEPT_BY
 
 __all__ = [
     "REPLAYED_AT",
@@ -32,7 +35,7 @@ __all__ = [
 
 REPLAYED_FROM = "x-replayed-from"
 REPLAYED_AT = "x-replayed-at"
-_DROPPED_ON_REPLAY = ("x-dlq-", "x-retry-", "x-replayed-")
+_DROPPED_ON_REPLAY = ("x-dlq-", "x-retry-", "x-replayed-", ACCEPT_BY)
 _BATCH = 100
 #: The replay check reads the target topics from the earliest selected dead letter on; past
 #: this many records it is skipped rather than read a busy topic for minutes.
@@ -57,8 +60,8 @@ def target_topic(entry: DeadLetterEntry, catalog: Catalog) -> str:
 
 
 def replay_record(entry: DeadLetterEntry, catalog: Catalog, *, at: datetime) -> OutgoingRecord:
-    """The original bytes, key and headers (minus ``x-dlq-*``, ``x-retry-*`` and an earlier
-    replay's ``x-replayed-*``), plus where it was replayed from and when."""
+    """The original bytes, key and headers (minus ``x-dlq-*``, ``x-retry-*``, an earlier
+    replay's ``x-replayed-*`` and ``x-accept-by``), plus where it was replayed from and when."""
     r = entry.record
     kept = tuple((k, v) for k, v in r.headers if not k.startswith(_DROPPED_ON_REPLAY))
     marks = ((REPLAYED_FROM, entry.coordinates.encode()), (REPLAYED_AT, utc_iso(at).encode()))
