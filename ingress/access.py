@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from agentstream.ingress.auth import Admission, Principal
 from agentstream.ingress.errors import ApiError
-from agentstream.ingress.projection import RequestRecord
+from agentstream.ingress.records import RequestRecord
 from agentstream.ingress.requests import RequestRepository
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer

@@ -32,7 +32,7 @@ from agentstream.ingress.limits import BodySizeLimit, RateLimiter
 from agentstream.ingress.models import CreateRequest, StreamEvent
 from agentstream.ingress.observe import HttpMetrics
 from agentstream.ingress.operations import operations_router
-from agentstream.ingress.projection import RecentlyRecorded
+from agentstream.ingress.records import RecentlyRecorded
 from agentstream.ingress.request_routes import documented_create, mount_fast_path, requests_router
 from agentstream.ingress.requests import RequestRepository
 from agentstream.ingress.sse import events_router

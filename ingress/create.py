@@ -41,7 +41,7 @@ from agentstream.ingress.intake import (
 from agentstream.ingress.limits import BodyTooLarge, content_length, refuse_too_large
 from agentstream.ingress.models import AcceptedResponse, RequestView
 from agentstream.ingress.observe import RouteMetrics
-from agentstream.ingress.projection import RequestRecord
+from agentstream.ingress.records import RequestRecord
 from agentstream.ingress.requests import Claim, ClaimConflict, RequestRepository
 from agentstream.schemas import PermanentError, RetryableError, UserRequest, encode
 from agentstream.topics import Bus, OutgoingRecord, RecordMetadata

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from agentstream.ingress.projection import EntryKind, RequestRecord, RequestStatus
+from agentstream.ingress.records import EntryKind, RequestRecord, RequestStatus
 from agentstream.schemas import AgentResponseData
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 

@@ -22,7 +22,7 @@ import logging
 from typing import Literal
 
 from agentstream.handlers.stores.base import IndexAdd, Put, StateStore
-from agentstream.ingress.projection import (
+from agentstream.ingress.records import (
     LogEntry,
     ProjectionKeys,
     RecentlyRecorded,

@@ -27,7 +27,7 @@ from agentstream.ingress.access import Access
 from agentstream.ingress.auth import Principal
 from agentstream.ingress.config import IngressOptions
 from agentstream.ingress.errors import documented_errors
-from agentstream.ingress.projection import EntryKind, LogEntry
+from agentstream.ingress.records import EntryKind, LogEntry
 from agentstream.ingress.requests import RequestRepository
 from fastapi import APIRouter, Depends, Header, Path
 from fastapi.responses import StreamingResponse
