@@ -5,8 +5,11 @@ runs through the same handlers again once its cause is fixed. Replayed records c
 ``x-replayed-from: <dlq topic>/<partition>/<offset>`` and ``x-replayed-group``, the consumer
 group that dead-lettered it: only that group acts on the replay, the others pass it by
 (docs/adr/0017-retries-belong-to-their-group.md). They lose the ``x-dlq-*`` and ``x-retry-*``
-headers; the group deduplicates them by event id like any redelivery, so replaying an event
-whose processing completed since is a no-op (docs/adr/0007-dlq-replay.md).
+headers, and the ``x-accept-by`` deadline of a request the ingress accepted (the replay is
+appended long after it: kept, it would make the request refused,
+:mod:`agentstream.topics.deadline`); the group deduplicates them by event id like any
+redelivery, so replaying an event whose processing completed since is a no-op
+(docs/adr/0007-dlq-replay.md).
 Before replaying, :func:`already_replayed` scans the target topics (from the earliest selected
 dead letter on, when that is cheap) for earlier replays of the same dead letters.
 """
@@ -29,6 +32,7 @@ from agentstream.topics import (
     RecordMetadata,
     TopicPartition,
 )
+from agentstream.topics.deadline import ACCEPT_BY
 
 __all__ = [
     "REPLAYED_AT",
@@ -44,7 +48,7 @@ __all__ = [
 
 REPLAYED_FROM = "x-replayed-from"
 REPLAYED_AT = "x-replayed-at"
-_DROPPED_ON_REPLAY = ("x-dlq-", "x-retry-", "x-replayed-")
+_DROPPED_ON_REPLAY = ("x-dlq-", "x-retry-", "x-replayed-", ACCEPT_BY)
 _BATCH = 100
 #: The replay check reads the target topics from the earliest selected dead letter on; past
 #: this many records it is skipped rather than read a busy topic for minutes.
@@ -69,9 +73,10 @@ def target_topic(entry: DeadLetterEntry, catalog: Catalog) -> str:
 
 
 def replay_record(entry: DeadLetterEntry, catalog: Catalog, *, at: datetime) -> OutgoingRecord:
-    """The original bytes, key and headers (minus ``x-dlq-*``, ``x-retry-*`` and an earlier
-    replay's ``x-replayed-*``), plus where it was replayed from, when, and for which group
-    (none when the dead letter does not say: then every group of the topic gets it)."""
+    """The original bytes, key and headers (minus ``x-dlq-*``, ``x-retry-*``, an earlier
+    replay's ``x-replayed-*`` and ``x-accept-by``), plus where it was replayed from, when, and
+    for which group (none when the dead letter does not say: then every group of the topic
+    gets it)."""
     r = entry.record
     kept = tuple((k, v) for k, v in r.headers if not k.startswith(_DROPPED_ON_REPLAY))
     marks: Headers = (

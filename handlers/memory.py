@@ -36,6 +36,7 @@ from agentstream.schemas import (
     decode,
 )
 from agentstream.topics import Bus, Catalog, Topic
+from agentstream.topics.deadline import landed_late
 from pydantic import BaseModel
 
 __all__ = ["MemoryHandlers", "rebuild"]
@@ -136,6 +137,8 @@ async def rebuild(bus: Bus, store: StateStore, catalog: Catalog, namespace: str)
         for t in (Topic.USER_REQUEST, Topic.MEMORY_CALL, Topic.AGENT_RESPONSE)
     }
     for record in streams[Topic.USER_REQUEST]:
+        if landed_late(record):  # answered 503 by the ingress: never a turn
+            continue
         try:
             event = decode(record.value)
         except SchemaError:

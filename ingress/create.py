@@ -9,8 +9,8 @@ operation's OpenAPI entry: a documentation-only FastAPI route describes it.
 
 The endpoint keeps the contract of ADR 6 step by step: the API key and the rate limit
 first, then the parameters, the content type and the body (under the size limit), then
-the idempotency claim, the publish (202 only after the broker acknowledged it, 503
-otherwise) and the first record. Errors are
+the idempotency claim, the publish (202 only once the broker appended it by its accept-by
+deadline, 503 otherwise, and then it never runs) and the first record. Errors are
 answered by :func:`agentstream.ingress.errors.error_for`, the very function behind the FastAPI
 handlers, so both sides of the ingress answer errors alike; any other exception is left to
 Starlette's 500, as on every other route. Taken by :class:`FastPath`
@@ -29,7 +29,7 @@ import time
 
 from agentstream.ingress.auth import Admission
 from agentstream.ingress.config import IngressOptions
-from agentstream.ingress.errors import ApiError, error_for
+from agentstream.ingress.errors import ApiError, RequestRefused, error_for
 from agentstream.ingress.intake import (
     build_event,
     check_content_type,
@@ -40,20 +40,24 @@ from agentstream.ingress.intake import (
 from agentstream.ingress.limits import BodyTooLarge, content_length, refuse_too_large
 from agentstream.ingress.models import AcceptedResponse, RequestView
 from agentstream.ingress.observe import IngressMetrics, RouteMetrics
-from agentstream.ingress.projection import RequestRecord
+from agentstream.ingress.records import RequestRecord
 from agentstream.ingress.requests import Claim, ClaimConflict, RequestRepository
-from agentstream.schemas import RetryableError, UserRequest, encode
-from agentstream.topics import Bus, OutgoingRecord
+from agentstream.schemas import PermanentError, RetryableError, UserRequest, encode
+from agentstream.topics import Bus, OutgoingRecord, RecordMetadata
+from agentstream.topics.deadline import accept_by_header, acked_in_time
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["PATH", "CreateEndpoint", "FastPath"]
+__all__ = ["CLOCK_MARGIN_S", "PATH", "CreateEndpoint", "FastPath"]
 
 log = logging.getLogger(__name__)
 
 #: The path of the operation served here.
 PATH = "/v1/requests"
+#: How far the broker's clock may lag this host's: an unacknowledged publish is answered
+#: 503 this long after its accept-by deadline, when no append can fall before it any more.
+CLOCK_MARGIN_S = 1.0
 
 _JSON = (b"content-type", b"application/json")
 #: (status, body, headers) of an answer; headers in Starlette's order (extra headers, then
@@ -119,6 +123,9 @@ class CreateEndpoint:
         self._produced = metrics.produced.labels(request_topic)
         self._routes = RouteMetrics(metrics)
         self._route_name: str = getattr(route, "path", "other")
+        #: False once an acknowledgement showed that the topic has no append times: a 503
+        #: then cannot promise that the request never runs.
+        self._append_time = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._serve(scope, receive, send, None)
@@ -190,7 +197,7 @@ class CreateEndpoint:
             claim = claim_for(tenant, key, body)
             try:
                 earlier = await self.repo.claim(
-                    tenant, key, claim, wait_s=self.opts.publish_timeout_s + 1
+                    tenant, key, claim, wait_s=self.opts.publish_timeout_s + CLOCK_MARGIN_S + 1
                 )
             except ClaimConflict as exc:
                 headers = self.retry_after if exc.in_flight else None
@@ -206,14 +213,22 @@ class CreateEndpoint:
                     )
                     return _json(202, same.model_dump_json())
                 return await self._answer(record, params.wait)
+            # This post holds the key now; after refused posts, it is a request of its own.
+            generation = await self.repo.refusals(tenant, key)
+            if generation:
+                claim = claim_for(tenant, key, body, generation)
+                await self.repo.hold(tenant, key, claim)
 
         event = build_event(body, tenant, params.traceparent, claim)
         try:
             await self._publish(event)
-        except ApiError:
-            if key is not None:
+        except RequestRefused:
+            # Refused for good: say so to GET, and let the key's next post be a new request.
+            with contextlib.suppress(Exception):
+                await self.repo.refuse(event)
+            if claim is not None and key is not None:
                 with contextlib.suppress(Exception):
-                    await self.repo.release(tenant, key)
+                    await self.repo.refused(tenant, key, claim)
             raise
         # The event is durable now: a store hiccup below must not turn it into an error
         # (the projection writes the record anyway; a retry with the key republishes the
@@ -241,26 +256,65 @@ class CreateEndpoint:
         return _json(202, accepted.model_dump_json(), [(b"location", location)])
 
     async def _publish(self, event: UserRequest) -> None:
+        """Publish ``event`` with its accept-by deadline; :class:`RequestRefused` unless
+        the broker appended it by then (:mod:`agentstream.topics.deadline`). Without an
+        acknowledgement the record may still land, so the refusal waits until the broker's
+        clock is surely past the deadline: ``CLOCK_MARGIN_S`` after it, by this host's."""
         key, value, headers = encode(event)
-        record = OutgoingRecord(self.request_topic, value, key, tuple(headers))
+        timeout = self.opts.publish_timeout_s
+        deadline_ms = time.time_ns() // 1_000_000 + round(timeout * 1000)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout + CLOCK_MARGIN_S
+        record = OutgoingRecord(
+            self.request_topic, value, key, (*headers, accept_by_header(deadline_ms))
+        )
         try:
-            async with asyncio.timeout(self.opts.publish_timeout_s):
-                await self.bus.publish(record)
+            async with asyncio.timeout_at(give_up):
+                metadata = await self.bus.publish(record)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not isinstance(exc, PermanentError):
+                # Not refused by the broker: the record may be in flight still.
+                await asyncio.sleep(max(0.0, give_up - loop.time()))
             log.warning(
                 "publish of request %s failed, answering 503: %r",
                 event.request_id,
                 exc,
                 extra={"request_id": event.request_id, "topic": self.request_topic},
             )
-            raise ApiError(
-                503,
-                "the broker did not acknowledge the request; it was not accepted",
-                headers=self.retry_after,
-            ) from exc
+            raise self._refused(event) from exc
+        if not metadata.log_append_time:
+            self._no_append_time(metadata)
+        elif not acked_in_time(metadata, deadline_ms):
+            log.warning(
+                "request %s was appended %d ms after its deadline, answering 503",
+                event.request_id,
+                (metadata.timestamp_ms or 0) - deadline_ms,
+                extra={"request_id": event.request_id, "topic": self.request_topic},
+            )
+            raise self._refused(event)
         self._produced.inc()
+
+    def _refused(self, event: UserRequest) -> RequestRefused:
+        return RequestRefused(
+            "the broker did not acknowledge the request in time; it was refused and will "
+            "never run: retry",
+            request_id=event.request_id,
+            retry_safe=self._append_time,
+            headers=self.retry_after,
+        )
+
+    def _no_append_time(self, metadata: RecordMetadata) -> None:
+        if self._append_time:
+            self._append_time = False
+            log.warning(
+                "topic %s does not stamp LogAppendTime: a request answered 503 may still "
+                "run once the broker is back (set message.timestamp.type=LogAppendTime, "
+                "docs/adr/0006-ingress.md)",
+                metadata.topic,
+                extra={"topic": metadata.topic},
+            )
 
 
 class FastPath:

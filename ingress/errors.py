@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agentstream.ingress.models import ErrorBody, FieldError
+from agentstream.ingress.models import ErrorBody, FieldError, RefusedBody
 from agentstream.schemas import RetryableError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 __all__ = [
     "ApiError",
+    "RequestRefused",
     "documented_errors",
     "error_for",
     "error_response",
@@ -70,6 +71,18 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class RequestRefused(ApiError):
+    """503: a published request was not acknowledged in time and is refused for good
+    (:class:`~agentstream.ingress.models.RefusedBody`)."""
+
+    def __init__(
+        self, message: str, *, request_id: str, retry_safe: bool, headers: dict[str, str]
+    ) -> None:
+        super().__init__(503, message, headers=headers)
+        self.request_id = request_id
+        self.retry_safe = retry_safe
+
+
 def documented_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` entries of a route for these error statuses."""
     documented: dict[int | str, dict[str, Any]] = {}
@@ -102,6 +115,14 @@ def error_for(exc: Exception, retry_after: dict[str, str]) -> Response | None:
     exception, which is a 500. The FastAPI handlers and the ``POST /v1/requests`` fast path
     (:mod:`agentstream.ingress.create`) both answer through this, so their errors cannot drift
     apart."""
+    if isinstance(exc, RequestRefused):
+        refused = RefusedBody(
+            error=_CODES[503],
+            message=exc.message,
+            request_id=exc.request_id,
+            retry_safe=exc.retry_safe,
+        )
+        return json_response(refused, 503, exc.headers)
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.message, exc.headers)
     if isinstance(exc, RequestValidationError):

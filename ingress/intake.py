@@ -153,18 +153,22 @@ def parse_body(raw: bytes) -> CreateRequest:
         ) from None
 
 
-def claim_for(tenant: str, key: str, body: CreateRequest) -> Claim:
+def claim_for(tenant: str, key: str, body: CreateRequest, generation: int = 0) -> Claim:
     """The request an ``Idempotency-Key`` stands for. Its ids are derived from (tenant, key,
-    body), so a post retried after an ambiguous failure republishes the very same event,
-    which every consumer deduplicates."""
+    body, generation), so a post retried after an ambiguous failure (a lost connection, a
+    crash) republishes the very same event, which every consumer deduplicates; after a 503
+    the key's generation moves on (:meth:`RequestRepository.refused`) and the retry is a
+    request of its own, never the refused one. The conversation stays the same."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
     body_hash = hashlib.sha256(canonical.encode()).hexdigest()
     key_hash = hashlib.sha256(key.encode()).hexdigest()
     seed = f"idempotency/{tenant}/{key_hash}/{body_hash}"
+    request_seed = seed if generation == 0 else f"{seed}/{generation}"
     return Claim(
         body_hash=body_hash,
-        request_id=derive_id(seed, "request"),
+        request_id=derive_id(request_seed, "request"),
         conversation_id=body.conversation_id or derive_id(seed, "conversation"),
+        generation=generation,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from agentstream.ingress.projection import EntryKind, RequestRecord, RequestStatus
+from agentstream.ingress.records import EntryKind, RequestRecord, RequestStatus
 from agentstream.schemas import AgentResponseData
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -22,6 +22,7 @@ __all__ = [
     "FieldError",
     "Health",
     "Readiness",
+    "RefusedBody",
     "RequestView",
     "StreamEvent",
     "Turn",
@@ -183,6 +184,39 @@ class ErrorBody(BaseModel):
     error: str = Field(description="Stable machine-readable code, e.g. 'rate_limited'.")
     message: str
     detail: list[FieldError] | None = Field(default=None, description="422: the bad fields.")
+
+
+class RefusedBody(ErrorBody):
+    """A 503 of ``POST /v1/requests``. When the request was published but not acknowledged
+    in time, it is *refused*: it never runs, even if its record reaches the topic later
+    (ADR 6), and the body says which request that was."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "unavailable",
+                    "message": "the broker did not acknowledge the request in time; it was "
+                    "refused and will never run: retry",
+                    "detail": None,
+                    "request_id": "0b8f3c2e-1d5e-4a8e-9b7c-3f1f3c2e1d5e",
+                    "retry_safe": True,
+                }
+            ],
+        }
+    )
+
+    request_id: str | None = Field(
+        default=None,
+        description="The refused request: `GET /v1/requests/{id}` says `refused` (or 404 if "
+        "its record could not be written). Absent when nothing was published.",
+    )
+    retry_safe: bool | None = Field(
+        default=None,
+        description="True: the refused request never runs, so a retry (with the same "
+        "Idempotency-Key and body, or without a key) makes exactly one request. False: the "
+        "deployment cannot guarantee it (the request topic is not LogAppendTime).",
+    )
 
 
 class Health(BaseModel):

@@ -16,7 +16,8 @@ Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`
 - ``{ns}:ingress:conversation:{tenant}:{conversation_id}``: sorted index of request ids by
   request time (the turns of a conversation).
 - ``{ns}:ingress:idempotency:{tenant}:{sha256(key)}``: the ingress's ``Idempotency-Key``
-  claims (written by the ingress only, with a TTL).
+  claims (written by the ingress only, with a TTL), and ``...:refused`` beside it, how many
+  posts with the key were refused (503), which gives the next post new ids.
 
 Events of one request come from several topics, and a consumer may fetch a response in the
 same batch as (and before) the calls that preceded it. The log must end with the response
@@ -31,6 +32,13 @@ an entry already at the log's tail, and readers drop entries whose ``event_id`` 
 seen (:func:`unique_entries`). The terminal status is set only from ``agent_response``, and
 a terminal record never changes again.
 
+A ``user_request`` appended after its accept-by deadline (the ingress answered 503,
+:mod:`agentstream.topics.deadline`) runs no handler in any group; here it is recorded as
+``refused``, with one terminal ``refused`` log entry, unless the ingress did so already.
+
+The record, the log entries and the keys are defined in :mod:`agentstream.ingress.records`
+(re-exported here).
+
 The ingress writes the first record of every request it accepts, with its conversation
 index, before answering 202 (:meth:`agentstream.ingress.requests.RequestRepository.accept`). When
 the projection in the same process then consumes that very ``user_request``, there is nothing
@@ -39,18 +47,24 @@ left to write: :class:`RecentlyRecorded` tells it so, and it skips the store rea
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
+from agentstream.ingress.records import (
+    REFUSED_MESSAGE,
+    EntryKind,
+    LogEntry,
+    ProjectionKeys,
+    RecentlyRecorded,
+    RequestRecord,
+    RequestStatus,
+    refusal_entry,
+    unique_entries,
+)
 from agentstream.schemas import (
-    TERMINAL_STATUSES,
     AgentResponse,
-    AgentResponseData,
     Envelope,
     MemoryCall,
     ToolCall,
@@ -58,10 +72,10 @@ from agentstream.schemas import (
     UserRequest,
 )
 from agentstream.topics import Topic
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
     "PROJECTION_GROUP",
+    "REFUSED_MESSAGE",
     "EntryKind",
     "LogEntry",
     "Projection",
@@ -69,6 +83,7 @@ __all__ = [
     "RecentlyRecorded",
     "RequestRecord",
     "RequestStatus",
+    "refusal_entry",
     "unique_entries",
 ]
 
@@ -77,160 +92,8 @@ log = logging.getLogger(__name__)
 #: Consumer group of the projection (the runtime prefixes it with the topic prefix).
 PROJECTION_GROUP = "ingress-projection"
 
-RequestStatus = Literal["accepted", "running", "completed", "failed", "timed_out", "rejected"]
-EntryKind = Literal["tool_call", "memory_call", "tool_result", "response"]
-
 _DEFAULT_TTL_S = 7 * 24 * 3600
 _TAIL = 16
-_RECORDED_CAPACITY = 10_000
-
-
-class ProjectionKeys:
-    """The store keys of the projection and of the ingress (see the module docstring)."""
-
-    def __init__(self, namespace: str) -> None:
-        self.base = f"{namespace}:ingress"
-
-    def request(self, request_id: str) -> str:
-        return f"{self.base}:request:{request_id}"
-
-    def log(self, request_id: str) -> str:
-        return f"{self.base}:log:{request_id}"
-
-    def conversation(self, tenant: str, conversation_id: str) -> str:
-        return f"{self.base}:conversation:{tenant}:{conversation_id}"
-
-    def idempotency(self, tenant: str, key: str) -> str:
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        return f"{self.base}:idempotency:{tenant}:{digest}"
-
-
-class LogEntry(BaseModel):
-    """One entry of a request's event log, as streamed to SSE clients."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    event_id: str
-    kind: EntryKind
-    time: datetime
-    data: dict[str, JsonValue]
-
-    @property
-    def terminal(self) -> bool:
-        return self.kind == "response"
-
-
-class RequestRecord(BaseModel):
-    """What the ingress knows of one request: who owns it, where it stands, its answer."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    request_id: str
-    conversation_id: str
-    tenant: str
-    event_id: str | None = None
-    source: str | None = None
-    text: str | None = None
-    user: str | None = None
-    model: str | None = None
-    status: RequestStatus = "accepted"
-    created_at: datetime
-    updated_at: datetime
-    response: AgentResponseData | None = None
-    response_event_id: str | None = None
-    #: Progress entries logged so far, and the response entry while it waits for them.
-    calls_logged: int = 0
-    results_logged: int = 0
-    held: LogEntry | None = None
-    response_logged: bool = False
-    #: Call ids logged so far, and results that arrived before their call (held back).
-    calls_seen: list[str] = Field(default_factory=list)
-    held_results: list[LogEntry] = Field(default_factory=list)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def response_ready(self) -> bool:
-        """Whether the held response may go to the log: the calls it accounts for (and, for
-        a completed run, their results) are logged before it."""
-        if self.held is None or self.response is None:
-            return False
-        expected = len(self.response.tool_calls)
-        if self.calls_logged < expected:
-            return False
-        return self.status != "completed" or self.results_logged >= expected
-
-    @classmethod
-    def from_request(cls, event: UserRequest) -> RequestRecord:
-        return cls(
-            request_id=event.request_id,
-            conversation_id=event.conversation_id,
-            tenant=event.tenant,
-            event_id=event.id,
-            source=event.source,
-            text=event.data.text,
-            user=event.data.user,
-            model=event.data.model,
-            created_at=event.time,
-            updated_at=event.time,
-        )
-
-    @classmethod
-    def placeholder(cls, event: Envelope[Any]) -> RequestRecord:
-        """A record for an event whose ``user_request`` this projection has not seen."""
-        return cls(
-            request_id=event.request_id,
-            conversation_id=event.conversation_id,
-            tenant=event.tenant,
-            created_at=event.time,
-            updated_at=event.time,
-        )
-
-
-class RecentlyRecorded:
-    """Ids of requests whose first record (with its text and conversation index) this
-    process wrote itself, not yet seen by its projection.
-
-    The ingress adds an id once its ``accepted`` record is committed; the projection takes
-    it back (:meth:`take`) when it consumes the request's ``user_request`` and then writes
-    nothing, as it would have after reading the complete record back. A miss only costs that
-    read: a request accepted by another replica, a redelivery, an id pushed out by newer
-    ones. Hence the bound: ids whose event another replica projects are never taken here,
-    and the oldest go first past ``capacity``.
-    """
-
-    def __init__(self, capacity: int = _RECORDED_CAPACITY) -> None:
-        self.capacity = capacity
-        self._ids: dict[str, None] = {}
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def add(self, request_id: str) -> None:
-        ids = self._ids
-        ids[request_id] = None
-        if len(ids) > self.capacity:
-            del ids[next(iter(ids))]
-
-    def take(self, request_id: str) -> bool:
-        """Whether ``request_id`` was recorded here (and forget it: asked once)."""
-        return self._ids.pop(request_id, False) is None
-
-
-def unique_entries(
-    raw: Iterable[bytes], start: int = 0, seen: set[str] | None = None
-) -> Iterator[tuple[int, LogEntry]]:
-    """``(index, entry)`` of the log items ``raw`` (the first at index ``start``), dropping
-    entries whose event id is in ``seen`` or came earlier; ``seen`` is updated."""
-    seen = set() if seen is None else seen
-    for offset, item in enumerate(raw):
-        entry = LogEntry.model_validate_json(item)
-        if entry.event_id in seen:
-            continue
-        seen.add(entry.event_id)
-        yield start + offset, entry
 
 
 class Projection:
@@ -250,7 +113,12 @@ class Projection:
 
     def routes(self) -> list[Route]:
         return [
-            Route(Topic.USER_REQUEST, self.on_user_request, "projection.user_request"),
+            Route(
+                Topic.USER_REQUEST,
+                self.on_user_request,
+                "projection.user_request",
+                on_refused=self.on_refused_request,
+            ),
             Route(Topic.TOOL_CALL, self.on_tool_call, "projection.tool_call"),
             Route(Topic.MEMORY_CALL, self.on_memory_call, "projection.memory_call"),
             Route(Topic.TOOL_RESULT, self.on_tool_result, "projection.tool_result"),
@@ -289,6 +157,24 @@ class Projection:
             event.request_id,
             event.time.timestamp(),
         )
+        return []
+
+    async def on_refused_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        """A ``user_request`` that landed after its accept-by deadline: the ingress answered
+        503 and no group runs it; record it as refused (the ingress may have already)."""
+        key = self.keys.request(event.request_id)
+        record = await ctx.load(key, RequestRecord)
+        if record is None:
+            ctx.save(key, RequestRecord.refused(event), self.ttl_s)
+        elif record.status != "refused":
+            log.warning(
+                "request %s landed after its deadline but is recorded as %s; left as is",
+                event.request_id,
+                record.status,
+                extra={"request_id": event.request_id},
+            )
+            return []
+        await self._append(event.request_id, refusal_entry(event), ctx)
         return []
 
     async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:

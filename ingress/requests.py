@@ -7,9 +7,12 @@ caught up) and its ``Idempotency-Key`` claims.
 
 An idempotency claim is taken with ``put_if_absent`` *before* publishing, in state
 ``pending`` with a short TTL, and confirmed (full TTL) once the broker acknowledged; a
-failed publish deletes it. Two concurrent posts with one key therefore publish once: the
-loser waits for the winner's claim to be confirmed (same answer) or released (it tries
-again).
+refused publish (503) counts one more refusal for the key, then deletes the claim. Two
+concurrent posts with one key therefore publish once: the loser waits for the winner's
+claim to be confirmed (same answer) or released (it tries again). The refusal count is
+read by the holder of the claim only, after taking it, so it is never stale: the post after
+a refusal gets ids of its own, and the refused request (which never runs) and the one that
+does are never conflated.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import logging
 from typing import Literal
 
 from agentstream.handlers.stores.base import IndexAdd, Put, StateStore
-from agentstream.ingress.projection import (
+from agentstream.ingress.records import (
     LogEntry,
     ProjectionKeys,
     RecentlyRecorded,
     RequestRecord,
+    refusal_entry,
     unique_entries,
 )
 from agentstream.schemas import UserRequest
@@ -35,7 +39,9 @@ log = logging.getLogger(__name__)
 
 
 class Claim(BaseModel):
-    """The request an ``Idempotency-Key`` stands for, and the hash of the body it came with."""
+    """The request an ``Idempotency-Key`` stands for, and the hash of the body it came with.
+    ``generation``: how many posts with the key were refused before this one (its ids are
+    derived from it, so a refused request and its retry are two requests)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -43,6 +49,7 @@ class Claim(BaseModel):
     request_id: str
     conversation_id: str
     state: Literal["pending", "accepted"] = "pending"
+    generation: int = 0
 
 
 class ClaimConflict(Exception):
@@ -109,6 +116,26 @@ class RequestRepository:
                 self.recorded.add(event.request_id)
             return record
         return await self.get(event.request_id) or record
+
+    async def refuse(self, event: UserRequest) -> None:
+        """Record a request answered 503 as ``refused`` (it never runs), unless a record
+        exists already; its SSE log gets its one terminal entry."""
+        committed = await self.store.commit(
+            expect={self.keys.request(event.request_id): 0},
+            ops=[
+                Put(
+                    self.keys.request(event.request_id),
+                    RequestRecord.refused(event).model_dump_json().encode(),
+                    self.record_ttl_s,
+                )
+            ],
+        )
+        if committed:
+            await self.store.append(
+                self.keys.log(event.request_id),
+                refusal_entry(event).model_dump_json().encode(),
+                self.record_ttl_s,
+            )
 
     async def conversation(self, tenant: str, conversation_id: str) -> list[RequestRecord]:
         """The requests of a conversation, oldest first; expired records are pruned."""
@@ -211,6 +238,27 @@ class RequestRepository:
                     in_flight=True,
                 )
             await asyncio.sleep(self.poll_interval_s)
+
+    async def refusals(self, tenant: str, key: str) -> int:
+        """How many posts with ``key`` were refused; read by the claim's holder."""
+        raw = await self.store.fetch(self.keys.refusals(tenant, key))
+        return 0 if raw is None else int(raw)
+
+    async def hold(self, tenant: str, key: str, claim: Claim) -> None:
+        """Replace the pending claim this post holds (with the ids of its generation)."""
+        await self.store.put(
+            self.keys.idempotency(tenant, key), claim.model_dump_json().encode(), self.pending_ttl_s
+        )
+
+    async def refused(self, tenant: str, key: str, claim: Claim) -> None:
+        """The post holding ``claim`` was refused: the next one is generation + 1 (with new
+        ids); then release the key."""
+        await self.store.put(
+            self.keys.refusals(tenant, key),
+            str(claim.generation + 1).encode(),
+            self.idempotency_ttl_s,
+        )
+        await self.release(tenant, key)
 
     async def confirm(self, tenant: str, key: str, claim: Claim) -> None:
         accepted = claim.model_copy(update={"state": "accepted"})

@@ -64,7 +64,8 @@ class TopicPartition(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A record read from a topic."""
+    """A record read from a topic. ``timestamp_ms``: the broker's append time on a
+    ``LogAppendTime`` topic, else the producer's."""
 
     topic: str
     partition: int
@@ -92,11 +93,15 @@ class OutgoingRecord:
 
 @dataclass(frozen=True, slots=True)
 class RecordMetadata:
-    """Where the broker stored a published record."""
+    """Where the broker stored a published record. ``timestamp_ms`` is the record's
+    timestamp; ``log_append_time`` says whether it is the broker's append time (a
+    ``LogAppendTime`` topic, and the in-process bus) or the producer's (``CreateTime``)."""
 
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int | None = None
+    log_append_time: bool = False
 
 
 @dataclass(frozen=True, slots=True)

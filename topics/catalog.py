@@ -83,6 +83,10 @@ class TopicSpec:
             "cleanup.policy": "delete",
             "min.insync.replicas": str(min(2, self.replication_factor)),
         }
+        if self.topic is Topic.USER_REQUEST and self.kind is Kind.MAIN:
+            # The broker stamps the append time, which decides whether a request the
+            # ingress stopped waiting for was accepted (topics/deadline.py, ADR 6).
+            configs["message.timestamp.type"] = "LogAppendTime"
         return TopicDescription(self.name, self.partitions, self.replication_factor, configs)
 
 

@@ -200,7 +200,10 @@ class KafkaBus:
             if getattr(exc, "retriable", False):
                 raise RetryableError(f"publish failed: {exc!r}") from exc
             raise
-        return [RecordMetadata(m.topic, m.partition, m.offset) for m in results]
+        return [
+            RecordMetadata(m.topic, m.partition, m.offset, m.timestamp, m.timestamp_type == 1)
+            for m in results
+        ]
 
     async def transactions(self, transactional_id: str) -> KafkaTransactions:
         producer = AIOKafkaProducer(

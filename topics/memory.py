@@ -106,7 +106,10 @@ class InProcessBus:
         stored = log.append(partition, record.key, record.value, record.headers)
         for group in self._groups.values():
             group.notify(stored.tp)
-        return RecordMetadata(stored.topic, stored.partition, stored.offset)
+        # Stamped at the append, as a LogAppendTime topic is (topics/deadline.py).
+        return RecordMetadata(
+            stored.topic, stored.partition, stored.offset, stored.timestamp_ms, True
+        )
 
     def _check_size(self, record: OutgoingRecord) -> None:
         size = len(record.key or b"") + len(record.value or b"")

@@ -10,6 +10,10 @@ topic (:mod:`agentstream.handlers.runtime.dead_letters`). What handling produced
 delivered as a whole, then a key parked behind this event is unparked: in that order, so a later
 event of the key cannot overtake outputs not yet delivered. Store steps that must not fail the
 event wait out outages instead (``until_done``), the record staying in flight meanwhile.
+
+A record that landed after its accept-by deadline (:mod:`agentstream.topics.deadline`) was
+answered as refused by its producer: it is not handled, whatever the consumer group, and
+only a route's ``on_refused`` (the ingress projection, which records the refusal) sees it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
 from agentstream.handlers.runtime.route import Job, Route
 from agentstream.schemas import SchemaError, decode
 from agentstream.topics import Catalog, Kind, OutgoingRecord, Record, TopicPartition
+from agentstream.topics.deadline import landed_late
 
 __all__ = ["Lost", "Processor"]
 
@@ -109,6 +114,9 @@ class Processor:
         from_retry = record.topic == self.catalog.name(route.topic, Kind.RETRY)
         if not await self._meant_for_us(record, route, from_retry):
             return "other_group", None
+        if not from_retry and landed_late(record):
+            # (A record in the retry topic was admitted when first read from the main one.)
+            return await self._refused(record, route, out)
         attempt = attempt_of(record)
         if from_retry:
             await wait_until_due(record)
@@ -179,6 +187,43 @@ class Processor:
         if not from_retry:
             return True
         return await self._until_done(lambda: self.parking.is_parked(route, record))
+
+    async def _refused(
+        self, record: Record, route: Route, out: list[OutgoingRecord]
+    ) -> tuple[str, str | None]:
+        """A record its producer answered as refused: never handled; ``on_refused`` (when
+        the route has one) runs in its place, settled like a handler (once per event id)."""
+        hook = route.on_refused
+        log.info(
+            "%s: record appended after its accept-by deadline, refused: not handled",
+            route.name,
+            extra=log_fields(record, None),
+        )
+        if hook is None:
+            return "refused", None
+        try:
+            resolved = await self._until_done(lambda: self.claims.resolve(record))
+            event = decode(resolved.value)
+        except SchemaError:
+            return "refused", None
+        for attempt in range(1, 1_000_000):
+            try:
+                # Its own mark: the event id may still come in time in another record.
+                await self.outbox.settle(
+                    f"{event.id}:refused",
+                    route.name,
+                    record,
+                    attempt,
+                    lambda ctx: hook(event, ctx),
+                    out,
+                )
+                return "refused", None
+            except Exception as exc:
+                # A refusal record is bookkeeping, not work: retried in place, never parked
+                # or dead-lettered.
+                log.warning("%s (refused record) failed, retrying: %r", route.name, exc)
+                await asyncio.sleep(self.retry.delay(exc, attempt, in_place=True))
+        raise AssertionError("unreachable")
 
     async def run_job(self, job: Job) -> None:
         for attempt in range(1, 1_000_000):

@@ -37,13 +37,17 @@ class Route:
     ``publishes`` is the declaration the AsyncAPI document and the deployment checks read
     (:mod:`agentstream.workers`), as FastStream declares a subscriber with its publishers. The
     runtime does not enforce it; ``tests/unit/test_workers.py`` holds a pipeline run to it.
-    """
+
+    ``on_refused`` runs instead of ``handler`` for a record that landed after its
+    accept-by deadline (:mod:`agentstream.topics.deadline`): its producer answered that it
+    was refused, so no handler runs it. None (most routes): the record is skipped."""
 
     topic: Topic
     handler: Handler
     name: str
     on_dead_letter: DeadLetterHook | None = None
     publishes: tuple[Topic, ...] = ()
+    on_refused: Handler | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,16 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from agentstream.handlers.stores.base import Delete
 from agentstream.handlers.stores.redis_store import RedisStore
 from agentstream.ingress import IngressServer
+from agentstream.ingress.create import CLOCK_MARGIN_S
+from agentstream.process import WorkerKind
 from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     Envelope,
+    RetryableError,
     ToolCall,
     ToolCallData,
     ToolResult,
@@ -37,6 +42,7 @@ from agentstream.topics import KafkaConfig, OutgoingRecord, Topic
 from agentstream.topics.kafka import KafkaBus
 from agentstream.wiring import ensure_topics
 
+from tests.pipeline_harness import Stack, running, wait_for
 from tests.services import KafkaFactory
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -44,6 +50,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 KEY_A, KEY_B = "acme-key", "globex-key"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
+WORKERS: tuple[WorkerKind, ...] = ("agent", "tool", "memory", "stats")
 
 
 @dataclass
@@ -205,8 +212,8 @@ async def test_202_after_ack_then_503_when_the_broker_is_down(
 ) -> None:
     broker = private_kafka()
     settings = make_settings(prefix, broker.bootstrap, redis_url, publish_timeout_s=4.0)
-    # Batches the broker never acknowledges expire inside the publish timeout, so a 503'd
-    # request cannot be delivered later from the producer's buffer.
+    # Batches the broker never acknowledges expire inside the publish timeout here, so
+    # nothing lands later (the freeze test below lets it land, and shows it refused).
     settings.kafka = KafkaConfig(
         bootstrap_servers=broker.bootstrap, request_timeout_ms=2_000, delivery_timeout_ms=3_000
     )
@@ -228,13 +235,18 @@ async def test_202_after_ack_then_503_when_the_broker_is_down(
         )
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["retry-after"]) >= 1
-        assert len(await ingress.request_records()) == 1  # no record of the refused request
+        assert refused.json()["retry_safe"] is True
+        # The refused request is on record as such (and never runs).
+        assert len(await ingress.request_records()) == 2
+        status = await client.get(f"/v1/requests/{refused.json()['request_id']}", headers=AUTH_A)
+        assert status.json()["status"] == "refused"
         not_ready = await client.get("/readyz")
         assert not_ready.status_code == 503
         assert not_ready.json()["checks"]["broker"] != "ok"
 
         broker.restart()
-        # The idempotency key was released: the same post is accepted now.
+        # The idempotency key was released: the same post is accepted now, as a request of
+        # its own (the refused one never runs, so the two are never conflated).
         for _ in range(60):
             again = await client.post(
                 "/v1/requests",
@@ -245,15 +257,140 @@ async def test_202_after_ack_then_503_when_the_broker_is_down(
                 break
             await asyncio.sleep(0.5)
         assert again.status_code == 202
-        # A 503 is "not accepted", not "never delivered": aiokafka keeps a batch it already
-        # tried to send and may deliver it once the broker is back. With the Idempotency-Key
-        # the retry is the very same event (same id), so consumers see one distinct request.
+        assert again.json()["request_id"] != refused.json()["request_id"]
         # The two requests have different conversations, so they may sit on different
         # partitions: compare as a set, not by position.
         published = await ingress.published_requests()
         assert [e.id for e in published if e.data.text == "first"] == [event.id]
-        seconds = {e.id for e in published if e.data.text == "second"}
-        assert seconds == {derive_id(again.json()["request_id"], "user_request")}
+        seconds = {e.request_id for e in published if e.data.text == "second"}
+        assert again.json()["request_id"] in seconds
+        assert seconds <= {again.json()["request_id"], refused.json()["request_id"]}
+
+
+async def post_until_accepted(
+    client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]
+) -> httpx.Response:
+    """POST (waiting up to 30 s for the answer) until it is not a 503: a 503 never runs, so
+    retrying it is safe (and with a key, each retry after a 503 is a new request)."""
+    for _ in range(10):
+        reply = await client.post("/v1/requests?wait=30", json=body, headers=headers)
+        if reply.status_code != 503:
+            return reply
+    return reply
+
+
+async def test_a_503_is_never_processed_even_when_its_record_lands_later(
+    private_kafka: KafkaFactory, redis_url: str, prefix: str
+) -> None:
+    """Issue 14 item 3. The broker is frozen (SIGSTOP) longer than the publish timeout:
+    the posts get 503, their records stay in the producer's hands and land once the broker
+    is thawed. No consumer group runs them (no response, no dedup mark in the agent, memory
+    and stats groups), GET says ``refused`` (the projection records it even when the
+    ingress's own record is gone), and a retry with the same Idempotency-Key is a request
+    of its own that runs once."""
+    broker = private_kafka()
+    settings = make_settings(prefix, broker.bootstrap, redis_url, publish_timeout_s=2.0)
+    settings.kafka = KafkaConfig(
+        bootstrap_servers=broker.bootstrap, session_timeout_ms=30_000, request_timeout_ms=30_000
+    )
+    conversation = "frozen-conversation"  # one partition, one lane: the late records first
+    async with (
+        running_ingress(settings, redis_url) as ingress,
+        running(Stack(settings, ingress.bus, ingress.store), WORKERS),
+        httpx.AsyncClient(base_url=ingress.url, timeout=60) as client,
+    ):
+        # (A fresh broker on a busy machine may miss the short timeout at first.)
+        warm = await post_until_accepted(
+            client, {"text": "warm up", "conversation_id": conversation}, AUTH_A
+        )
+        assert warm.status_code == 200, warm.text
+
+        broker.pause()
+        try:
+            started = time.monotonic()
+            keyed, bare = await asyncio.gather(
+                client.post(
+                    "/v1/requests",
+                    json={"text": "keyed", "conversation_id": conversation},
+                    headers={**AUTH_A, "Idempotency-Key": "frozen"},
+                ),
+                client.post(
+                    "/v1/requests",
+                    json={"text": "bare", "conversation_id": conversation},
+                    headers=AUTH_A,
+                ),
+            )
+            answered = time.monotonic() - started
+            for reply in (keyed, bare):
+                assert reply.status_code == 503, reply.text
+                assert reply.json()["retry_safe"] is True
+                assert int(reply.headers["retry-after"]) >= 1
+            assert 2.0 + CLOCK_MARGIN_S - 0.1 <= answered < 10
+            refused = {keyed.json()["request_id"], bare.json()["request_id"]}
+            for request_id in refused:
+                status = await client.get(f"/v1/requests/{request_id}", headers=AUTH_A)
+                assert status.json()["status"] == "refused"
+            # Forget the ingress's own record of one: the projection must find out by itself.
+            await ingress.store.commit(
+                expect={},
+                ops=[Delete(f"{settings.namespace}:ingress:request:{bare.json()['request_id']}")],
+            )
+            await asyncio.sleep(3.0)  # frozen for about 6 s in all
+        finally:
+            broker.resume()
+
+        async def landed() -> bool:
+            try:
+                published = await ingress.published_requests()
+            except RetryableError:  # the thawed broker may not answer at once
+                return False
+            return refused <= {e.request_id for e in published}
+
+        await wait_for(landed, timeout_s=60)  # the producer delivered them after the thaw
+
+        async def projected() -> bool:
+            reply = await client.get(f"/v1/requests/{bare.json()['request_id']}", headers=AUTH_A)
+            return reply.status_code == 200 and reply.json()["status"] == "refused"
+
+        await wait_for(projected, timeout_s=60)
+
+        retry = await post_until_accepted(
+            client,
+            {"text": "keyed", "conversation_id": conversation},
+            {**AUTH_A, "Idempotency-Key": "frozen"},
+        )
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["status"] == "completed"
+        assert retry.json()["request_id"] not in refused
+        same = await client.post(
+            "/v1/requests",
+            json={"text": "keyed", "conversation_id": conversation},
+            headers={**AUTH_A, "Idempotency-Key": "frozen"},
+        )
+        assert same.json()["request_id"] == retry.json()["request_id"]
+
+        # Every group handled the retry, which follows the late records in the same lane.
+        marks = {
+            kind: f"{settings.namespace}:done:{prefix}agentstream-{kind}:"
+            for kind in ("agent", "memory", "stats")
+        }
+        retry_event = derive_id(retry.json()["request_id"], "user_request")
+
+        async def all_handled() -> bool:
+            found = [await ingress.store.fetch(m + retry_event) for m in marks.values()]
+            return all(f is not None for f in found)
+
+        await wait_for(all_handled, timeout_s=60)
+        for kind, mark in marks.items():
+            for request_id in refused:
+                late_event = derive_id(request_id, "user_request")
+                assert await ingress.store.fetch(mark + late_event) is None, kind
+        responses = await Stack(settings, ingress.bus, ingress.store).responses()
+        assert not refused & set(responses)
+        assert len(responses[retry.json()["request_id"]]) == 1
+        for request_id in refused:
+            status = await client.get(f"/v1/requests/{request_id}", headers=AUTH_A)
+            assert status.json()["status"] == "refused"
 
 
 async def test_idempotency_key_publishes_once(ingress: Ingress) -> None:

@@ -38,6 +38,7 @@ from agentstream.schemas import (
 )
 from agentstream.settings import Settings, TopicSettings
 from agentstream.topics import Headers, KafkaConfig, Kind, OutgoingRecord, Record, Topic
+from agentstream.topics.deadline import accept_by_header
 from agentstream.topics.kafka import KafkaBus
 from agentstream.wiring import ensure_topics
 from pydantic import SecretStr
@@ -220,6 +221,46 @@ async def test_a_tool_call_batch_publishes_the_results_on_kafka(
         assert result.data.ok
         assert result.causation_id == call.id
         assert result.conversation_id == call.conversation_id
+
+
+async def test_a_request_appended_after_its_deadline_runs_no_handler(
+    settings: Settings, bus: KafkaBus, function: _Function
+) -> None:
+    """The Lambda handler runs records through the worker's own path, so a ``user_request``
+    the ingress answered 503 (appended after its ``x-accept-by``, ADR 6) runs nothing here
+    either; one in time runs as usual."""
+    topic = settings.catalog().name(Topic.USER_REQUEST)
+    now_ms = time.time_ns() // 1_000_000
+    requests = {
+        text: UserRequest(
+            id=f"{text}-event",
+            source="ingress",
+            request_id=text,
+            conversation_id=f"conv-{text}",
+            tenant="acme",
+            data=UserRequestData(text=text),
+        )
+        for text in ("late", "in-time")
+    }
+    outgoing = []
+    for text, deadline in (("late", now_ms - 60_000), ("in-time", now_ms + 60_000)):
+        key, value, headers = encode(requests[text])
+        stamped = (*headers, accept_by_header(deadline))
+        outgoing.append(OutgoingRecord(topic, value, key, stamped, partition=0))
+    metas = await bus.publish_many(outgoing)
+    read = {(r.partition, r.offset): r for r in await bus.read(topic)}
+    records = [read[(m.partition, m.offset)] for m in metas]
+    seen: list[str] = []
+
+    async def handle(event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        seen.append(event.request_id)
+        return []
+
+    routes = [Route(Topic.USER_REQUEST, handle, "test.user_request")]
+    function.configure(settings, kind="agent", routes=routes)
+
+    assert await function.invoke(msk_event(records)) == {"batchItemFailures": []}
+    assert seen == ["in-time"]
 
 
 async def test_a_poison_record_is_dead_lettered_and_the_batch_goes_on(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -43,6 +44,7 @@ from agentstream.dlq_replay import (
 from agentstream.schemas import ToolCall, ToolCallData, UserRequest, UserRequestData, encode
 from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers
 from agentstream.topics import Catalog, Kind, OutgoingRecord, Topic, TopicPartition
+from agentstream.topics.deadline import ACCEPT_BY, accept_by_header
 from agentstream.topics.memory import InProcessBus
 
 FAILED = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
@@ -331,6 +333,15 @@ async def test_replay_record_restores_the_original(bus: InProcessBus) -> None:
     assert dict(out.headers)[REPLAY_GROUP] == b"p.agentstream-tool"
     assert REPLAY_GROUP not in dict(replay_record(bare, CATALOG, at=at).headers)
     assert replay_record(bad, CATALOG, at=at).topic == "p.tool_call"
+    # A request's accept-by deadline is long past when it is replayed: dropped, or the
+    # replay would be refused (topics/deadline.py).
+    stamped = dataclasses.replace(
+        call,
+        record=dataclasses.replace(
+            call.record, headers=(*call.record.headers, accept_by_header(1))
+        ),
+    )
+    assert ACCEPT_BY not in dict(replay_record(stamped, CATALOG, at=at).headers)
     # From a .retry topic, or with no dead-letter headers: the main topic of the DLQ's topic.
     assert target_topic(request, CATALOG) == "p.user_request"
     assert target_topic(bare, CATALOG) == "p.user_request"

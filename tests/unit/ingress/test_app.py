@@ -7,8 +7,10 @@ need); the same scenarios run on real Kafka and Redis in ``tests/integration/``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +21,7 @@ from agentstream.handlers.runtime.context import Context, Origin
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.stores.base import InProcessStore
 from agentstream.ingress import create_app
+from agentstream.ingress.create import CLOCK_MARGIN_S
 from agentstream.ingress.intake import valid_traceparent, wait_seconds
 from agentstream.ingress.observe import IngressMetrics
 from agentstream.ingress.projection import Projection, ProjectionKeys, RecentlyRecorded
@@ -38,7 +41,9 @@ from agentstream.schemas import (
     header,
 )
 from agentstream.settings import IngressSettings, Settings, TopicSettings
-from agentstream.topics import OutgoingRecord, RecordMetadata, TopicDescription
+from agentstream.topics import OutgoingRecord, Record, RecordMetadata, TopicDescription
+from agentstream.topics.bus import RecordTooLarge
+from agentstream.topics.deadline import accept_by, landed_late
 from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import ensure_topics
 from prometheus_client import CollectorRegistry
@@ -51,13 +56,18 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class RecordingBus:
-    """Just enough of the Bus protocol for the ingress: publish and describe_topics."""
+    """Just enough of the Bus protocol for the ingress: publish and describe_topics.
+    Acknowledgements carry an append time, as a ``LogAppendTime`` topic's do: now plus
+    ``append_delay_ms`` (a broker that appended late); ``append_time`` False: the
+    producer's time, as on a ``CreateTime`` topic."""
 
     def __init__(self) -> None:
         self.published: list[OutgoingRecord] = []
         self.fail: Exception | None = None
         self.hang = False
         self.topics: set[str] | None = None  # None: every topic exists
+        self.append_delay_ms = 0
+        self.append_time = True
 
     async def publish(self, record: OutgoingRecord) -> RecordMetadata:
         if self.hang:
@@ -65,7 +75,8 @@ class RecordingBus:
         if self.fail is not None:
             raise self.fail
         self.published.append(record)
-        return RecordMetadata(record.topic, 0, len(self.published) - 1)
+        stamp = time.time_ns() // 1_000_000 + self.append_delay_ms
+        return RecordMetadata(record.topic, 0, len(self.published) - 1, stamp, self.append_time)
 
     async def publish_many(self, records: Sequence[OutgoingRecord]) -> list[RecordMetadata]:
         return [await self.publish(r) for r in records]
@@ -196,28 +207,97 @@ async def test_conversation_id_is_kept_and_bad_traceparent_dropped(
 
 
 @pytest.mark.parametrize("failure", ["raise", "hang"])
-async def test_broker_failure_is_503_and_leaves_nothing(
+async def test_broker_failure_is_503_refused_for_good(
     client: httpx.AsyncClient, bus: RecordingBus, store: InProcessStore, failure: str
 ) -> None:
     if failure == "raise":
         bus.fail = RetryableError("broker unreachable")
     else:
         bus.hang = True
-    reply = await client.post(
-        "/v1/requests", json={"text": "hi"}, headers={**AUTH_A, "Idempotency-Key": "k-1"}
-    )
+    headers = {**AUTH_A, "Idempotency-Key": "k-1"}
+    started = time.monotonic()
+    reply = await client.post("/v1/requests", json={"text": "hi"}, headers=headers)
+    # Unacknowledged, the record may still land: the 503 waits until the broker's clock is
+    # surely past the deadline (publish_timeout_s 0.3 plus the clock margin).
+    assert time.monotonic() - started >= 0.3 + CLOCK_MARGIN_S - 0.05
     assert reply.status_code == 503
     assert int(reply.headers["retry-after"]) >= 1
-    assert reply.json()["error"] == "unavailable"
+    body = reply.json()
+    assert body["error"] == "unavailable"
+    assert body["retry_safe"] is True
+    assert "never run" in body["message"]
     assert bus.published == []
-    assert store._versioned == {}  # no request record
-    # The idempotency claim was released: the same key works once the broker is back.
+    # GET says what the 503 said, and the stream ends with it.
+    refused = await client.get(f"/v1/requests/{body['request_id']}", headers=AUTH_A)
+    assert refused.status_code == 200
+    assert refused.json()["status"] == "refused"
+    async with client.stream(
+        "GET", f"/v1/requests/{body['request_id']}/events", headers=AUTH_A
+    ) as stream:
+        text = (await stream.aread()).decode()
+    assert "event: refused" in text
+    # The same key works once the broker is back, as a request of its own (new ids).
     bus.fail, bus.hang = None, False
-    again = await client.post(
-        "/v1/requests", json={"text": "hi"}, headers={**AUTH_A, "Idempotency-Key": "k-1"}
-    )
+    again = await client.post("/v1/requests", json={"text": "hi"}, headers=headers)
     assert again.status_code == 202
+    assert again.json()["request_id"] != body["request_id"]
+    assert [decode(r.value).request_id for r in bus.published] == [again.json()["request_id"]]
+    # ... and stays that one request.
+    replay = await client.post("/v1/requests", json={"text": "hi"}, headers=headers)
+    assert replay.json()["request_id"] == again.json()["request_id"]
     assert len(bus.published) == 1
+    still = await client.get(f"/v1/requests/{body['request_id']}", headers=AUTH_A)
+    assert still.json()["status"] == "refused"
+
+
+async def test_an_ack_after_the_deadline_is_a_503(
+    client: httpx.AsyncClient, bus: RecordingBus
+) -> None:
+    """The broker appended the record, but after its accept-by deadline: every consumer
+    will refuse it, so the ingress answers 503 too, at once."""
+    bus.append_delay_ms = 400  # publish_timeout_s is 0.3
+    reply = await client.post("/v1/requests", json={"text": "late"}, headers=AUTH_A)
+    assert reply.status_code == 503
+    assert reply.json()["retry_safe"] is True
+    [record] = bus.published
+    deadline = accept_by(record.headers)
+    assert deadline is not None
+    late = Record("t", 0, 0, record.key, record.value, record.headers, deadline + 1)
+    assert landed_late(late)
+    assert not landed_late(dataclasses.replace(late, timestamp_ms=deadline))
+    status = await client.get(f"/v1/requests/{reply.json()['request_id']}", headers=AUTH_A)
+    assert status.json()["status"] == "refused"
+    bus.append_delay_ms = 0
+    assert (
+        await client.post("/v1/requests", json={"text": "x"}, headers=AUTH_A)
+    ).status_code == 202
+
+
+async def test_a_refusal_by_the_broker_is_answered_at_once(
+    client: httpx.AsyncClient, bus: RecordingBus
+) -> None:
+    """A permanent error means the broker refused the record: it cannot land later, so
+    there is nothing to wait for."""
+    bus.fail = RecordTooLarge("too large")
+    started = time.monotonic()
+    reply = await client.post("/v1/requests", json={"text": "hi"}, headers=AUTH_A)
+    assert reply.status_code == 503
+    assert time.monotonic() - started < 0.3
+
+
+async def test_without_append_times_a_503_is_not_retry_safe(
+    client: httpx.AsyncClient, bus: RecordingBus
+) -> None:
+    """A ``CreateTime`` topic: acknowledgements are accepted as before, and a 503 says
+    that it cannot promise the request never runs."""
+    bus.append_time, bus.append_delay_ms = False, 10_000
+    assert (
+        await client.post("/v1/requests", json={"text": "a"}, headers=AUTH_A)
+    ).status_code == 202
+    bus.fail = RetryableError("broker unreachable")
+    reply = await client.post("/v1/requests", json={"text": "b"}, headers=AUTH_A)
+    assert reply.status_code == 503
+    assert reply.json()["retry_safe"] is False
 
 
 # -- idempotency --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from agentstream.handlers.stores.base import InProcessStore
 from agentstream.ingress import create_app
 from agentstream.ingress.create import FastPath
 from agentstream.ingress.observe import IngressMetrics
-from agentstream.schemas import RetryableError
+from agentstream.topics.bus import RecordTooLarge
 from fastapi import FastAPI
 
 from tests.unit.ingress.test_app import KEY_A, KEY_B, RecordingBus, settings
@@ -174,13 +174,23 @@ async def test_refusals_are_byte_identical(app: FastAPI, bus: RecordingBus, root
     assert await answer([AUTH, JSON, keyed], [b'{"text":"other"}']) == error(
         409, "conflict", "this Idempotency-Key was already used with a different request body"
     )
-    bus.fail = RetryableError("broker down")
-    unavailable = error(
-        503,
-        "unavailable",
-        "the broker did not acknowledge the request; it was not accepted",
-        (b"retry-after", b"2"),
+    bus.fail = RecordTooLarge("too large")  # refused by the broker: answered at once
+    message = (
+        "the broker did not acknowledge the request in time; it was refused and will never run: "
+        "retry"
     )
+    raw = json.dumps(
+        {
+            "error": "unavailable",
+            "message": message,
+            "detail": None,
+            "request_id": "<id>",
+            "retry_safe": True,
+        },
+        separators=(",", ":"),
+    ).encode()
+    length = str(len(raw) + 36 - len("<id>")).encode()
+    unavailable = (503, [(b"retry-after", b"2"), (b"content-length", length), JSON], raw)
     assert await answer([AUTH, JSON], good) == unavailable
     assert len(bus.published) == 1
 

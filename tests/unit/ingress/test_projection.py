@@ -297,3 +297,42 @@ async def test_only_a_record_the_ingress_wrote_itself_counts() -> None:
     assert await project(store, Projection(NS), request)
     await repo.accept(request)
     assert len(recorded) == 0
+
+
+async def refuse(store: InProcessStore, projection: Projection, event: UserRequest) -> bool:
+    """Run the projection's ``on_refused`` (what the runtime calls for a ``user_request``
+    appended after its accept-by deadline) and commit like the runtime does."""
+    ctx = Context(store, Origin("t", 0, 0, "g"), NS, lambda: datetime.now(UTC))
+    [route] = [r for r in projection.routes() if r.on_refused is not None]
+    assert route.on_refused is not None
+    assert await route.on_refused(event, ctx) == []
+    return await store.commit(expect=ctx.reads, ops=ctx.ops)
+
+
+async def test_a_refused_request_is_recorded_as_such_and_ends_its_log() -> None:
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    assert await refuse(store, projection, request)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert (record.status, record.text, record.terminal) == ("refused", "What is 12 * 7?", True)
+    [entry] = await log_of(store, "r1")
+    assert (entry.kind, entry.terminal, entry.data["status"]) == ("refused", True, "refused")
+    # Not a turn of its conversation (it never ran).
+    assert await store.index_range(ProjectionKeys(NS).conversation("acme", "c1")) == []
+    # Seen again (a redelivery), or after the ingress recorded the refusal: one entry.
+    assert await refuse(store, projection, request)
+    assert len(await log_of(store, "r1")) == 1
+
+
+async def test_a_refusal_never_overwrites_an_accepted_request() -> None:
+    """Cannot happen with one append time per record; if it ever did, the record that
+    says the request ran stays."""
+    store, projection = InProcessStore(), Projection(NS)
+    request = user_request()
+    assert await project(store, projection, request)
+    assert await refuse(store, projection, request)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.status == "accepted"
+    assert await log_of(store, "r1") == []
