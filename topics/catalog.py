@@ -78,7 +78,10 @@ class TopicSpec:
             "cleanup.policy": "delete",
         }
         if self.replication_factor > 1:
+            # An acknowledged write is on two replicas at least, and only an in-sync replica
+            # may become leader (Kafka's default, spelled out: a cluster may change it).
             configs["min.insync.replicas"] = str(min(2, self.replication_factor))
+            configs["unclean.leader.election.enable"] = "false"
         return TopicDescription(self.name, self.partitions, self.replication_factor, configs)
 
 
