@@ -22,6 +22,7 @@ from agentstream.topics.kafka_errors import (
     authentication_failure,
     not_authorized,
 )
+from agentstream.topics.kafka_membership import leave_as_static_member
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -191,4 +192,12 @@ class KafkaConsumer:
     async def stop(self) -> None:
         # Stopping does not commit (auto-commit is off): the group redelivers what is
         # uncommitted to the next owner.
+        instance_id = self._bus.config.group_instance_id
+        # aiokafka's coordinator forgets the member id when it stops; read it before.
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        member_id = getattr(coordinator, "member_id", "") if instance_id else ""
         await self._consumer.stop()
+        if instance_id and member_id:
+            # A static member does not leave by itself (see kafka_membership): a planned stop
+            # hands its partitions over now rather than after the session timeout.
+            await leave_as_static_member(self._bus.admin, self.group_id, member_id, instance_id)

@@ -7,7 +7,10 @@
     with an instance id SIGKILLed and started again at once takes its partitions back
     without a rebalance (the other member receives no assignment); then a member without an
     instance id killed and restarted the same way, which makes the group rebalance and wait
-    for the dead member's session. Both unserved times are recorded side by side.
+    for the dead member's session (20 s here, longer than a restart on a loaded machine).
+    Both unserved times are recorded side by side. Last, the static member is stopped by
+    SIGTERM: it removes itself from the group (LeaveGroup by instance id), so its partitions
+    move at once instead of after the session.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
     owned = {name: await _owned(c, name) for name in ("agent-1", "agent-2")}
     turns = make_turns(50)
     timeline = Timeline()
-    publishing = asyncio.create_task(c.paced(turns, over_s=36, batches=36))
+    publishing = asyncio.create_task(c.paced(turns, over_s=56, batches=56))
     await c.wait_answered(turns, 0.05)
 
     # Static: killed and restarted at once with the same instance id.
@@ -137,6 +140,18 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
     _spawn(c, "agent-2", static=False)
     dynamic_unserved = await _unserved(c, dynamic_kill.start, owned["agent-2"])
 
+    # A planned stop of the static member: it drains, commits and removes itself from the
+    # group by its instance id, so its partitions move at once, not after the session.
+    await c.ready(["agent-1", "agent-2"])
+    leaving = await _owned(c, "agent-1")
+    c.terminate("agent-1")
+    sigterm = timeline.instant("SIGTERM agent-1 (static), not restarted")
+    sigterm_unserved = await _unserved(c, sigterm.start, leaving)
+    exit_code = await c.wait_exit("agent-1")
+    left = any(
+        "left the group as static member" in str(e.get("message")) for e in c.log_entries("agent-1")
+    )
+
     await publishing
     responses = await c.collect(turns, timeout_s=120)
     report = await verify(c, c.catalog, turns, responses=responses)
@@ -152,6 +167,8 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
             "dynamic_unserved_max_s": dynamic_s,
             "assignments_of_the_other_member_on_static_restart": rebalanced_others,
             "static_rejoined_s": _since(rejoined[0][0], static_kill.start) if rejoined else None,
+            "sigterm_unserved_s": sigterm_unserved,
+            "sigterm_unserved_max_s": max(sigterm_unserved.values()),
             "session_timeout_s": STATIC_SESSION_TIMEOUT_S,
         },
     )
@@ -161,3 +178,6 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
     # Without an instance id the group waits for the dead member's session to expire.
     assert dynamic_s >= STATIC_SESSION_TIMEOUT_S - 1, dynamic_unserved
     assert static_s < dynamic_s, (static_unserved, dynamic_unserved)
+    assert exit_code == 0, c.tail("agent-1")
+    assert left, c.tail("agent-1")
+    assert max(sigterm_unserved.values()) < STATIC_SESSION_TIMEOUT_S / 2, sigterm_unserved

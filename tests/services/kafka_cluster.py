@@ -95,6 +95,8 @@ class KafkaCluster:
         self.start_seconds: float | None = None
         self._libs: Path | None = None
         self._closed = False
+        self._unreaped: list[subprocess.Popen[bytes]] = []
+        self._watchdogs: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
         return f"KafkaCluster({self.bootstrap!r}, root={str(self.root)!r})"
@@ -157,11 +159,12 @@ class KafkaCluster:
             wait_gone(node.pid, 10.0)
         self._reap(node)
 
-    @staticmethod
-    def _reap(node: KafkaNode) -> None:
+    def _reap(self, node: KafkaNode) -> None:
         if node.proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.proc.wait(5)
+            try:
+                node.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self._unreaped.append(node.proc)  # never dropped while it runs
         node.pid = None
         node.proc = None
 
@@ -176,6 +179,11 @@ class KafkaCluster:
     def _kill_all(self) -> None:
         for node_id in self.nodes:
             self.kill(node_id)
+        for proc in self._unreaped + self._watchdogs:
+            proc.kill()
+            proc.wait(60)
+        self._unreaped.clear()
+        self._watchdogs.clear()
 
     # -- what the cluster says -----------------------------------------------------------
 
@@ -382,15 +390,34 @@ log.cleaner.dedupe.buffer.size=8388608
             "kafka.Kafka",
             str(node.data_dir / "server.properties"),
         ]
-        setpriv = shutil.which("setpriv")
-        if setpriv:  # a killed test run leaves no broker behind
-            command = [setpriv, "--pdeathsig", "KILL", *command]
+        if node.proc is not None:  # an earlier incarnation that died by itself
+            node.proc.wait(60)
         with out_path.open("wb") as out:
             proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         node.pid = proc.pid
         node.proc = proc
+        # A killed test run leaves no broker behind: a watchdog kills the node once this
+        # process is gone. (Not `setpriv --pdeathsig`: that follows the launching *thread*,
+        # and nodes are restarted from worker threads that end with the test's event loop.)
+        self._watchdogs.append(
+            subprocess.Popen(
+                [
+                    "bash",
+                    "-c",
+                    'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done;'
+                    ' kill -KILL "$2" 2>/dev/null; exit 0',
+                    "watchdog",
+                    str(os.getpid()),
+                    str(proc.pid),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
 
 
 def _partitions(topic: dict[str, object]) -> Iterator[dict[str, object]]:
