@@ -108,6 +108,14 @@ async def _until_led_elsewhere(kafka: KafkaCluster, topics: list[str], gone: int
     raise AssertionError(f"node {gone} still leads partitions after 120 s")
 
 
+async def _until(done: asyncio.Event, c: Cluster, turns: list[Turn], per_s: int = 2) -> None:
+    """Publish ``per_s`` turns a second, in order, until ``done``; then the rest at once."""
+    for i in range(0, len(turns), per_s):
+        await c.publish(turns[i : i + per_s])
+        if not done.is_set():
+            await asyncio.sleep(1)
+
+
 async def _finish(
     c: Cluster,
     turns: list[Turn],
@@ -162,9 +170,10 @@ async def test_rolling_restart_of_all_three_brokers(
     controller = await asyncio.to_thread(kafka.active_controller)
     order = [n for n in kafka.nodes if n != controller] + [controller]
     timeline = Timeline()
-    # The roll takes about a minute (a node's JVM starts in 9 to 17 s on the test machine):
-    # requests keep coming until its last step.
-    publishing = asyncio.create_task(c.paced(turns, over_s=65, batches=65))
+    # The roll takes one to two minutes (a node's JVM starts in 9 to 30 s on the test
+    # machine): requests keep coming, 2 a second, until its last step is over.
+    rolled = asyncio.Event()
+    publishing = asyncio.create_task(_until(rolled, c, turns))
     await c.wait_answered(turns, 0.05)
     steps: list[dict[str, float]] = []
     for node_id in order:
@@ -184,6 +193,7 @@ async def test_rolling_restart_of_all_three_brokers(
                 "in_sync_s": round(time.monotonic() - started, 1),
             }
         )
+    rolled.set()
     report, details = await _finish(c, turns, timeline, publishing)
     details |= {"order": order, "steps": steps}
     record_result("cluster-rolling-restart", report, timeline, details)
