@@ -7,7 +7,7 @@
     with an instance id SIGKILLed and started again at once takes its partitions back
     without a rebalance (the other member receives no assignment); then a member without an
     instance id killed and restarted the same way, which makes the group rebalance and wait
-    for the dead member's session (20 s here, longer than a restart on a loaded machine).
+    for the dead member's session (30 s here, longer than a restart on a loaded machine).
     Both unserved times are recorded side by side. Last, the static member is stopped by
     SIGTERM: it removes itself from the group (LeaveGroup by instance id), so the other
     member is assigned its partitions at once instead of after the session.
@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
 SESSION_TIMEOUT_S = 6.0  # tests.procs.worker_env
 #: Static membership only helps when a restart is quicker than the session: a worker takes
-#: 2 to 10 s from exec to its first assignment on the shared test machine.
-STATIC_SESSION_TIMEOUT_S = 20.0
+#: 2 to 4 s from exec to its first assignment on an idle machine, 10 to 18 s on the shared
+#: test machine under a load of 20 to 40.
+STATIC_SESSION_TIMEOUT_S = 30.0
 
 
 async def _owned(c: Cluster, name: str) -> set[int]:
@@ -133,7 +134,7 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
     turns = make_turns(50)
     timeline = Timeline()
     # Requests keep coming through both restarts (each may take up to the 20 s session).
-    publishing = asyncio.create_task(c.paced(turns, over_s=70, batches=70))
+    publishing = asyncio.create_task(c.paced(turns, over_s=90, batches=100))
     await c.wait_answered(turns, 0.05)
 
     # Static: killed and restarted at once with the same instance id.
