@@ -4,9 +4,11 @@
 in ``infra/kafka/pom.xml``) as ``size`` JVMs, each both a broker and a voter of a static
 controller quorum, with the settings a production cluster would have for durability:
 replication factor 3 for every topic (internal ones included), ``min.insync.replicas=2``,
-unclean leader election off. Everything else is Kafka's default, in particular the broker
-session (9 s) after which the controller fences a broker that stopped heartbeating, so the
-failover times the chaos suite measures are those of a stock cluster.
+unclean leader election off. Besides fewer threads and the group settings the single test
+broker has too (no initial rebalance delay, sessions from 1 s, no auto-created topics), the
+rest is Kafka's default, in particular the broker session (9 s) after which the controller
+fences a broker that stopped heartbeating, so the failover times the chaos suite measures
+are those of a stock cluster.
 
 A node can be killed (SIGKILL), stopped (SIGTERM, a controlled shutdown that moves its
 leaderships away first), and started again on the same ports and data dir; the cluster can
