@@ -24,57 +24,25 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.services.kafka import KAFKA_DIR, kafka_version
+from tests.services.kafka import kafka_version
+from tests.services.kafka_node import TOOL_OPTS, KafkaNode, distinct_ports, fetch_libs
 from tests.services.processes import (
     ServiceError,
-    free_port,
-    pid_alive,
     register,
-    send_signal,
     tail,
     unregister,
-    wait_gone,
 )
 
 __all__ = ["KafkaCluster", "KafkaNode"]
-
-_TOOL_OPTS = ["-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto"]
-
-
-@dataclass
-class KafkaNode:
-    """One combined broker+controller node of a :class:`KafkaCluster`."""
-
-    node_id: int
-    port: int
-    controller_port: int
-    data_dir: Path
-    pid: int | None = None
-    out: list[Path] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.pid is not None and pid_alive(self.pid)
-
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "logs" / "server.log"
 
 
 class KafkaCluster:
@@ -89,7 +57,7 @@ class KafkaCluster:
         self.cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         while self.cluster_id.startswith("-"):
             self.cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-        ports = _distinct_ports(2 * size)
+        ports = distinct_ports(2 * size)
         self.nodes = {
             i: KafkaNode(i, ports[2 * (i - 1)], ports[2 * i - 1], self.root / f"node-{i}")
             for i in range(1, size + 1)
@@ -97,8 +65,6 @@ class KafkaCluster:
         self.start_seconds: float | None = None
         self._libs: Path | None = None
         self._closed = False
-        self._unreaped: list[subprocess.Popen[bytes]] = []
-        self._watchdogs: list[subprocess.Popen[bytes]] = []
 
     def __repr__(self) -> str:
         return f"KafkaCluster({self.bootstrap!r}, root={str(self.root)!r})"
@@ -120,12 +86,15 @@ class KafkaCluster:
             raise ServiceError("the cluster was closed")
         register(self)
         began = time.monotonic()
-        self._libs = _fetch_libs()
+        self._libs = libs = fetch_libs()
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes.values())
         try:
-            with ThreadPoolExecutor(self.size) as pool:
-                list(pool.map(self._format, self.nodes.values()))
             for node in self.nodes.values():
-                self._launch(node)
+                node.configure(voters, self.size)
+            with ThreadPoolExecutor(self.size) as pool:
+                list(pool.map(lambda n: n.format(libs, self.cluster_id), self.nodes.values()))
+            for node in self.nodes.values():
+                node.launch(libs, self.heap)
             self.wait_ready(self.nodes)
         except BaseException:
             self._kill_all()
@@ -138,37 +107,18 @@ class KafkaCluster:
         node = self.nodes[node_id]
         if node.running:
             raise ServiceError(f"node {node_id} is running already (pid {node.pid})")
-        self._launch(node)
+        assert self._libs is not None, "start() first"
+        node.launch(self._libs, self.heap)
         self.wait_ready([node_id])
 
     def kill(self, node_id: int) -> None:
         """SIGKILL: a crash; the controller fences the node after the broker session."""
-        node = self.nodes[node_id]
-        if node.pid is not None:
-            send_signal(node.pid, signal.SIGKILL)
-            wait_gone(node.pid, 10.0)
-        self._reap(node)
+        self.nodes[node_id].kill()
 
     def stop(self, node_id: int, timeout: float = 60.0) -> None:
         """SIGTERM: a controlled shutdown (leaderships move away first); SIGKILL after
         ``timeout``."""
-        node = self.nodes[node_id]
-        if node.pid is None:
-            return
-        send_signal(node.pid, signal.SIGTERM)
-        if not wait_gone(node.pid, timeout):
-            send_signal(node.pid, signal.SIGKILL)
-            wait_gone(node.pid, 10.0)
-        self._reap(node)
-
-    def _reap(self, node: KafkaNode) -> None:
-        if node.proc is not None:
-            try:
-                node.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self._unreaped.append(node.proc)  # never dropped while it runs
-        node.pid = None
-        node.proc = None
+        self.nodes[node_id].stop(timeout)
 
     def close(self) -> None:
         self._closed = True
@@ -179,13 +129,8 @@ class KafkaCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _kill_all(self) -> None:
-        for node_id in self.nodes:
-            self.kill(node_id)
-        for proc in self._unreaped + self._watchdogs:
-            proc.kill()
-            proc.wait(60)
-        self._unreaped.clear()
-        self._watchdogs.clear()
+        for node in self.nodes.values():
+            node.close()
 
     # -- what the cluster says -----------------------------------------------------------
 
@@ -235,7 +180,7 @@ class KafkaCluster:
         result = subprocess.run(
             [
                 "java",
-                *_TOOL_OPTS,
+                *TOOL_OPTS,
                 "-cp",
                 f"{self._libs}/*",
                 "org.apache.kafka.tools.MetadataQuorumCommand",
@@ -299,153 +244,8 @@ class KafkaCluster:
                     short.append((str(topic["topic"]), int(p["partition"])))
         return short
 
-    def _config(self, node: KafkaNode) -> Path:
-        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes.values())
-        rf = self.size
-        isr = min(2, rf)
-        node.data_dir.mkdir(parents=True, exist_ok=True)
-        (node.data_dir / "logs").mkdir(exist_ok=True)
-        path = node.data_dir / "server.properties"
-        path.write_text(
-            f"""# Written by tests/services/kafka_cluster.py: node {node.node_id} of a test cluster.
-process.roles=broker,controller
-node.id={node.node_id}
-controller.quorum.voters={voters}
-controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={node.data_dir / "kraft-logs"}
-
-# Durability as in production: every topic on {rf} nodes, a write needs {isr} in sync.
-default.replication.factor={rf}
-min.insync.replicas={isr}
-unclean.leader.election.enable=false
-offsets.topic.replication.factor={rf}
-offsets.topic.num.partitions=5
-transaction.state.log.replication.factor={rf}
-transaction.state.log.min.isr={isr}
-transaction.state.log.num.partitions=5
-share.coordinator.state.topic.replication.factor={rf}
-share.coordinator.state.topic.min.isr={isr}
-auto.create.topics.enable=false
-group.initial.rebalance.delay.ms=0
-group.min.session.timeout.ms=1000
-
-# Small: modest segments, few threads.
-log.segment.bytes=16777216
-num.partitions=1
-num.network.threads=2
-num.io.threads=2
-background.threads=2
-num.replica.fetchers=1
-num.recovery.threads.per.data.dir=1
-log.cleaner.threads=1
-log.cleaner.dedupe.buffer.size=8388608
-""",
-            encoding="utf-8",
-        )
-        return path
-
-    def _format(self, node: KafkaNode) -> None:
-        config = self._config(node)
-        assert self._libs is not None
-        result = subprocess.run(
-            [
-                "java",
-                *_TOOL_OPTS,
-                "-cp",
-                f"{self._libs}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "--cluster-id",
-                self.cluster_id,
-                "--config",
-                str(config),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise ServiceError(f"formatting node {node.node_id} failed:\n{result.stdout}")
-
-    def _launch(self, node: KafkaNode) -> None:
-        assert self._libs is not None
-        logs = node.data_dir / "logs"
-        out_path = logs / f"kafka.{len(node.out) + 1}.out"
-        node.out.append(out_path)
-        command = [
-            "java",
-            f"-Xmx{self.heap}",
-            f"-Xms{self.heap}",
-            "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20",
-            "-XX:TieredStopAtLevel=1",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
-            f"-Dkafka.logs.dir={logs}",
-            "-cp",
-            f"{self._libs}/*",
-            "kafka.Kafka",
-            str(node.data_dir / "server.properties"),
-        ]
-        if node.proc is not None:  # an earlier incarnation that died by itself
-            node.proc.wait(60)
-        with out_path.open("wb") as out:
-            proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-            )
-        node.pid = proc.pid
-        node.proc = proc
-        # A killed test run leaves no broker behind: a watchdog kills the node once this
-        # process is gone. (Not `setpriv --pdeathsig`: that follows the launching *thread*,
-        # and nodes are restarted from worker threads that end with the test's event loop.)
-        self._watchdogs.append(
-            subprocess.Popen(
-                [
-                    "bash",
-                    "-c",
-                    'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done;'
-                    ' kill -KILL "$2" 2>/dev/null; exit 0',
-                    "watchdog",
-                    str(os.getpid()),
-                    str(proc.pid),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-
 
 def _partitions(topic: dict[str, object]) -> Iterator[dict[str, object]]:
     partitions = topic.get("partitions")
     if isinstance(partitions, list):
         yield from partitions
-
-
-def _distinct_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
-
-
-def _fetch_libs() -> Path:
-    result = subprocess.run(
-        ["bash", str(KAFKA_DIR / "fetch.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        raise ServiceError(f"infra/kafka/fetch.sh failed:\n{result.stderr[-2000:]}")
-    return Path(lines[-1])
