@@ -33,9 +33,9 @@ from tests.workload import make_turns
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(180)]
 
 SESSION_TIMEOUT_S = 6.0  # tests.procs.worker_env
-#: Static membership only helps when a restart is quicker than the session: a worker takes
-#: 2 to 4 s from exec to its first assignment on an idle machine, 10 to 18 s on the shared
-#: test machine under a load of 20 to 40.
+#: Static membership only helps when a restart is quicker than the session: a worker took
+#: 1.8 to 4.7 s from exec to its first assignment on the shared 2-core test machine at a
+#: load of 12 to 30, and 17.5 s at a load of 40.
 STATIC_SESSION_TIMEOUT_S = 30.0
 
 
