@@ -87,6 +87,10 @@ class TopicSpec:
             # The broker stamps the append time, which decides whether a request the
             # ingress stopped waiting for was accepted (topics/deadline.py, ADR 6).
             configs["message.timestamp.type"] = "LogAppendTime"
+        if self.replication_factor > 1:
+            # Only an in-sync replica may become leader (Kafka's default, spelled out: a
+            # cluster may change it), so an acknowledged write is never lost to a failover.
+            configs["unclean.leader.election.enable"] = "false"
         return TopicDescription(self.name, self.partitions, self.replication_factor, configs)
 
 

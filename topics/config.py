@@ -41,6 +41,13 @@ class KafkaConfig(BaseModel):
     #: tenth of its CPU in those waits (ADR 15).
     batch_bytes: int = Field(default=256 * 1024, ge=1024, le=1024 * 1024)
     metadata_max_age_ms: int = Field(default=30_000, ge=1_000)
+    #: Static group membership (KIP-345): this process's stable name in every consumer group
+    #: it joins, e.g. the pod's name. A member restarted with the same id within the session
+    #: timeout gets its partitions back without a rebalance of the group; in exchange a
+    #: member that stops (even by SIGTERM) does not leave the group, and its partitions wait
+    #: for ``session_timeout_ms`` before they move (ADR 19). Unique per running process:
+    #: a second process with the same id fences the first. ``None``: dynamic membership.
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
 
     def client_options(self) -> dict[str, object]:
         """Connection options common to aiokafka's producer, consumer and admin client."""

@@ -23,6 +23,7 @@ from agentstream.topics.kafka_errors import (
     authentication_failure,
     not_authorized,
 )
+from agentstream.topics.kafka_membership import leave_as_static_member
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -39,6 +40,9 @@ class ConsumerHost(Protocol):
 
     @property
     def config(self) -> KafkaConfig: ...
+
+    @property
+    def admin(self) -> Any: ...
 
     async def require_topics(self, names: Iterable[str]) -> None: ...
 
@@ -86,6 +90,7 @@ class KafkaConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed" if read_committed else "read_uncommitted",
+            group_instance_id=config.group_instance_id,
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=config.heartbeat_interval_ms,
             max_poll_interval_ms=config.max_poll_interval_ms,
@@ -198,4 +203,12 @@ class KafkaConsumer:
     async def stop(self) -> None:
         # Stopping does not commit (auto-commit is off): the group redelivers what is
         # uncommitted to the next owner.
+        instance_id = self._bus.config.group_instance_id
+        # aiokafka's coordinator forgets the member id when it stops; read it before.
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        member_id = getattr(coordinator, "member_id", "") if instance_id else ""
         await self._consumer.stop()
+        if instance_id and member_id:
+            # A static member does not leave by itself (see kafka_membership): a planned stop
+            # hands its partitions over now rather than after the session timeout.
+            await leave_as_static_member(self._bus.admin, self.group_id, member_id, instance_id)

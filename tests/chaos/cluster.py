@@ -66,7 +66,11 @@ class Cluster:
             bus="kafka",
             kafka=KafkaConfig(bootstrap_servers=bootstrap),
             redis_url=SecretStr(redis_url),
-            topics=TopicSettings(prefix=prefix, partitions=PARTITIONS),
+            topics=TopicSettings(
+                prefix=prefix,
+                partitions=PARTITIONS,
+                replication_factor=int(self.env.get("AGENTSTREAM_TOPICS__REPLICATION_FACTOR", 1)),
+            ),
         )
         self.catalog: Catalog = self.settings.catalog()
         self.bus = build_bus(self.settings)

@@ -159,6 +159,10 @@ def compose_value(value: Any) -> str | None:
     return re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", text)
 
 
+#: Values of the downward API fields the manifests use, as Kubernetes would fill them in.
+_DOWNWARD_EXAMPLES = {"metadata.name": "agent-worker-7d9f8b6c4-x2q5z"}
+
+
 def k8s_container_env(container: dict[str, Any]) -> dict[str, str]:
     """The environment of a container: ConfigMaps of envFrom, then env, with secret values
     taken from secret.example.yaml (a missing name or key fails the calling test)."""
@@ -172,6 +176,10 @@ def k8s_container_env(container: dict[str, Any]) -> dict[str, str]:
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
+            continue
+        field = item["valueFrom"].get("fieldRef")
+        if field is not None:  # the downward API: a value Kubernetes fills in per pod
+            env[item["name"]] = _DOWNWARD_EXAMPLES[field["fieldPath"]]
             continue
         ref = item["valueFrom"].get("secretKeyRef") or item["valueFrom"].get("configMapKeyRef")
         assert ref is not None, f"{item['name']}: only secretKeyRef/configMapKeyRef are used"

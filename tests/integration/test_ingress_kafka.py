@@ -23,7 +23,6 @@ from agentstream.handlers.stores.base import Delete
 from agentstream.handlers.stores.redis_store import RedisStore
 from agentstream.ingress import IngressServer
 from agentstream.ingress.create import CLOCK_MARGIN_S
-from agentstream.process import WorkerKind
 from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
@@ -50,7 +49,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 KEY_A, KEY_B = "acme-key", "globex-key"
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
-WORKERS: tuple[WorkerKind, ...] = ("agent", "tool", "memory", "stats")
+WORKERS: tuple[str, ...] = ("agent", "tool", "memory", "stats")
 
 
 @dataclass
