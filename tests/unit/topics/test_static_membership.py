@@ -24,7 +24,7 @@ def test_replicated_topics_need_two_in_sync_replicas_and_no_unclean_election() -
     assert configs["min.insync.replicas"] == "2"
     assert configs["unclean.leader.election.enable"] == "false"
     single = Catalog(replication_factor=1).spec(Topic.USER_REQUEST).description().configs
-    assert "min.insync.replicas" not in single
+    assert single["min.insync.replicas"] == "1"  # set always, never left to the broker
     assert "unclean.leader.election.enable" not in single
 
 
