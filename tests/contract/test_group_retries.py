@@ -134,7 +134,7 @@ async def running_agent(
 
 
 def _sample(metrics: CollectorRegistry, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
+    value = metrics.get_sample_value(name, labels)
     return 0.0 if value is None else value
 
 
