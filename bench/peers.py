@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
 from bench.peers_backlog import drain, make_events  # noqa: E402
 from bench.peers_stages import STAGES, Stage, build_stage  # noqa: E402
 from bench.pipeline import machine, revision  # noqa: E402
+from bench.pipeline_batch import BenchError  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -105,18 +106,19 @@ async def run(args: argparse.Namespace, svc: dict[str, Any], logs: Path) -> dict
             warm = make_events(args.warmup, min(args.keys, args.warmup), f"w{name}", args.size)
             try:
                 await _drain(args, bootstrap, producer, stage, warm, watch, hold=False)
-            except Exception as exc:
-                rows[name]["error"] = f"warm-up failed: {exc}\n{stage.tail()}"
-                print(f"{name}: {rows[name]['error']}", flush=True)
-                stage.stop()
-                del stages[name]
+            except BenchError as exc:
+                _drop(stages, rows, name, f"warm-up failed: {exc}")
         for r in range(args.rounds):
             line = []
-            for name, stage in stages.items():
+            for name, stage in list(stages.items()):
                 events = make_events(
                     args.events, args.keys, f"r{r}{uuid.uuid4().hex[:6]}", args.size
                 )
-                got = await _drain(args, bootstrap, producer, stage, events, watch)
+                try:
+                    got = await _drain(args, bootstrap, producer, stage, events, watch)
+                except BenchError as exc:
+                    _drop(stages, rows, name, f"round {r + 1} failed: {exc}")
+                    continue
                 rows[name]["rounds"].append(got)
                 line.append(f"{name} {got['events_per_s']:.0f}/s")
             print(f"round {r + 1}: " + ", ".join(line), flush=True)
@@ -134,6 +136,13 @@ async def run(args: argparse.Namespace, svc: dict[str, Any], logs: Path) -> dict
         await producer.stop()
         await bus.stop()
     return {"stages": [_summary(row) for row in rows.values()]}
+
+
+def _drop(stages: dict[str, Stage], rows: dict[str, Any], name: str, error: str) -> None:
+    """Stop stage ``name`` for the rest of the run, keeping why (and its log's tail)."""
+    rows[name]["error"] = f"{error}\n{stages[name].tail()}"
+    print(f"{name}: {rows[name]['error']}", flush=True)
+    stages.pop(name).stop()
 
 
 async def _drain(
@@ -160,6 +169,7 @@ async def _drain(
         kill_at=kill_at,
         restart=stage.restart,
         settle_s=stage.settle_s,
+        timeout_s=120 + len(events) / 20,
     )
 
 
