@@ -11,8 +11,8 @@ the order of the inputs.
 them and times from the resume to the record timestamp of the last output; the CPU time of
 the stage, the broker and Redis is read from ``/proc`` at the resume and at the end. With
 ``kill_at`` it SIGKILLs the stage once that fraction of the outputs is in, restarts it and
-waits until every input has an output or none came for ``settle_s``: the inputs left
-without one are lost, repeated outputs are duplicates.
+waits until every input has an output or no output at all (first or repeated) came for
+``settle_s``: the inputs left without one are lost, repeated outputs are duplicates.
 """
 
 from __future__ import annotations
@@ -90,12 +90,14 @@ class Outputs:
         event = self.index.get(rid or "")
         if event is None:
             return
+        # Any output is progress: after a restart, a stage may redeliver for a long while
+        # before it reaches events that never had an output.
+        self.progress = time.monotonic()
         if event.request_id not in self.wanted:
             self.copies += 1
             return
         self.wanted.discard(event.request_id)
         self.done.append(ts_ms / 1000)
-        self.progress = time.monotonic()
         last = self._last_seq.get(event.key, -1)
         if event.seq < last:
             self.out_of_order += 1
