@@ -7,6 +7,7 @@ line and environment (same group, same topics) after a SIGKILL, for the loss tes
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -85,11 +86,12 @@ async def build_stage(
     """Topics (``o.partitions`` each) and the command of stage ``name``; not started."""
     from agentstream.topics import TopicDescription
 
-    env = {**_clean_env(), "PYTHONPATH": str(REPO)}
-    prefix = f"peers{uuid.uuid4().hex[:6]}."
-    group = f"peers-{name}-{uuid.uuid4().hex[:6]}"
     if name in ("echo", "agent"):
         return await _agentstream_stage(name, bus, bootstrap, redis_url, logs, o.partitions)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
+    env["PYTHONPATH"] = str(REPO)
+    prefix = f"peers{uuid.uuid4().hex[:6]}."
+    group = f"peers-{name}-{uuid.uuid4().hex[:6]}"
     source, sink = f"{prefix}{name}.in", f"{prefix}{name}.out"
     await bus.create_topics([TopicDescription(t, o.partitions, 1) for t in (source, sink)])
     common = ["--bootstrap", bootstrap, "--group", group]
@@ -135,9 +137,3 @@ async def _agentstream_stage(
         env,
         logs,
     )
-
-
-def _clean_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
