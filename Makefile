@@ -62,9 +62,17 @@ pytest: setup system-deps kafka-jars
 
 test: setup system-deps kafka-jars lint typecheck pytest
 
-bench: setup system-deps kafka-jars
+# The peers of bench/peers.py (FastStream, faust-streaming), pinned in the `bench` extra.
+BENCH_STAMP := $(VENV)/.agentstream-bench
+
+$(BENCH_STAMP): pyproject.toml $(BIN)/agentstream
+	@$(BIN)/python -m pip install -q -e '.[dev,bench]' --config-settings editable_mode=strict
+	@touch $@
+
+bench: setup system-deps kafka-jars $(BENCH_STAMP)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/ingress.py
+	$(BIN)/python bench/peers.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

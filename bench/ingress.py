@@ -1,6 +1,6 @@
 """Ingress throughput: accepted requests per second and latency at a fixed concurrency.
 
-Four servers are measured in the same run, each in its own process, by the same load
+Six servers are measured in the same run, each in its own process, by the same load
 generator (``--concurrency`` keep-alive connections posting for ``--duration`` seconds):
 
 - ``bare``: a bare ASGI app on uvicorn that reads the body and answers 202: the floor,
@@ -9,6 +9,10 @@ generator (``--concurrency`` keep-alive connections posting for ``--duration`` s
 - ``produce``: the bare app that also publishes the body to Kafka with aiokafka (acks=all,
   idempotent, the ingress's linger) and answers 202 once the broker acknowledged it: the
   floor of any Python ingress that keeps "202 only after the ack", on this machine,
+- ``fastapi-produce``: what a user would write instead of the ingress: a plain FastAPI app
+  that validates the same body model, publishes it with aiokafka (acks=all, idempotent, the
+  same linger, the producer started in the app's lifespan) and answers 202 with the ids
+  once the broker acknowledged it; no auth, idempotency key, record or projection,
 - ``memory``: the ingress on the in-process bus and store (the embedded default),
 - ``kafka``: the ingress on real Kafka (acks=all) and real Redis.
 
@@ -22,7 +26,7 @@ less on what else runs on the machine than the rate does. Kafka and Redis come f
 (``infra/kafka/start.sh``, ``redis-server``) and stopped afterwards.
 
     python bench/ingress.py [--duration 10] [--concurrency 32] [--rounds 3]
-                            [--out bench/results/ingress.json]
+                            [--servers bare,fastapi,...] [--out bench/results/ingress.json]
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,7 @@ sys.path.insert(0, str(REPO))
 KEY = "bench-key"
 BODY = json.dumps({"text": "What is 12 * 7?"}).encode()
 TARGET_RATIO = 0.6
-KINDS = ("bare", "fastapi", "produce", "memory", "kafka")
+KINDS = ("bare", "fastapi", "produce", "fastapi-produce", "memory", "kafka")
 
 
 # -- servers (run in child processes) -----------------------------------------------------
@@ -136,10 +140,51 @@ def produce_app(bootstrap: str, topic: str) -> Any:
     return app
 
 
-async def _produce_topic() -> str:
+def fastapi_produce_app(bootstrap: str, topic: str) -> Any:
+    """What a user would write instead of the ingress: FastAPI validates the body, aiokafka
+    publishes it (acks=all, idempotent), 202 once the broker acknowledged it."""
+    from agentstream.ingress.models import CreateRequest
+    from aiokafka import AIOKafkaProducer
+    from fastapi import FastAPI
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=int(os.environ.get("BENCH_PRODUCE_LINGER_MS", "2")),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await producer.start()
+        try:
+            yield
+        finally:
+            await producer.stop()
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def create(body: CreateRequest) -> dict[str, str]:
+        request_id = uuid.uuid4().hex
+        conversation_id = body.conversation_id or uuid.uuid4().hex
+        await producer.send_and_wait(
+            topic,
+            body.model_dump_json(exclude_none=True).encode(),
+            key=conversation_id.encode(),
+            headers=[("request_id", request_id.encode())],
+        )
+        return {"request_id": request_id, "conversation_id": conversation_id, "status": "accepted"}
+
+    # Postponed annotations: hand FastAPI the class itself, it is local to this function.
+    create.__annotations__["body"] = CreateRequest
+    app.post("/v1/requests", status_code=202)(create)
+    return app
+
+
+async def _produce_topic(name: str) -> str:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    topic = os.environ["BENCH_PREFIX"] + "produce_floor"
+    topic = os.environ["BENCH_PREFIX"] + name
     admin = AIOKafkaAdminClient(bootstrap_servers=os.environ["BENCH_KAFKA"])
     await admin.start()
     try:
@@ -152,13 +197,22 @@ async def _produce_topic() -> str:
 async def serve_target(kind: str, port: int) -> None:
     import uvicorn
 
-    if kind in ("bare", "fastapi", "produce"):
+    if kind in ("bare", "fastapi", "produce", "fastapi-produce"):
+        lifespan = "off"
         if kind == "produce":
-            app = produce_app(os.environ["BENCH_KAFKA"], await _produce_topic())
+            app = produce_app(os.environ["BENCH_KAFKA"], await _produce_topic("produce_floor"))
+        elif kind == "fastapi-produce":
+            topic = await _produce_topic("fastapi_produce")
+            app, lifespan = fastapi_produce_app(os.environ["BENCH_KAFKA"], topic), "on"
         else:
             app = bare_app if kind == "bare" else fastapi_app()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", access_log=False
+            app,
+            host="127.0.0.1",
+            port=port,
+            lifespan=lifespan,
+            log_level="warning",
+            access_log=False,
         )
         await uvicorn.Server(config).serve()
         return
@@ -199,6 +253,10 @@ async def serve_target(kind: str, port: int) -> None:
     finally:
         await bus.stop()
         await store.close()
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 # -- load generator -----------------------------------------------------------------------
@@ -389,6 +447,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--servers", default=",".join(KINDS), help="a subset, for short runs")
     parser.add_argument("--out", default=str(REPO / "bench/results/ingress.json"))
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -397,7 +456,7 @@ def main() -> None:
         asyncio.run(serve_target(args.serve, args.port))
         return
 
-    kinds = KINDS
+    kinds = [k for k in KINDS if k in args.servers.split(",")]
     rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     with kafka() as bootstrap, redis() as redis_url, contextlib.ExitStack() as servers:
         env = {
@@ -419,9 +478,11 @@ def main() -> None:
             **ordered[len(ordered) // 2],
             "rounds_per_s": [r["accepted_per_s"] for r in rounds[kind]],
         }
-    for kind in ("fastapi", "produce", "memory", "kafka"):
-        for floor in ("bare", "fastapi"):
-            if kind == floor:
+    for kind in ("fastapi", "produce", "fastapi-produce", "memory", "kafka"):
+        for floor in ("bare", "fastapi", "produce", "fastapi-produce"):
+            if kind not in results or floor not in results:
+                continue
+            if KINDS.index(floor) >= KINDS.index(kind):
                 continue
             base = results[floor]["accepted_per_s"] or 1.0
             results[kind][f"ratio_to_{floor}"] = round(results[kind]["accepted_per_s"] / base, 3)
@@ -431,15 +492,16 @@ def main() -> None:
         f"round, median of {args.rounds} rounds"
     )
     print(
-        f"{'server':<8} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>11} "
-        f"{'vs bare':>8} {'vs fastapi':>11}"
+        f"{'server':<16} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>11} "
+        f"{'vs bare':>8} {'vs fastapi':>11} {'vs fastapi-produce':>19}"
     )
     for kind, r in results.items():
         cpu = r["server_cpu_ms_per_request"]
         print(
-            f"{kind:<8} {r['accepted_per_s']:>11.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+            f"{kind:<16} {r['accepted_per_s']:>11.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
             f"{'-' if cpu is None else f'{cpu:.3f}':>11} "
-            f"{r.get('ratio_to_bare', 1.0):>8.2f} {r.get('ratio_to_fastapi', 1.0):>11.2f}"
+            f"{r.get('ratio_to_bare', 1.0):>8.2f} {r.get('ratio_to_fastapi', 1.0):>11.2f} "
+            f"{_ratio(r.get('ratio_to_fastapi-produce')):>19}"
         )
     report = {
         "benchmark": "ingress",
