@@ -339,8 +339,9 @@ async def check_turn_order(
                 note(
                     "accepted_out_of_order",
                     conv,
-                    f"turn {before.index} at {placed[before.request_id]} after turn "
-                    f"{after.index} at {placed[after.request_id]}",
+                    f"turn {before.index} [{before.request_id}] at {placed[before.request_id]} "
+                    f"after turn {after.index} [{after.request_id}] at "
+                    f"{placed[after.request_id]}",
                 )
         answered = [t for t in ordered if t.request_id in answers]
         for before, after in pairwise(answered):
@@ -351,8 +352,10 @@ async def check_turn_order(
                 note(
                     "answered_out_of_order",
                     conv,
-                    f"turn {after.index} answered at p{then.partition}@{then.offset}, turn "
-                    f"{before.index} at p{first.partition}@{first.offset}",
+                    f"turn {after.index} [{after.request_id}] answered at "
+                    f"p{then.partition}@{then.offset} {then.timestamp_ms}, turn {before.index} "
+                    f"[{before.request_id}] at p{first.partition}@{first.offset} "
+                    f"{first.timestamp_ms}",
                 )
         last: dict[tuple[str, int, int], tuple[Turn, int]] = {}
         # After a turn that was not completed (or not answered), a later answer may rightly
@@ -369,7 +372,8 @@ async def check_turn_order(
                 note(
                     "answer_saw_other_state",
                     conv,
-                    f"turn {turn.index} {turn.text!r} -> {text!r} (want {turn.expect!r})",
+                    f"turn {turn.index} [{turn.request_id}] {turn.text!r} -> {text!r} "
+                    f"(want {turn.expect!r})",
                 )
             if response.status != "completed":
                 intact = False
@@ -385,8 +389,8 @@ async def check_turn_order(
                 note(
                     "history_not_grown",
                     conv,
-                    f"turn {turn.index} prompt {usage.prompt_tokens} tokens, earlier turn "
-                    f"{earlier[0].index} {earlier[1]}",
+                    f"turn {turn.index} [{turn.request_id}] prompt {usage.prompt_tokens} "
+                    f"tokens, earlier turn {earlier[0].index} {earlier[1]}",
                 )
             last[shape] = (turn, usage.prompt_tokens)
     report.order_counts = counts
