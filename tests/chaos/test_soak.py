@@ -303,11 +303,18 @@ async def test_soak_conversations_through_the_ingress_under_faults(
     refused = [by_attempt[a] for a in client.refused_keyless if a in by_attempt]
     await check_refused(c, c.catalog, refused, report)
     dead = [n for n in WORKERS if not c.alive(n)]
-    recoveries = {
-        f.label: report.recovery(f.start, f.end if f.end is not None else f.start)[0]
-        for f in timeline.faults
-        if not f.label.startswith("SIGKILL")
-    }
+    recoveries: dict[str, float | None] = {}
+    after_kills = []
+    for f in timeline.faults:
+        recovered = report.recovery(f.start, f.end if f.end is not None else f.start)[0]
+        if not f.label.startswith("SIGKILL"):
+            recoveries[f.label] = recovered
+        elif recovered is not None:
+            after_kills.append(recovered)
+    if after_kills:
+        after_kills.sort()
+        recoveries["SIGKILL, median"] = after_kills[len(after_kills) // 2]
+        recoveries["SIGKILL, longest"] = after_kills[-1]
     record_result(
         "soak",
         report,
@@ -329,5 +336,8 @@ async def test_soak_conversations_through_the_ingress_under_faults(
     )
     assert report.ok, report.describe() + "\n" + "\n".join(report.order_violations[:20]) + c.tails()
     assert not dead, f"workers exited by themselves: {dead}{c.tails()}"
-    assert sum(chaos.kills.values()) >= SECONDS // 10, chaos.kills
-    assert len(timeline.faults) >= 2 + sum(chaos.kills.values())
+    # The faults all happened: kills all along, the Redis restart and the broker freeze.
+    assert sum(chaos.kills.values()) >= SECONDS // 15, chaos.kills
+    labels = " ".join(f.label for f in timeline.faults)
+    assert "Redis stopped" in labels, labels
+    assert "broker SIGSTOP" in labels, labels
