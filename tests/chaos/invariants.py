@@ -14,18 +14,19 @@ can break elsewhere in the pipeline:
   turn completed (a failed turn may rightly make a later one answer differently);
 - in ``exactly_once`` mode, *any* copy beyond the first of any event id on any topic.
 
-Two checks take more than the responses, and scenarios call them after :func:`verify`:
-
-- :func:`check_turn_order` (DESIGN.md §3.7): each conversation's turns, in the order of their
-  requests on the ``user_request`` partition, must be answered in that order on
-  ``agent_response``, and each answer must show that its turn ran after the turn before it
-  (the agent's history grew, and no answer carries another turn's state);
-- :func:`check_refused` (DESIGN.md §3.1): a request the ingress answered ``503`` is never
-  processed, even if its record reached the topic later.
-
 Copies beyond the first (``duplicates``) are reported in ``at_least_once`` mode, not failed:
 the design allows them there, with the same ids. Failed answers (``not_completed``) are
 reported too: they are terminal answers, so they break no guarantee.
+
+Two checks take more than the responses, and scenarios call them after :func:`verify`; they
+live in :mod:`tests.chaos.ordering` and add their findings to the same report:
+
+- ``check_turn_order`` (DESIGN.md §3.7): each conversation's turns, in the order of their
+  requests on the ``user_request`` partition, must be answered in that order on
+  ``agent_response``, and each answer must show that its turn ran after the turn before it
+  (the agent's history grew, and no answer carries another turn's state);
+- ``check_refused`` (DESIGN.md §3.1): a request the ingress answered ``503`` is never
+  processed, even if its record reached the topic later.
 
 The module also measures recovery from the response timestamps (the producer's clock, the
 same machine as the test's): see :meth:`ChaosReport.recovery`.
@@ -34,19 +35,16 @@ same machine as the test's): see :meth:`ChaosReport.recovery`.
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import Any, Protocol
 
-from agentstream.schemas import AgentResponse, SchemaError, UserRequest, decode
+from agentstream.schemas import AgentResponse, SchemaError, decode
 from agentstream.topics import Catalog, Kind, Record, Topic
 
 from tests.workload import Turn, check
 
-__all__ = ["TERMINAL", "ChaosReport", "Reader", "check_refused", "check_turn_order", "verify"]
+__all__ = ["TERMINAL", "ChaosReport", "Reader", "verify"]
 
 TERMINAL = frozenset({"completed", "failed", "timed_out", "rejected"})
 #: Topics whose events are deduplicated by id downstream; checked for conflicts and copies.
@@ -79,11 +77,11 @@ class ChaosReport:
     dead_letters: dict[str, int] = field(default_factory=dict)
     #: (partition, producer timestamp in s) of every response record of an accepted request.
     response_times: list[tuple[int, float]] = field(default_factory=list)
-    #: What :func:`check_turn_order` found, one line per pair of turns (or turn).
+    #: What ``ordering.check_turn_order`` found, one line per pair of turns (or turn).
     order_violations: list[str] = field(default_factory=list)
-    #: :func:`check_turn_order`'s findings by kind (``ORDER_KINDS``).
+    #: Its findings by kind (``ordering.ORDER_KINDS``).
     order_counts: dict[str, int] = field(default_factory=dict)
-    #: Requests answered 503 that :func:`check_refused` looked at; ``None``: not checked.
+    #: Requests answered 503 that ``ordering.check_refused`` looked at; ``None``: not checked.
     refused: int | None = None
     #: Of those, the ones the pipeline processed anyway (a call or a non-rejected answer).
     refused_processed: list[str] = field(default_factory=list)
@@ -270,152 +268,3 @@ def _copy_samples(topic: str, records: list[Record], limit: int = 4) -> list[str
             where[event.id].append(f"p{record.partition}@{record.offset} {record.timestamp_ms}")
     copied = [(i, places) for i, places in where.items() if len(places) > 1]
     return [f"{topic} {i}: {', '.join(places)}" for i, places in copied[:limit]]
-
-
-#: What :func:`check_turn_order` tells apart, in :attr:`ChaosReport.order_counts`.
-ORDER_KINDS = (
-    "accepted_out_of_order",
-    "answered_out_of_order",
-    "answer_saw_other_state",
-    "history_not_grown",
-)
-_DIGITS = re.compile(r"\d+")
-
-
-async def check_turn_order(
-    reader: Reader,
-    catalog: Catalog,
-    turns: Sequence[Turn],
-    report: ChaosReport,
-    *,
-    responses: list[Record],
-    foreign: Mapping[str, Collection[str]] | None = None,
-) -> None:
-    """Order per conversation (DESIGN.md §3.7), added to ``report``.
-
-    The reference is the order of the requests on the ``user_request`` partition (their
-    first copies), not the order the test meant: in it, for each conversation,
-
-    - *accepted_out_of_order*: a turn whose request is on the topic before its predecessor's
-      (the client sent each turn only after the one before it was accepted);
-    - *answered_out_of_order*: a turn whose first response is on ``agent_response`` before
-      the first response of the turn before it (or on another partition);
-    - *answer_saw_other_state*: an answer containing one of ``foreign[request_id]``, texts
-      that only an answer computed on another turn's state contains (a remembered value that
-      was replaced before this turn, or not yet stated), up to the first turn that was not
-      completed;
-    - *history_not_grown*: a completed turn whose prompt was not longer than that of the
-      last earlier completed turn of the same shape (text with digits masked, steps, model
-      calls): the history it was given lacks a turn that came before it. This holds while the
-      conversation's history fits the agent's history budget (2000 tokens by default).
-    """
-    wanted = {t.request_id: t for t in turns}
-    placed: dict[str, tuple[int, int]] = {}
-    for record in await reader.read(catalog.name(Topic.USER_REQUEST), read_committed=True):
-        request = _decode(record)
-        if isinstance(request, UserRequest) and request.request_id in wanted:
-            placed.setdefault(request.request_id, (record.partition, record.offset))
-    answers: dict[str, tuple[Record, AgentResponse]] = {}
-    for record in responses:
-        event = _decode(record)
-        if isinstance(event, AgentResponse) and event.request_id in wanted:
-            answers.setdefault(event.request_id, (record, event))
-    counts = dict.fromkeys(ORDER_KINDS, 0)
-    broken: set[str] = set()
-
-    def note(kind: str, conversation: str, what: str) -> None:
-        counts[kind] += 1
-        broken.add(conversation)
-        report.order_violations.append(f"{kind} {conversation}: {what}")
-
-    by_conv: dict[str, list[Turn]] = defaultdict(list)
-    for turn in turns:
-        if turn.request_id in placed:
-            by_conv[turn.conversation_id].append(turn)
-    for conv, conv_turns in by_conv.items():
-        ordered = sorted(conv_turns, key=lambda t: placed[t.request_id])
-        for before, after in pairwise(ordered):
-            if after.index < before.index:
-                note(
-                    "accepted_out_of_order",
-                    conv,
-                    f"turn {before.index} [{before.request_id}] at {placed[before.request_id]} "
-                    f"after turn {after.index} [{after.request_id}] at "
-                    f"{placed[after.request_id]}",
-                )
-        answered = [t for t in ordered if t.request_id in answers]
-        for before, after in pairwise(answered):
-            first, then = answers[before.request_id][0], answers[after.request_id][0]
-            if (then.partition, then.offset) <= (first.partition, first.offset) or (
-                then.partition != first.partition
-            ):
-                note(
-                    "answered_out_of_order",
-                    conv,
-                    f"turn {after.index} [{after.request_id}] answered at "
-                    f"p{then.partition}@{then.offset} {then.timestamp_ms}, turn {before.index} "
-                    f"[{before.request_id}] at p{first.partition}@{first.offset} "
-                    f"{first.timestamp_ms}",
-                )
-        last: dict[tuple[str, int, int], tuple[Turn, int]] = {}
-        # After a turn that was not completed (or not answered), a later answer may rightly
-        # show an older state: the state checks stop there.
-        intact = True
-        for turn in ordered:
-            if turn.request_id not in answers:
-                intact = False
-                continue
-            response = answers[turn.request_id][1].data
-            text = response.text or ""
-            seen = [m for m in (foreign or {}).get(turn.request_id, ()) if m in text]
-            if seen and intact:
-                note(
-                    "answer_saw_other_state",
-                    conv,
-                    f"turn {turn.index} [{turn.request_id}] {turn.text!r} -> {text!r} "
-                    f"(want {turn.expect!r})",
-                )
-            if response.status != "completed":
-                intact = False
-                continue
-            usage = response.usage
-            shape = (
-                _DIGITS.sub("#", turn.text),
-                response.steps,
-                usage.model_calls + usage.cached_calls,
-            )
-            earlier = last.get(shape)
-            if earlier is not None and usage.prompt_tokens <= earlier[1]:
-                note(
-                    "history_not_grown",
-                    conv,
-                    f"turn {turn.index} [{turn.request_id}] prompt {usage.prompt_tokens} "
-                    f"tokens, earlier turn {earlier[0].index} {earlier[1]}",
-                )
-            last[shape] = (turn, usage.prompt_tokens)
-    report.order_counts = counts
-    report.out_of_order += sorted(broken - set(report.out_of_order))
-
-
-async def check_refused(
-    reader: Reader, catalog: Catalog, request_ids: Collection[str], report: ChaosReport
-) -> None:
-    """A 503 means no (DESIGN.md §3.1), added to ``report``: none of ``request_ids`` (requests
-    the ingress answered 503, whether or not their record reached ``user_request`` later)
-    may have a tool or memory call, or an answer other than ``rejected``. A ``rejected``
-    answer is counted apart: the request was refused, not run."""
-    refused = set(request_ids)
-    acted: set[str] = set()
-    rejected: set[str] = set()
-    for record in await reader.read(catalog.name(Topic.AGENT_RESPONSE), read_committed=True):
-        response = _decode(record)
-        if isinstance(response, AgentResponse) and response.request_id in refused:
-            (rejected if response.data.status == "rejected" else acted).add(response.request_id)
-    for topic in (Topic.TOOL_CALL, Topic.MEMORY_CALL):
-        for record in await reader.read(catalog.name(topic), read_committed=True):
-            event = _decode(record)
-            if event is not None and event.request_id in refused:
-                acted.add(event.request_id)
-    report.refused = len(refused)
-    report.refused_processed = sorted(acted)
-    report.refused_rejected = len(rejected - acted)

@@ -128,11 +128,9 @@ class ScenarioResult:
             return "-" if value is None else f"{value:.1f}s"
 
         since = "the fault" if self.faults else "the start"
-        refused = (
-            ""
-            if self.refused_processed is None
-            else (f"{self.refused_processed} answered 503 then processed, ")
-        )
+        refused = ""
+        if self.refused_processed is not None:
+            refused = f"{self.refused_processed} answered 503 then processed, "
         return (
             f"{self.scenario}: {self.requests} requests, {self.lost} lost, "
             f"{self.duplicates} duplicates, {self.conflicting} conflicting, "

@@ -43,7 +43,8 @@ from agentstream.topics import Topic
 
 from tests.chaos.cluster import Cluster
 from tests.chaos.conftest import ClusterFactory, RecordResult
-from tests.chaos.invariants import check_refused, check_turn_order, verify
+from tests.chaos.invariants import verify
+from tests.chaos.ordering import check_refused, check_turn_order
 from tests.chaos.results import Timeline
 from tests.services import KafkaBroker, KafkaFactory, RedisFactory, RedisServer
 from tests.services.processes import free_port

@@ -22,7 +22,8 @@ from agentstream.schemas import (
 from agentstream.settings import Settings, TopicSettings
 from agentstream.topics import Catalog, Record, Topic
 
-from tests.chaos.invariants import ChaosReport, check_refused, check_turn_order
+from tests.chaos.invariants import ChaosReport
+from tests.chaos.ordering import check_refused, check_turn_order
 from tests.workload import Turn
 
 CATALOG: Catalog = Settings(topics=TopicSettings(prefix="t.")).catalog()
