@@ -3,13 +3,13 @@
 At least 50 conversations of 16 turns each go through ``agentstream ingress`` (a process,
 with an API key; every other request carries an ``Idempotency-Key``) to agent, tool and
 memory worker processes on a private broker and a private Redis (append-only). A client
-sends a conversation's next turn as soon as the ingress accepted the previous one (202),
-not once it was answered, so turns queue up behind each other. Meanwhile:
+posts a conversation's turns in pairs, the second as soon as the ingress accepted the
+first (202), not once it was answered, so turns queue up behind each other. Meanwhile:
 
 - every 5 to 10 s an agent, tool or memory worker (each kind in turn) is SIGKILLed and
   started again 0.2 to 1.5 s later;
-- Redis is stopped (SIGTERM: it writes its append-only file) for 3 s, once, right after an
-  agent worker's SIGKILL;
+- Redis is stopped (SIGTERM: it writes its append-only file) for 3 s, once, right after
+  both agent workers were SIGKILLed;
 - the broker is frozen (SIGSTOP) for longer than the ingress's publish timeout, once, so
   posts are answered 503 and clients retry: the same request with its key, a new request
   without one (a 503 means "not accepted").
@@ -43,7 +43,7 @@ from agentstream.topics import Topic
 
 from tests.chaos.cluster import Cluster
 from tests.chaos.conftest import ClusterFactory, RecordResult
-from tests.chaos.invariants import verify
+from tests.chaos.invariants import ChaosReport, verify
 from tests.chaos.ordering import check_refused, check_turn_order
 from tests.chaos.results import Timeline
 from tests.services import KafkaBroker, KafkaFactory, RedisFactory, RedisServer
@@ -155,17 +155,24 @@ class Client:
         raise AssertionError(f"{turn.tag} was never accepted")
 
     async def converse(self, turns: list[Planned], rng: random.Random, over_s: float) -> None:
-        """Post the turns at random times spread over ``over_s`` seconds, each one only
-        once the one before it was accepted (so a slow acceptance bunches them up)."""
+        """Post the turns in pairs at random times spread over ``over_s`` seconds: a
+        number, then at once the question about it, as soon as the first was accepted
+        (202), so the question queues up behind it. A slow acceptance bunches pairs up."""
         began = time.monotonic()
-        for turn, at in zip(turns, sorted(rng.uniform(0, over_s) for _ in turns), strict=True):
+        pairs = [turns[i : i + 2] for i in range(0, len(turns), 2)]
+        for pair, at in zip(pairs, sorted(rng.uniform(0, over_s) for _ in pairs), strict=True):
             await asyncio.sleep(max(0.0, began + at - time.monotonic()))
-            await self.post(turn)
+            for turn in pair:
+                await self.post(turn)
 
 
 @dataclass
 class Chaos:
-    """The faults, on a schedule drawn from the seed, while the load lasts."""
+    """The faults, on a schedule drawn from the seed, while the load lasts.
+
+    It also stands in for the orchestrator: a worker that exits by itself (one restarted
+    while the broker is frozen gives up at startup: it cannot describe the topics) is
+    started again, and its last log lines kept in ``exits``."""
 
     cluster: Cluster
     broker: KafkaBroker
@@ -173,6 +180,7 @@ class Chaos:
     timeline: Timeline
     rng: random.Random
     kills: Counter[str] = field(default_factory=Counter)
+    exits: list[str] = field(default_factory=list)
 
     async def run(self, seconds: float) -> None:
         began = time.monotonic()
@@ -185,10 +193,12 @@ class Chaos:
             if due:
                 del pending[due[0]]
                 if due[0] == "redis":
-                    # An agent worker goes first: its group is behind (its partitions wait
-                    # for the restart and a rebalance) while the memory group, failing on
-                    # the store, moves turns to the retry topic (DESIGN.md §3.7, last line).
-                    await self.kill_one("agent")
+                    # Both agent workers go first: their group is behind (its partitions
+                    # wait for the restarts and a rebalance) while the groups failing on the
+                    # store move turns to the retry topic (DESIGN.md §3.7, last line).
+                    await asyncio.gather(
+                        *(self.kill_one("agent", n) for n in ("agent-1", "agent-2"))
+                    )
                     await self.redis_restart()
                 else:
                     await self.broker_freeze()
@@ -198,10 +208,19 @@ class Chaos:
                     kinds = self.rng.sample(["agent", "tool", "memory"], 3)
                 await self.kill_one(kinds.pop())
                 next_kill = time.monotonic() + self.rng.uniform(5, 10)
+            self.restart_exited()
             await asyncio.sleep(0.1)
 
-    async def kill_one(self, kind: str) -> None:
-        name = self.rng.choice(sorted(n for n, k in WORKERS.items() if k == kind))
+    def restart_exited(self) -> None:
+        for name in WORKERS:
+            if not self.cluster.alive(name):
+                last = " | ".join(self.cluster.tail(name, lines=2, width=200).splitlines())
+                self.exits.append(f"{name} exited {self.cluster.procs[name].returncode}: {last}")
+                self.cluster.spawn(name)
+
+    async def kill_one(self, kind: str, name: str | None = None) -> None:
+        """SIGKILL ``name`` (by default a random worker of ``kind``), start it again soon."""
+        name = name or self.rng.choice(sorted(n for n, k in WORKERS.items() if k == kind))
         down_s = self.rng.uniform(0.2, 1.5)
         fault = self.timeline.fault(f"SIGKILL {name}, restarted after {down_s:.1f} s")
         await asyncio.to_thread(self.cluster.kill, name)
@@ -225,6 +244,36 @@ class Chaos:
         finally:
             self.broker.resume()
         self.timeline.end(fault)
+
+
+async def _refused_request_ids(cluster: Cluster, client: Client) -> list[str]:
+    """The request ids of the keyless posts answered 503 whose record reached the topic:
+    each is a request of its own, found by the attempt in its metadata."""
+    by_attempt = {}
+    for record in await cluster.read(cluster.catalog.name(Topic.USER_REQUEST)):
+        event = decode(record.value)
+        if isinstance(event, UserRequest) and "soak_attempt" in event.data.metadata:
+            meta = event.data.metadata
+            by_attempt[(meta["soak_turn"], int(meta["soak_attempt"]))] = event.request_id
+    return [by_attempt[a] for a in client.refused_keyless if a in by_attempt]
+
+
+def _recoveries(report: ChaosReport, timeline: Timeline) -> dict[str, float | None]:
+    """Recovery after the Redis restart and after the freeze, and the median and longest
+    after a SIGKILL (see :meth:`ChaosReport.recovery`)."""
+    recoveries: dict[str, float | None] = {}
+    after_kills = []
+    for f in timeline.faults:
+        recovered = report.recovery(f.start, f.end if f.end is not None else f.start)[0]
+        if not f.label.startswith("SIGKILL"):
+            recoveries[f.label] = None if recovered is None else round(recovered, 2)
+        elif recovered is not None:
+            after_kills.append(round(recovered, 2))
+    if after_kills:
+        after_kills.sort()
+        recoveries["SIGKILL, median"] = after_kills[len(after_kills) // 2]
+        recoveries["SIGKILL, longest"] = after_kills[-1]
+    return recoveries
 
 
 async def _ingress_ready(http: httpx.AsyncClient, cluster: Cluster, timeout_s: float) -> None:
@@ -281,8 +330,12 @@ async def test_soak_conversations_through_the_ingress_under_faults(
             asyncio.create_task(client.converse(turns, random.Random(rng.random()), SECONDS))
             for turns in conversations
         ]
-        await chaos.run(SECONDS)
-        await asyncio.gather(*talks)
+        try:
+            await chaos.run(SECONDS)
+            await asyncio.gather(*talks)
+        finally:
+            for talk in talks:
+                talk.cancel()
         load_s = time.monotonic() - load_began
 
     planned = {t.tag: t for turns in conversations for t in turns}
@@ -294,28 +347,9 @@ async def test_soak_conversations_through_the_ingress_under_faults(
     report = await verify(c, c.catalog, sent, responses=responses)
     foreign = {client.accepted[tag]: t.foreign for tag, t in planned.items()}
     await check_turn_order(c, c.catalog, sent, report, responses=responses, foreign=foreign)
-    # A keyless post answered 503 is its own request: found on the topic by its metadata.
-    by_attempt = {}
-    for record in await c.read(c.catalog.name(Topic.USER_REQUEST)):
-        event = decode(record.value)
-        if isinstance(event, UserRequest) and "soak_attempt" in event.data.metadata:
-            meta = event.data.metadata
-            by_attempt[(meta["soak_turn"], int(meta["soak_attempt"]))] = event.request_id
-    refused = [by_attempt[a] for a in client.refused_keyless if a in by_attempt]
+    refused = await _refused_request_ids(c, client)
     await check_refused(c, c.catalog, refused, report)
     dead = [n for n in WORKERS if not c.alive(n)]
-    recoveries: dict[str, float | None] = {}
-    after_kills = []
-    for f in timeline.faults:
-        recovered = report.recovery(f.start, f.end if f.end is not None else f.start)[0]
-        if not f.label.startswith("SIGKILL"):
-            recoveries[f.label] = recovered
-        elif recovered is not None:
-            after_kills.append(recovered)
-    if after_kills:
-        after_kills.sort()
-        recoveries["SIGKILL, median"] = after_kills[len(after_kills) // 2]
-        recoveries["SIGKILL, longest"] = after_kills[-1]
     record_result(
         "soak",
         report,
@@ -330,8 +364,9 @@ async def test_soak_conversations_through_the_ingress_under_faults(
             "refused_keyless_posts": len(client.refused_keyless),
             "refused_on_topic": len(refused),
             "kills": dict(sorted(chaos.kills.items())),
-            "recovery_s": {k: None if v is None else round(v, 2) for k, v in recoveries.items()},
+            "recovery_s": _recoveries(report, timeline),
             "turn_order": report.order_counts,
+            "workers_exited_during_load": chaos.exits,
             "workers_dead_at_end": dead,
         },
     )
