@@ -121,6 +121,31 @@ class Cluster:
         )
         self.kinds[name] = tuple(kinds)
 
+    def spawn_ingress(self, name: str, *, env: dict[str, str] | None = None) -> None:
+        """Start ``agentstream ingress`` as ``name`` (its port, keys and timeouts in ``env``).
+
+        It is a process like the workers (:meth:`kill`, :meth:`tail`, :meth:`close` apply);
+        it belongs to no worker group, so :meth:`ready` does not wait for it: poll its
+        ``/readyz`` instead."""
+        if name in self.procs and self.procs[name].poll() is None:
+            raise RuntimeError(f"{name} is running already")
+        files = self.log_files.setdefault(name, [])
+        path = self.logs / f"{name}.{len(files) + 1}.log"
+        files.append(path)
+        out = path.open("wb")
+        self._open.append(out)
+        command = [sys.executable, "-m", "agentstream.cli", "ingress"]
+        if self._setpriv:
+            command = [self._setpriv, "--pdeathsig", "KILL", *command]
+        self.procs[name] = subprocess.Popen(
+            command,
+            env={**self.env, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.kinds[name] = ()
+
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None
 

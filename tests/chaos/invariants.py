@@ -18,6 +18,16 @@ Copies beyond the first (``duplicates``) are reported in ``at_least_once`` mode,
 the design allows them there, with the same ids. Failed answers (``not_completed``) are
 reported too: they are terminal answers, so they break no guarantee.
 
+Two checks take more than the responses, and scenarios call them after :func:`verify`; they
+live in :mod:`tests.chaos.ordering` and add their findings to the same report:
+
+- ``check_turn_order`` (DESIGN.md §3.7): each conversation's turns, in the order of their
+  requests on the ``user_request`` partition, must be answered in that order on
+  ``agent_response``, and each answer must show that its turn ran after the turn before it
+  (the agent's history grew, and no answer carries another turn's state);
+- ``check_refused`` (DESIGN.md §3.1): a request the ingress answered ``503`` is never
+  processed, even if its record reached the topic later.
+
 The module also measures recovery from the response timestamps (the producer's clock, the
 same machine as the test's): see :meth:`ChaosReport.recovery`.
 """
@@ -67,6 +77,16 @@ class ChaosReport:
     dead_letters: dict[str, int] = field(default_factory=dict)
     #: (partition, producer timestamp in s) of every response record of an accepted request.
     response_times: list[tuple[int, float]] = field(default_factory=list)
+    #: What ``ordering.check_turn_order`` found, one line per pair of turns (or turn).
+    order_violations: list[str] = field(default_factory=list)
+    #: Its findings by kind (``ordering.ORDER_KINDS``).
+    order_counts: dict[str, int] = field(default_factory=dict)
+    #: Requests answered 503 that ``ordering.check_refused`` looked at; ``None``: not checked.
+    refused: int | None = None
+    #: Of those, the ones the pipeline processed anyway (a call or a non-rejected answer).
+    refused_processed: list[str] = field(default_factory=list)
+    #: Of those, the ones answered ``rejected`` without being run (reported, not failed).
+    refused_rejected: int = 0
 
     @property
     def violations(self) -> list[str]:
@@ -81,6 +101,17 @@ class ChaosReport:
             found.append(f"{len(self.out_of_order)} conversations out of order")
         if self.wrong:
             found.append(f"{len(self.wrong)} wrong answers (e.g. {self.wrong[:2]})")
+        if self.order_violations:
+            counts = {k: n for k, n in self.order_counts.items() if n}
+            found.append(
+                f"{len(self.order_violations)} turns out of order {counts} "
+                f"(e.g. {self.order_violations[:3]})"
+            )
+        if self.refused_processed:
+            found.append(
+                f"{len(self.refused_processed)} of {self.refused} requests answered 503 were "
+                f"processed (e.g. {self.refused_processed[:3]})"
+            )
         for topic, ids in self.side_conflicts.items():
             if ids:
                 found.append(f"{topic}: {len(ids)} ids with differing events (e.g. {ids[:2]})")
@@ -126,6 +157,16 @@ class ChaosReport:
             "side_duplicates": self.side_duplicates,
             "side_conflicts": {t: len(v) for t, v in self.side_conflicts.items()},
             "dead_letters": self.dead_letters,
+            **({"turn_order": self.order_counts} if self.order_counts else {}),
+            **(
+                {
+                    "refused": self.refused,
+                    "refused_processed": len(self.refused_processed),
+                    "refused_rejected": self.refused_rejected,
+                }
+                if self.refused is not None
+                else {}
+            ),
         }
 
     def describe(self) -> str:

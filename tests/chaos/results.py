@@ -77,6 +77,8 @@ class ScenarioResult:
     ok: bool
     faults: list[dict[str, Any]]
     details: dict[str, Any]
+    #: Requests answered 503 that were processed anyway; ``None`` where not checked.
+    refused_processed: int | None = None
 
     @classmethod
     def of(
@@ -118,6 +120,7 @@ class ScenarioResult:
                 "violations": report.violations,
                 **(details or {}),
             },
+            refused_processed=None if report.refused is None else len(report.refused_processed),
         )
 
     def line(self) -> str:
@@ -125,10 +128,13 @@ class ScenarioResult:
             return "-" if value is None else f"{value:.1f}s"
 
         since = "the fault" if self.faults else "the start"
+        refused = ""
+        if self.refused_processed is not None:
+            refused = f"{self.refused_processed} answered 503 then processed, "
         return (
             f"{self.scenario}: {self.requests} requests, {self.lost} lost, "
             f"{self.duplicates} duplicates, {self.conflicting} conflicting, "
-            f"{self.out_of_order} out of order, recovery {s(self.recovery_s)}, "
+            f"{self.out_of_order} out of order, {refused}recovery {s(self.recovery_s)}, "
             f"last response {s(self.last_response_s)} after {since}, "
             f"{self.duration_s:.0f}s in all{'' if self.ok else '  <-- INVARIANTS BROKEN'}"
         )
