@@ -27,5 +27,8 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with _kept_logging(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
     return code, out.getvalue(), err.getvalue()

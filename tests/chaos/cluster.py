@@ -104,21 +104,7 @@ class Cluster:
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"{name} is running already")
         kinds = kinds or self.kinds[name]
-        files = self.log_files.setdefault(name, [])
-        path = self.logs / f"{name}.{len(files) + 1}.log"
-        files.append(path)
-        out = path.open("wb")
-        self._open.append(out)
-        command = [sys.executable, "-m", "agentstream.cli", "worker", *kinds]
-        if self._setpriv:
-            command = [self._setpriv, "--pdeathsig", "KILL", *command]
-        self.procs[name] = subprocess.Popen(
-            command,
-            env={**self.env, **(env or {})},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+        self._start(name, ["worker", *kinds], env)
         self.kinds[name] = tuple(kinds)
 
     def spawn_ingress(self, name: str, *, env: dict[str, str] | None = None) -> None:
@@ -129,12 +115,17 @@ class Cluster:
         ``/readyz`` instead."""
         if name in self.procs and self.procs[name].poll() is None:
             raise RuntimeError(f"{name} is running already")
+        self._start(name, ["ingress"], env)
+        self.kinds[name] = ()
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None) -> None:
+        """``agentstream ARGV`` as ``name``, its output in a fresh log file."""
         files = self.log_files.setdefault(name, [])
         path = self.logs / f"{name}.{len(files) + 1}.log"
         files.append(path)
         out = path.open("wb")
         self._open.append(out)
-        command = [sys.executable, "-m", "agentstream.cli", "ingress"]
+        command = [sys.executable, "-m", "agentstream.cli", *argv]
         if self._setpriv:
             command = [self._setpriv, "--pdeathsig", "KILL", *command]
         self.procs[name] = subprocess.Popen(
@@ -144,7 +135,6 @@ class Cluster:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        self.kinds[name] = ()
 
     def alive(self, name: str) -> bool:
         return self.procs[name].poll() is None

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import io
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -46,6 +44,8 @@ from agentstream.schemas.deadletter import DeadLetter, dead_letter_headers
 from agentstream.topics import Catalog, Kind, OutgoingRecord, Topic, TopicPartition
 from agentstream.topics.deadline import ACCEPT_BY, accept_by_header
 from agentstream.topics.memory import InProcessBus
+
+from tests.cli_runner import run_cli
 
 FAILED = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 CATALOG = Catalog(prefix="p.", partitions=2)
@@ -447,31 +447,9 @@ def test_confirmation(capsys: pytest.CaptureFixture[str]) -> None:
 # -- the command line, where it needs no broker ---------------------------------------------
 
 
-@contextlib.contextmanager
-def _kept_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 def _cli(argv: list[str]) -> tuple[int, str]:
-    from agentstream.cli import main
-
-    err = io.StringIO()
-    with (
-        _kept_logging(),
-        contextlib.redirect_stderr(err),
-        contextlib.redirect_stdout(io.StringIO()),
-    ):
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-    return code, err.getvalue()
+    code, _, err = run_cli(argv)
+    return code, err
 
 
 def test_usage_errors_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
