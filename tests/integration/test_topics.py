@@ -180,8 +180,11 @@ def test_describe_says_what_differs_from_the_catalog_and_exits_1(
     code, out, _ = run_cli(["--json", "topics", "describe"])
     assert code == 1
     described = {r["name"]: r for r in json.loads(out)}
+    # The broker made it with its own defaults: one partition, and CreateTime where the
+    # catalog wants the broker's append time (the ingress's accept-by check needs it).
     assert described[requests]["differences"] == [
-        {"setting": "partitions", "wanted": "3", "actual": "1"}
+        {"setting": "partitions", "wanted": "3", "actual": "1"},
+        {"setting": "message.timestamp.type", "wanted": "LogAppendTime", "actual": "CreateTime"},
     ]
     assert {d["setting"] for d in described[calls]["differences"]} == {
         "retention.ms",
