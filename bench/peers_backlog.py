@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.pipeline_batch import BenchError, usage
+from bench.pipeline_batch import BenchError, sink_reader, usage
 
 __all__ = ["Event", "Outputs", "drain", "make_events"]
 
@@ -129,17 +129,8 @@ async def drain(
 
     ``watch`` names other processes (the broker, Redis) whose CPU is read beside the
     stage's. Returns the figures of the backlog (see the module docstring)."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = await sink_reader(bootstrap, sink, partitions)
     try:
-        tps = [TopicPartition(sink, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
         outputs = Outputs(events)
         if hold:
             _signal(pids(), signal.SIGSTOP)

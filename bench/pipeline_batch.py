@@ -26,6 +26,26 @@ from bench.pipeline_workload import HOPS, Request, record_size, request_id_of
 STALL_S = 60.0
 
 
+async def sink_reader(bootstrap: str, sink: str, partitions: int) -> Any:
+    """A started aiokafka consumer assigned every partition of ``sink``, positioned at its
+    end: it reads only what a stage produces from now on (the caller stops it)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(sink, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
 class BenchError(RuntimeError):
     """A batch did not complete, or its answers were wrong."""
 
@@ -143,17 +163,8 @@ async def kafka_batch(
     once every request is acknowledged; the clock starts at the resume. Each then drains
     the same backlog, so a stage faster than the publisher is not timed at the publisher's
     rate (the bare relay on a fast machine ends ~10 ms after the last publish)."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    consumer = await sink_reader(bootstrap, sink, partitions)
     try:
-        tps = [TopicPartition(sink, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
         collector = Collector(requests)
         before = usage(pids)
         if hold:
