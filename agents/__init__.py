@@ -16,12 +16,27 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agentstream.agents.app import (
+    DEFAULT_AGENT,
+    Agent,
+    AgentTool,
+    App,
+    Guardrail,
+    GuardrailVerdict,
+    RunContext,
+    default_app,
+    handoff_tool_name,
+    load_app,
+    run_guardrails,
+)
 from agentstream.agents.loop import (
+    AskAgain,
     Awaiting,
     CallTools,
     Decision,
     Fail,
     Finish,
+    HandOff,
     InvalidTransition,
     RunState,
     RunStatus,
@@ -32,8 +47,10 @@ from agentstream.agents.loop import (
     fail,
     history_after,
     refuse,
+    reject_answer,
     response_data,
     start_run,
+    take_over,
 )
 from agentstream.agents.memory import (
     MEMORY_TOOLS,
@@ -87,8 +104,13 @@ if TYPE_CHECKING:
     from agentstream.agents.offline import OfflineModel
 
 __all__ = [
+    "DEFAULT_AGENT",
     "DEFAULT_PRICES",
     "MEMORY_TOOLS",
+    "Agent",
+    "AgentTool",
+    "App",
+    "AskAgain",
     "Awaiting",
     "CallTools",
     "CircuitBreaker",
@@ -99,6 +121,9 @@ __all__ = [
     "Fact",
     "Fail",
     "Finish",
+    "Guardrail",
+    "GuardrailVerdict",
+    "HandOff",
     "InvalidArguments",
     "InvalidTransition",
     "MemoryBook",
@@ -114,6 +139,7 @@ __all__ = [
     "OpenAIModel",
     "RecallArgs",
     "RememberArgs",
+    "RunContext",
     "RunState",
     "RunStatus",
     "ToolInvocation",
@@ -132,17 +158,23 @@ __all__ = [
     "compact",
     "count_tokens",
     "decode_reply",
+    "default_app",
     "encode_reply",
     "expire",
     "fail",
+    "handoff_tool_name",
     "history_after",
+    "load_app",
     "memory_scope",
     "memory_tool_specs",
     "price_for",
     "priced",
     "refuse",
+    "reject_answer",
     "response_data",
+    "run_guardrails",
     "start_run",
+    "take_over",
     "trim_history",
 ]
 

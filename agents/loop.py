@@ -28,6 +28,7 @@ answer the model never gave. A reply or result arriving after the deadline ends 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from agentstream.agents.messages import (
@@ -38,24 +39,28 @@ from agentstream.agents.messages import (
     trim_history,
 )
 from agentstream.agents.run import (
+    AskAgain,
     Awaiting,
     CallTools,
     Decision,
     Fail,
     Finish,
+    HandOff,
     InvalidTransition,
     RunState,
     RunStatus,
 )
-from agentstream.schemas import AgentResponseData, UserRequest, derive_id
+from agentstream.schemas import AgentResponseData, SubRunParent, Usage, UserRequest, derive_id
 from pydantic import JsonValue
 
 __all__ = [
+    "AskAgain",
     "Awaiting",
     "CallTools",
     "Decision",
     "Fail",
     "Finish",
+    "HandOff",
     "InvalidTransition",
     "RunState",
     "RunStatus",
@@ -66,9 +71,14 @@ __all__ = [
     "fail",
     "history_after",
     "refuse",
+    "reject_answer",
     "response_data",
     "start_run",
+    "take_over",
 ]
+
+#: Validates a final answer against an agent's output type: its JSON, or ValueError.
+OutputCheck = Callable[[str], JsonValue]
 
 
 def start_run(
@@ -80,11 +90,18 @@ def start_run(
     default_deadline_s: float | None = 120.0,
     history_budget_tokens: int = 2000,
     partition: int | None = None,
+    agent: str | None = None,
+    run_id: str | None = None,
+    parent: SubRunParent | None = None,
+    chain: list[str] | None = None,
+    deadline_at_most: datetime | None = None,
 ) -> RunState:
     """The state of a new run: system prompt, trimmed history, then the user's message.
 
     The request's own ``max_steps`` and ``deadline`` win over the defaults; the default
     deadline counts from the request's time, so the same request always gets the same one.
+    A sub-run (``run_id``, ``parent``: an agent called as a tool) ends by
+    ``deadline_at_most``, its caller's deadline, at the latest.
     """
     kept = trim_history([m for m in history if m.role != "system"], history_budget_tokens)
     messages = [Message.system(system_prompt)] if system_prompt else []
@@ -92,6 +109,8 @@ def start_run(
     deadline = request.data.deadline
     if deadline is None and default_deadline_s is not None:
         deadline = request.time + timedelta(seconds=default_deadline_s)
+    if deadline_at_most is not None and (deadline is None or deadline > deadline_at_most):
+        deadline = deadline_at_most
     return RunState(
         request_id=request.request_id,
         conversation_id=request.conversation_id,
@@ -104,6 +123,42 @@ def start_run(
         max_steps=request.data.max_steps or max_steps,
         deadline=deadline,
         partition=partition,
+        agent=agent,
+        run_id=run_id,
+        parent=parent,
+        chain=list(chain or ()),
+        requested_at=request.time,
+    )
+
+
+def take_over(
+    state: RunState,
+    *,
+    system_prompt: str | None,
+    history: list[Message],
+    max_steps: int,
+    history_budget_tokens: int = 2000,
+    note: str | None = None,
+) -> RunState:
+    """The run of a request handed to ``state.agent``, as that agent starts it: its own
+    system prompt, the conversation's history, the user's message and a note of the handoff,
+    and ``max_steps`` more model replies. Usage, steps so far and the deadline carry over."""
+    if state.terminal or state.awaiting != "handoff":
+        raise InvalidTransition(f"run {state.id} is {state.status}, not being handed off")
+    kept = trim_history([m for m in history if m.role != "system"], history_budget_tokens)
+    messages = [Message.system(system_prompt)] if system_prompt else []
+    messages += [*kept, state.user_message]
+    if note:
+        messages.append(Message.system(note))
+    return state.model_copy(
+        update={
+            "messages": messages,
+            "history_len": len(kept),
+            "max_steps": state.step + max_steps,
+            "awaiting": "model",
+            "pending": {},
+            "results": {},
+        }
     )
 
 
@@ -150,6 +205,7 @@ def refuse(
     rejected: bool,
     traceparent: str | None = None,
     user: str | None = None,
+    agent: str | None = None,
 ) -> RunState:
     """The terminal state of a request that never ran: ``rejected`` when the request itself
     is at fault (undecodable, invalid, an unknown model), ``failed`` otherwise.
@@ -167,6 +223,7 @@ def refuse(
         status="rejected" if rejected else "failed",
         awaiting=None,
         error=reason,
+        agent=agent,
     )
 
 
@@ -194,14 +251,38 @@ def _with_unique_ids(
     unique = []
     for index, call in enumerate(calls):
         if not call.id or len(call.id) > _MAX_CALL_ID or call.id in seen:
-            call = call.model_copy(update={"id": derive_id(state.request_id, f"call{step}", index)})
+            call = call.model_copy(update={"id": derive_id(state.id, f"call{step}", index)})
         seen.add(call.id)
         unique.append(call)
     return unique
 
 
-def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunState, Decision]:
-    """Take the model's reply for the current step and decide what happens next."""
+def reject_answer(state: RunState, reason: str) -> RunState:
+    """A run the loop just completed whose answer is not to be given (an output guardrail
+    rejected it): ``failed`` with ``reason``."""
+    if state.status != "completed":
+        raise InvalidTransition(f"run {state.id} is {state.status}, not completed")
+    return state.model_copy(update={"status": "failed", "error": reason, "output": None})
+
+
+def apply_reply(
+    state: RunState,
+    reply: ModelReply,
+    now: datetime,
+    *,
+    handoffs: Mapping[str, str] | None = None,
+    check_output: OutputCheck | None = None,
+    output_retries: int = 0,
+    max_handoffs: int = 8,
+) -> tuple[RunState, Decision]:
+    """Take the model's reply for the current step and decide what happens next.
+
+    ``handoffs`` maps the handoff tools the model was offered to their agents: a reply
+    calling one hands the run over (the first such call; others of the reply are dropped).
+    ``check_output`` validates a final answer (an agent's output type): an answer that does
+    not validate is sent back with the reason up to ``output_retries`` times, then the run
+    fails with it. A request handed on ``max_handoffs`` times already fails rather than
+    being handed on again."""
     if state.status != "running" or state.awaiting != "model":
         raise InvalidTransition(
             f"run {state.request_id} is {state.status} awaiting {state.awaiting}, not a reply"
@@ -212,6 +293,26 @@ def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunS
         expired, fail = expire(state.model_copy(update=base), now)
         if fail is not None:
             return expired, fail
+    handoff = next((c for c in reply.tool_calls if handoffs and c.name in handoffs), None)
+    if handoff is not None and handoffs is not None:
+        target = handoffs[handoff.name]
+        reason = handoff.arguments.get("reason")
+        current = state.agent or ""
+        if len(state.handoffs) >= max_handoffs:
+            path = " -> ".join([*state.handoffs, current, target])
+            limit = f"handoff limit of {max_handoffs} reached ({path})"
+            return _end(state, Fail(status="failed", reason=limit), **base)
+        handed = state.model_copy(
+            update={
+                **base,
+                "agent": target,
+                "awaiting": "handoff",
+                "pending": {},
+                "results": {},
+                "handoffs": [*state.handoffs, current],
+            }
+        )
+        return handed, HandOff(target=target, reason=reason if isinstance(reason, str) else None)
     if reply.tool_calls:
         if step >= state.max_steps:
             names = ", ".join(c.name for c in reply.tool_calls)
@@ -233,6 +334,12 @@ def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunS
         )
         return decided, CallTools(step=step, invocations=calls)
     if reply.text and reply.text.strip():
+        output: JsonValue = None
+        if check_output is not None:
+            try:
+                output = check_output(reply.text)
+            except ValueError as exc:
+                return _invalid_output(state, reply.text, str(exc), output_retries, base)
         finished = state.model_copy(
             update={
                 **base,
@@ -240,10 +347,36 @@ def apply_reply(state: RunState, reply: ModelReply, now: datetime) -> tuple[RunS
                 "status": "completed",
                 "awaiting": None,
                 "answer": reply.text,
+                "output": output,
             }
         )
-        return finished, Finish(text=reply.text)
+        return finished, Finish(text=reply.text, output=output)
     return _end(state, Fail(status="failed", reason="the model returned an empty reply"), **base)
+
+
+def _invalid_output(
+    state: RunState, text: str, problem: str, retries: int, base: dict[str, object]
+) -> tuple[RunState, Decision]:
+    step = int(str(base["step"]))
+    if state.output_tries >= retries or step >= state.max_steps:
+        tries = state.output_tries + 1
+        reason = f"the answer did not match the output type after {tries} tries: {problem}"
+        return _end(state, Fail(status="failed", reason=reason), **base)
+    again = state.model_copy(
+        update={
+            **base,
+            "messages": [
+                *state.messages,
+                Message.assistant(text),
+                Message.user(
+                    f"Your answer does not match the required output type: {problem}. "
+                    "Answer again with only the JSON object."
+                ),
+            ],
+            "output_tries": state.output_tries + 1,
+        }
+    )
+    return again, AskAgain(reason=problem)
 
 
 def apply_tool_result(
@@ -254,6 +387,7 @@ def apply_tool_result(
     error: str | None = None,
     *,
     error_class: str | None = None,
+    usage: Usage | None = None,
 ) -> tuple[RunState, bool]:
     """Record one result of the current step; ``ready`` when the model should be called next.
 
@@ -269,8 +403,9 @@ def apply_tool_result(
         return state, state.awaiting == "model"
     outcome = ToolOutcome(ok=ok, output=output, error=error, error_class=error_class)
     results = {**state.results, call_id: outcome}
+    total = state.usage + usage if usage is not None else state.usage
     if len(results) < len(state.pending):
-        return state.model_copy(update={"results": results}), False
+        return state.model_copy(update={"results": results, "usage": total}), False
     tool_messages = [  # in the order the model asked, whatever order results came in
         Message.tool(call.id, call.name, results[call.id].to_content())
         for call in state.pending.values()
@@ -280,6 +415,7 @@ def apply_tool_result(
             "results": results,
             "messages": [*state.messages, *tool_messages],
             "awaiting": "model",
+            "usage": total,
         }
     )
     return ready, True
@@ -312,4 +448,7 @@ def response_data(state: RunState) -> AgentResponseData:
         model=state.model,
         usage=state.usage,
         tool_calls=list(state.tool_calls_made),
+        agent=state.agent,
+        output=state.output,
+        handoffs=list(state.handoffs),
     )

@@ -12,22 +12,24 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from agentstream.agents.messages import Message, ToolInvocation, ToolOutcome
-from agentstream.schemas import PermanentError, Usage
-from pydantic import BaseModel, ConfigDict, Field
+from agentstream.schemas import PermanentError, SubRunParent, Usage
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
+    "AskAgain",
     "Awaiting",
     "CallTools",
     "Decision",
     "Fail",
     "Finish",
+    "HandOff",
     "InvalidTransition",
     "RunState",
     "RunStatus",
 ]
 
 RunStatus = Literal["running", "completed", "failed", "timed_out", "rejected"]
-Awaiting = Literal["model", "tools"]
+Awaiting = Literal["model", "tools", "handoff"]
 
 
 class InvalidTransition(PermanentError):
@@ -51,6 +53,27 @@ class Finish(BaseModel):
 
     kind: Literal["finish"] = "finish"
     text: str
+    output: JsonValue = None
+
+
+class HandOff(BaseModel):
+    """The model handed the conversation to ``target``: the run continues there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["hand_off"] = "hand_off"
+    target: str
+    reason: str | None = None
+
+
+class AskAgain(BaseModel):
+    """The answer did not validate against the output type: the model is asked again, told
+    why (``reason``), within the agent's ``output_retries``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["ask_again"] = "ask_again"
+    reason: str
 
 
 class Fail(BaseModel):
@@ -64,7 +87,7 @@ class Fail(BaseModel):
     reason: str
 
 
-Decision = Annotated[CallTools | Finish | Fail, Field(discriminator="kind")]
+Decision = Annotated[CallTools | Finish | Fail | HandOff | AskAgain, Field(discriminator="kind")]
 
 
 class RunState(BaseModel):
@@ -91,10 +114,27 @@ class RunState(BaseModel):
     model: str | None = None
     answer: str | None = None
     error: str | None = None
+    agent: str | None = Field(None, description="The declared agent running it now.")
+    run_id: str | None = Field(None, description="A sub-run's id; None: the request's run.")
+    parent: SubRunParent | None = Field(None, description="Where a sub-run's answer goes.")
+    chain: list[str] = Field(
+        default_factory=list, description="A sub-run's callers, from the request's run down."
+    )
+    handoffs: list[str] = Field(
+        default_factory=list, description="The agents that handed the request on, in order."
+    )
+    output: JsonValue = Field(None, description="The validated structured answer.")
+    output_tries: int = Field(0, description="Answers sent back for not validating.")
+    requested_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status != "running"
+
+    @property
+    def id(self) -> str:
+        """The key of this run: the sub-run's id, else the request's."""
+        return self.run_id or self.request_id
 
     @property
     def user_message(self) -> Message:

@@ -28,6 +28,7 @@ from typing import Any
 from agentstream.schemas.codec import CONTENT_TYPE, SPEC_VERSION
 from agentstream.schemas.deadletter import DLQ_HEADERS
 from agentstream.schemas.export import event_json_schema
+from agentstream.settings import Settings
 from agentstream.topics import Catalog, Kind, Topic, TopicSpec
 from agentstream.workers import WORKERS, WorkerKind
 
@@ -245,7 +246,9 @@ def _channel(spec: TopicSpec) -> dict[str, Any]:
 _INGRESS = ("ingress", "the HTTP ingress (and upstream producers)", (Topic.USER_REQUEST,))
 
 
-def _operations(catalog: Catalog, kinds: Sequence[WorkerKind]) -> dict[str, Any]:
+def _operations(
+    catalog: Catalog, kinds: Sequence[WorkerKind], settings: Settings | None
+) -> dict[str, Any]:
     """Who sends and receives what: each kind's routes and periodic jobs say it. A consumer
     also sends to ``T.retry`` and ``T.dlq`` of what it consumes and receives ``T.retry``
     (the runtime does it for its routes)."""
@@ -272,27 +275,30 @@ def _operations(catalog: Catalog, kinds: Sequence[WorkerKind]) -> dict[str, Any]
     for topic in sends:
         add(role, who, "send", catalog.spec(topic), None)
     for kind in kinds:
-        parts = kind.declared()
-        group = kind.group_id(catalog.prefix)
-        for topic in parts.publishes():
-            add(kind.name, kind.title, "send", catalog.spec(topic), group)
-        for topic in parts.consumes():
-            add(kind.name, kind.title, "receive", catalog.spec(topic), group)
-            add(kind.name, kind.title, "receive", catalog.spec(topic, Kind.RETRY), group)
-            add(kind.name, kind.title, "send", catalog.spec(topic, Kind.RETRY), group)
-            add(kind.name, kind.title, "send", catalog.spec(topic, Kind.DLQ), group)
-    for topic in Topic:
+        for agent in catalog.agents if kind.per_agent else (None,):
+            parts = kind.declared(settings, agent=agent)
+            group = kind.group_id(catalog.prefix, agent)
+            for out in parts.publishes():
+                add(kind.name, kind.title, "send", catalog.spec(out), group)
+            for consumed in parts.consumes():
+                add(kind.name, kind.title, "receive", catalog.spec(consumed), group)
+                add(kind.name, kind.title, "receive", catalog.spec(consumed, Kind.RETRY), group)
+                add(kind.name, kind.title, "send", catalog.spec(consumed, Kind.RETRY), group)
+                add(kind.name, kind.title, "send", catalog.spec(consumed, Kind.DLQ), group)
+    for dlq_topic in catalog.topics():
         add(
             "operator",
             "an operator (agentstream dlq)",
             "receive",
-            catalog.spec(topic, Kind.DLQ),
+            catalog.spec(dlq_topic, Kind.DLQ),
             None,
         )
     return ops
 
 
-def build_asyncapi(catalog: Catalog, kinds: Iterable[WorkerKind] = WORKERS) -> dict[str, Any]:
+def build_asyncapi(
+    catalog: Catalog, kinds: Iterable[WorkerKind] = WORKERS, settings: Settings | None = None
+) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of ``catalog``'s topics and the worker ``kinds`` (every
     registered kind by default), as JSON-ready data."""
     specs = list(catalog.specs())
@@ -341,7 +347,7 @@ def build_asyncapi(catalog: Catalog, kinds: Iterable[WorkerKind] = WORKERS) -> d
             },
         },
         "channels": {_channel_id(s): _channel(s) for s in specs},
-        "operations": _operations(catalog, list(kinds)),
+        "operations": _operations(catalog, list(kinds), settings),
         "components": {
             "schemas": schemas,
             "messages": {_message_id(s): _message(s) for s in specs},
@@ -367,11 +373,13 @@ def _bootstrap_variable() -> dict[str, str]:
     }
 
 
-def write_asyncapi(directory: Path, catalog: Catalog) -> Path:
+def write_asyncapi(directory: Path, catalog: Catalog, settings: Settings | None = None) -> Path:
     """Write ``directory/asyncapi.json``; return its path."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "asyncapi.json"
-    path.write_text(json.dumps(build_asyncapi(catalog), indent=2, ensure_ascii=False) + "\n")
+    path.write_text(
+        json.dumps(build_asyncapi(catalog, settings=settings), indent=2, ensure_ascii=False) + "\n"
+    )
     return path
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentstream.schemas.errors import AgentstreamError
-from agentstream.settings import Settings, load_settings
+from agentstream.settings import Settings, agent_names, load_settings
 from agentstream.workers import WORKERS
 
 __all__ = ["main"]
@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run worker(s) against Kafka and Redis")
     worker.add_argument("kinds", nargs="+", choices=WORKERS.names())
+    worker.add_argument(
+        "--agent",
+        action="append",
+        dest="agents",
+        metavar="NAME",
+        help="the declared agent(s) an agent worker runs (repeat it; default: every agent, "
+        "each its own consumer group)",
+    )
 
     sub.add_parser("ingress", help="run the HTTP ingress against Kafka and Redis")
 
@@ -80,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
                 raise
             continue
         _COMMANDS.update(module.register(sub))
+    app_help = (
+        "the app declaring the agents, package.module[:attr] (default: AGENTSTREAM_APP, "
+        "else the built-in assistant)"
+    )
+    p.add_argument("--app", default=None, help=app_help)
+    for command in sub.choices.values():  # `agentstream up --app x` reads as well
+        command.add_argument("--app", default=argparse.SUPPRESS, help=app_help)
     return p
 
 
@@ -89,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = load_settings(args.config)
+        if args.app:
+            settings = settings.model_copy(update={"app": args.app})
+        if settings.app:
+            from agentstream.agents import load_app
+
+            load_app(settings.app)  # a readable error now rather than in a worker
     except Exception as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
@@ -160,13 +181,18 @@ async def _cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     except ModuleNotFoundError:
         pass
     else:
-        extra.append(asyncapi.write_asyncapi(args.directory, settings.catalog()))
+        extra.append(asyncapi.write_asyncapi(args.directory, settings.catalog(), settings))
     written = [str(p) for p in [*paths, *extra]]
     _emit(args, {"written": written}, "\n".join(f"wrote {p}" for p in written))
     return 0
 
 
-async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: bool) -> int:
+async def _run_services(
+    settings: Settings,
+    kinds: Sequence[str],
+    with_ingress: bool,
+    agents: Sequence[str] | None = None,
+) -> int:
     from agentstream.process import build_workers, install_signals, until
     from agentstream.wiring import build_bus, build_store, ensure_topics
     from prometheus_client import CollectorRegistry
@@ -180,7 +206,7 @@ async def _run_services(settings: Settings, kinds: Sequence[str], with_ingress: 
         await store.ping()
         await ensure_topics(bus, settings.catalog(), create=settings.topics.create_on_start)
         metrics = CollectorRegistry()  # one registry, every part's metrics
-        workers = build_workers(kinds, settings, bus, store, metrics, stop)
+        workers = build_workers(kinds, settings, bus, store, metrics, stop, agents=agents)
         if with_ingress:
             from agentstream.ingress.server import serve
             from agentstream.wiring import runtime_config
@@ -211,8 +237,9 @@ async def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update={**updates, "ingress": ingress})
     kinds = WORKERS.names()
     named = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+    agents = ", ".join(agent_names(settings.app))
     print(
-        f"agentstream up: {named} workers on the in-process bus; "
+        f"agentstream up: {named} workers (agents: {agents}) on the in-process bus; "
         f"ingress on http://{ingress.host}:{ingress.port}  (Ctrl-C to stop)",
         flush=True,
     )
@@ -227,7 +254,7 @@ async def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    return await _run_services(settings, args.kinds, with_ingress=False)
+    return await _run_services(settings, args.kinds, with_ingress=False, agents=args.agents)
 
 
 async def _cmd_ingress(args: argparse.Namespace, settings: Settings) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentstream.agents import ToolRegistry
+from agentstream.agents import App, ToolRegistry
 from agentstream.agents.models import ModelRouter
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.worker import Worker
@@ -73,24 +73,37 @@ def build_workers(
     router: ModelRouter | None = None,
     registry: ToolRegistry | None = None,
     workers: WorkerRegistry = WORKERS,
+    agents: Sequence[str] | None = None,
+    app: App | None = None,
 ) -> WorkerSet:
     """Workers of ``kinds`` (names in ``workers``), each with its periodic jobs; ``router``
-    and ``registry`` replace the configured model and the built-in tools (embedding
-    applications and tests inject their own)."""
+    and ``registry`` replace the configured model and the built-in tools, ``app`` the
+    configured app (embedding applications and tests inject their own). A per-agent kind
+    runs one worker (one consumer group) for each of ``agents``, default every declared
+    agent; an undeclared name is a ConfigError."""
     catalog = settings.catalog()
-    needs = Needs(settings, metrics, router=router, tools=registry)
+    needs = Needs(settings, metrics, router=router, tools=registry, app=app)
     runtime_metrics = RuntimeMetrics(metrics)
     result = WorkerSet()
     for name in kinds:
         kind = workers.get(name)
-        parts = kind.build(needs)
-        config = runtime_config(settings, kind.group, kind.source)
-        worker = Worker(bus, store, catalog, parts.routes, config, metrics=runtime_metrics)
-        for job in parts.periodic:
-            sweeper = job.start(worker)
-            result.extras.append(sweeper.run(stop))
-            result.periodic.append(sweeper)
-        result.workers.append(worker)
+        if kind.per_agent:
+            chosen = list(agents) if agents else list(needs.app.names())
+            builds: list[tuple[Needs, str | None]] = [
+                (needs.for_agent(needs.app.get(a).name), a) for a in chosen
+            ]
+        else:
+            builds = [(needs, None)]
+        for kind_needs, agent in builds:
+            parts = kind.build(kind_needs)
+            group = kind.group if agent is None else f"{kind.group}.{agent}"
+            config = runtime_config(settings, group, kind.source)
+            worker = Worker(bus, store, catalog, parts.routes, config, metrics=runtime_metrics)
+            for job in parts.periodic:
+                sweeper = job.start(worker)
+                result.extras.append(sweeper.run(stop))
+                result.periodic.append(sweeper)
+            result.workers.append(worker)
     return result
 
 

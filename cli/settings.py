@@ -9,6 +9,7 @@ Credentials are ``SecretStr``: they never appear in ``repr``, logs or ``config s
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "Settings",
     "StatsSettings",
     "TopicSettings",
+    "agent_names",
     "load_settings",
 ]
 
@@ -83,6 +85,9 @@ class AgentSettings(BaseModel):
     max_steps: int = Field(default=8, ge=1, le=64)
     deadline_s: float = Field(default=120.0, gt=0)
     history_budget_tokens: int = Field(default=2000, ge=0)
+    max_depth: int = Field(
+        default=3, ge=1, le=10, description="How deep agents may call agents as tools."
+    )
     system_prompt: str = (
         "You are a helpful assistant. Use the tools when they help; answer concisely."
     )
@@ -155,6 +160,11 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     stats: StatsSettings = Field(default_factory=StatsSettings)
+    app: str | None = Field(
+        default=None,
+        description="The app declaring the agents (`package.module` or `package.module:attr`"
+        "); None: the built-in assistant. Every process of a deployment loads the same app.",
+    )
     tools_module: str | None = Field(
         default=None,
         description="A module with `register(registry)` adding your tools (agent and tool "
@@ -189,7 +199,16 @@ class Settings(BaseSettings):
             replication_factor=t.replication_factor,
             retention_ms=t.retention_ms,
             dlq_retention_ms=t.dlq_retention_ms,
+            agents=agent_names(self.app),
         )
+
+
+@functools.lru_cache(maxsize=8)
+def agent_names(app: str | None) -> tuple[str, ...]:
+    """The agents the app ``app`` declares (the built-in app's one assistant for None)."""
+    from agentstream.agents.app import DEFAULT_AGENT, load_app
+
+    return (DEFAULT_AGENT,) if app is None else load_app(app).names()
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -20,11 +20,12 @@ from agentstream.topics import Bus
 from agentstream.topics.drift import compare, partition_mismatch
 
 if TYPE_CHECKING:
-    from agentstream.agents import ToolRegistry
+    from agentstream.agents import App, ToolRegistry
     from agentstream.agents.models import ModelRouter
     from agentstream.topics import Catalog
 
 __all__ = [
+    "build_app",
     "build_bus",
     "build_model",
     "build_store",
@@ -153,16 +154,30 @@ def tool_registry(settings: Settings) -> ToolRegistry:
 
     registry = builtin_registry()
     if settings.tools_module:
-        try:
-            module = importlib.import_module(settings.tools_module)
-        except ImportError as exc:
-            raise ConfigError(
-                f"cannot import tools module {settings.tools_module!r}: {exc}"
-            ) from exc
-        register = getattr(module, "register", None)
-        if not callable(register):
-            raise ConfigError(
-                f"tools module {settings.tools_module!r} has no register(registry) function"
-            )
-        register(registry)
+        _register_tools_module(settings.tools_module, registry)
     return registry
+
+
+def _register_tools_module(name: str, registry: ToolRegistry) -> None:
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import tools module {name!r}: {exc}") from exc
+    register = getattr(module, "register", None)
+    if not callable(register):
+        raise ConfigError(f"tools module {name!r} has no register(registry) function")
+    register(registry)
+
+
+def build_app(settings: Settings, *, tools: ToolRegistry | None = None) -> App:
+    """The app of the settings: ``AGENTSTREAM_APP``'s, or the built-in assistant with the
+    built-in tools (and ``AGENTSTREAM_TOOLS_MODULE``'s), or ``tools`` when given."""
+    from agentstream.agents import default_app, load_app
+
+    if settings.app is None:
+        return default_app(settings.agent.system_prompt, tools=tools or tool_registry(settings))
+    app = load_app(settings.app)
+    if settings.tools_module and not getattr(app, "_tools_module_loaded", False):
+        _register_tools_module(settings.tools_module, app.tools)
+        app._tools_module_loaded = True  # type: ignore[attr-defined]
+    return app

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from agentstream.schemas.errors import ConfigError
 from agentstream.settings import Settings
-from agentstream.topics import Topic
+from agentstream.topics import LogicalTopic, Topic
 from prometheus_client import CollectorRegistry
 
 if TYPE_CHECKING:
-    from agentstream.agents import ToolRegistry
+    from agentstream.agents import App, ToolRegistry
     from agentstream.agents.models import ModelRouter
     from agentstream.handlers.runtime.route import Route
     from agentstream.handlers.runtime.worker import Worker
@@ -47,10 +47,12 @@ __all__ = [
 
 
 class Needs:
-    """What building a worker kind may use: the settings, the metrics, and the model router
-    and tool registry, built from the settings on first use unless given (embedding
-    applications and tests inject their own). One ``Needs`` serves every kind of a process,
-    so they share one router and one tool registry."""
+    """What building a worker kind may use: the settings, the metrics, the app (its declared
+    agents and tools), the model router and tool registry, built from the settings on first
+    use unless given (embedding applications and tests inject their own). One ``Needs``
+    serves every kind of a process, so they share one app, router and tool registry.
+    ``agent`` is the declared agent a per-agent kind is being built for
+    (:meth:`for_agent`)."""
 
     def __init__(
         self,
@@ -59,11 +61,26 @@ class Needs:
         *,
         router: ModelRouter | None = None,
         tools: ToolRegistry | None = None,
+        app: App | None = None,
+        agent: str | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self._router = router
         self._tools = tools
+        self._app = app
+        self.agent = agent
+
+    def for_agent(self, agent: str) -> Needs:
+        """The same needs (one app, router and registry) for building ``agent``'s worker."""
+        return Needs(
+            self.settings,
+            self.metrics,
+            router=self.router,
+            tools=self.tools,
+            app=self.app,
+            agent=agent,
+        )
 
     @classmethod
     def declaration(cls, settings: Settings | None = None) -> Needs:
@@ -72,11 +89,12 @@ class Needs:
         from agentstream.agents import OfflineModel, builtin_registry
         from agentstream.agents.models import ModelRouter
 
+        settings = settings or Settings()
         return cls(
-            settings or Settings(),
+            settings,
             CollectorRegistry(),
             router=ModelRouter(OfflineModel()),
-            tools=builtin_registry(),
+            tools=builtin_registry() if settings.app is None else None,
         )
 
     @cached_property
@@ -86,10 +104,14 @@ class Needs:
         return self._router or build_model(self.settings)
 
     @cached_property
-    def tools(self) -> ToolRegistry:
-        from agentstream.wiring import tool_registry
+    def app(self) -> App:
+        from agentstream.wiring import build_app
 
-        return self._tools or tool_registry(self.settings)
+        return self._app or build_app(self.settings, tools=self._tools)
+
+    @cached_property
+    def tools(self) -> ToolRegistry:
+        return self._tools or self.app.tools
 
 
 class Sweeper(Protocol):
@@ -110,7 +132,7 @@ class Periodic:
     ``publishes`` is what its jobs emit, as on a route."""
 
     name: str
-    publishes: tuple[Topic, ...]
+    publishes: tuple[LogicalTopic, ...]
     start: Callable[[Worker], Sweeper]
 
 
@@ -121,11 +143,11 @@ class Parts:
     routes: Sequence[Route]
     periodic: Sequence[Periodic] = ()
 
-    def consumes(self) -> tuple[Topic, ...]:
+    def consumes(self) -> tuple[LogicalTopic, ...]:
         """The logical topics the routes consume, in route order."""
         return tuple(dict.fromkeys(route.topic for route in self.routes))
 
-    def publishes(self) -> tuple[Topic, ...]:
+    def publishes(self) -> tuple[LogicalTopic, ...]:
         """The logical topics the routes and periodic jobs publish, in declaration order."""
         topics = [t for route in self.routes for t in route.publishes]
         topics += [t for job in self.periodic for t in job.publishes]
@@ -147,6 +169,9 @@ class WorkerKind:
     group: str = ""
     source: str = ""
     standalone: bool = True
+    #: One consumer group per declared agent, ``{group}.{agent}`` (the agent worker),
+    #: each built with :meth:`Needs.for_agent`.
+    per_agent: bool = False
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -154,13 +179,22 @@ class WorkerKind:
         if not self.source:
             object.__setattr__(self, "source", f"{self.name}-worker")
 
-    def group_id(self, prefix: str) -> str:
-        """The consumer group of this kind in the deployment with topic prefix ``prefix``."""
+    def group_id(self, prefix: str, agent: str | None = None) -> str:
+        """The consumer group of this kind (of ``agent``'s, for a per-agent kind) in the
+        deployment with topic prefix ``prefix``."""
+        if self.per_agent:
+            if agent is None:
+                raise ValueError(f"the {self.name} kind has one group per agent: name one")
+            return f"{prefix}{self.group}.{agent}"
         return f"{prefix}{self.group}"
 
-    def declared(self) -> Parts:
-        """The kind built with :meth:`Needs.declaration`: its routes to read, not to run."""
-        return self.build(Needs.declaration())
+    def declared(self, settings: Settings | None = None, agent: str | None = None) -> Parts:
+        """The kind built with :meth:`Needs.declaration`: its routes to read, not to run
+        (those of ``agent``, default the app's default agent, for a per-agent kind)."""
+        needs = Needs.declaration(settings)
+        if self.per_agent:
+            needs = needs.for_agent(agent or needs.app.default.name)
+        return self.build(needs)
 
 
 class WorkerRegistry:
@@ -204,45 +238,65 @@ class WorkerRegistry:
 
 
 def _agent(needs: Needs) -> Parts:
-    from agentstream.agents import memory_tool_specs
     from agentstream.handlers.agent.deadlines import DeadlineSweeper
     from agentstream.handlers.agent.metrics import AgentMetrics
     from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers
 
     s = needs.settings
+    agent = needs.agent or needs.app.default.name
     handlers = AgentHandlers(
+        needs.app,
+        agent,
         needs.router,
-        [*needs.tools.specs(), *memory_tool_specs()],
         AgentConfig(
-            system_prompt=s.agent.system_prompt,
             max_steps=s.agent.max_steps,
             deadline_s=s.agent.deadline_s,
             history_budget_tokens=s.agent.history_budget_tokens,
             # The offline model answers faster than a cache lookup would.
             cache=s.model.cache and s.model.provider != "offline",
             cache_ttl_s=s.model.cache_ttl_s,
+            max_depth=s.agent.max_depth,
         ),
         AgentMetrics(needs.metrics),
     )
-    topic = s.catalog().name(Topic.USER_REQUEST)
+    topic = s.catalog().inbox(agent)
     deadlines = Periodic(
-        "agent.deadlines",
-        (Topic.AGENT_RESPONSE,),
-        lambda worker: DeadlineSweeper(worker, handlers, s.namespace, topic),
+        f"agent.{agent}.deadlines",
+        handlers.publishes(),
+        lambda worker: DeadlineSweeper(
+            worker,
+            handlers,
+            s.namespace,
+            topic,
+            index=f"deadlines:{agent}",
+            name=f"agent.{agent}.deadline",
+        ),
     )
     return Parts(handlers.routes(), [deadlines])
+
+
+def _router(needs: Needs) -> Parts:
+    from agentstream.handlers.router import RouterHandlers
+
+    app = needs.app
+    return Parts(
+        RouterHandlers(
+            app.names(), app.default.name, ttl_s=needs.settings.runtime.dedup_ttl_s
+        ).routes()
+    )
 
 
 def _tool(needs: Needs) -> Parts:
     from agentstream.handlers.tool import ToolHandlers, ToolMetrics
 
-    return Parts(ToolHandlers(needs.tools, ToolMetrics(needs.metrics)).routes())
+    handlers = ToolHandlers(needs.tools, ToolMetrics(needs.metrics), needs.app.names())
+    return Parts(handlers.routes())
 
 
 def _memory(needs: Needs) -> Parts:
     from agentstream.handlers.memory import MemoryHandlers
 
-    return Parts(MemoryHandlers().routes())
+    return Parts(MemoryHandlers(needs.app.names()).routes())
 
 
 def _stats(needs: Needs) -> Parts:
@@ -280,7 +334,8 @@ def _projection(needs: Needs) -> Parts:
 #: Every worker kind of agentstream.
 WORKERS = WorkerRegistry(
     [
-        WorkerKind("agent", "the agent worker", _agent),
+        WorkerKind("router", "the router", _router),
+        WorkerKind("agent", "the agent worker", _agent, per_agent=True),
         WorkerKind("tool", "the tool worker", _tool),
         WorkerKind("memory", "the memory worker", _memory),
         WorkerKind("stats", "the stats worker", _stats),

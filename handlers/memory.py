@@ -13,6 +13,7 @@ retained topics (``agentstream memory rebuild``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from agentstream.agents import (
@@ -35,7 +36,7 @@ from agentstream.schemas import (
     UserRequest,
     decode,
 )
-from agentstream.topics import Bus, Catalog, Topic
+from agentstream.topics import Bus, Catalog, Inbox, LogicalTopic, Topic
 from agentstream.topics.deadline import landed_late
 from pydantic import BaseModel
 
@@ -53,6 +54,13 @@ class _PendingTurn(BaseModel):
 
 
 class MemoryHandlers:
+    def __init__(self, agents: Sequence[str] = ()) -> None:
+        #: The results go to the asking agent's input topic (or tool_result for none).
+        self.publishes: tuple[LogicalTopic, ...] = (
+            Topic.TOOL_RESULT,
+            *(Inbox(a) for a in agents),
+        )
+
     def routes(self) -> list[Route]:
         return [
             Route(
@@ -60,7 +68,7 @@ class MemoryHandlers:
                 self.on_memory_call,
                 "memory.memory_call",
                 on_dead_letter=self.on_dead_letter,
-                publishes=(Topic.TOOL_RESULT,),
+                publishes=self.publishes,
             ),
             Route(Topic.USER_REQUEST, self.on_user_request, "memory.user_request"),
             Route(Topic.AGENT_RESPONSE, self.on_agent_response, "memory.agent_response"),

@@ -12,6 +12,7 @@ a failed result, so the agent's run goes on instead of waiting for its deadline.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from agentstream.agents import ToolOutcome, ToolRegistry
@@ -25,7 +26,7 @@ from agentstream.schemas import (
     ToolResult,
     ToolResultData,
 )
-from agentstream.topics import Topic
+from agentstream.topics import Inbox, LogicalTopic, Topic
 from prometheus_client import CollectorRegistry
 
 __all__ = ["ToolHandlers", "tool_result"]
@@ -34,7 +35,8 @@ SOURCE = "tool-worker"
 
 
 def tool_result(event: Envelope[Any], outcome: ToolOutcome, source: str) -> ToolResult:
-    """The ``tool_result`` answering the tool or memory call ``event``."""
+    """The ``tool_result`` answering the tool or memory call ``event``: to the input topic of
+    the agent that asked (``reply_to``), or to ``tool_result`` when none is named."""
     data = event.data
     return event.derive(
         ToolResult,
@@ -47,6 +49,8 @@ def tool_result(event: Envelope[Any], outcome: ToolOutcome, source: str) -> Tool
             error=outcome.error,
             error_class=outcome.error_class,
             duration_ms=outcome.duration_ms,
+            reply_to=data.reply_to,
+            run_id=data.run_id,
         ),
         step="result",
         source=source,
@@ -74,9 +78,16 @@ class ToolMetrics(MetricsPart):
 
 
 class ToolHandlers:
-    def __init__(self, registry: ToolRegistry, metrics: ToolMetrics) -> None:
+    def __init__(
+        self, registry: ToolRegistry, metrics: ToolMetrics, agents: Sequence[str] = ()
+    ) -> None:
         self.registry = registry
         self.metrics = metrics
+        #: The results go to the asking agent's input topic (or tool_result for none).
+        self.publishes: tuple[LogicalTopic, ...] = (
+            Topic.TOOL_RESULT,
+            *(Inbox(a) for a in agents),
+        )
 
     def routes(self) -> list[Route]:
         return [
@@ -85,13 +96,13 @@ class ToolHandlers:
                 self.on_tool_call,
                 "tool.tool_call",
                 on_dead_letter=self.on_dead_letter,
-                publishes=(Topic.TOOL_RESULT,),
+                publishes=self.publishes,
             )
         ]
 
     async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
         outcome, _ = await ctx.once(
-            f"tool:{event.data.call_id}", ToolOutcome, lambda: self._run(event)
+            f"tool:{event.request_id}:{event.data.call_id}", ToolOutcome, lambda: self._run(event)
         )
         return [tool_result(event, outcome, SOURCE)]
 

@@ -91,7 +91,7 @@ def create_app(
     app.include_router(requests)
     app.include_router(events_router(access, opts, metrics))
     app.include_router(conversations_router(access))
-    main_topics = [catalog.name(t, Kind.MAIN) for t in Topic]
+    main_topics = [catalog.name(t, Kind.MAIN) for t in catalog.topics()]
     app.include_router(operations_router(bus, store, metrics, main_topics))
     app.openapi = lambda: _document(app)  # type: ignore[method-assign]
 
@@ -103,6 +103,7 @@ def create_app(
         request_topic=catalog.name(Topic.USER_REQUEST),
         metrics=metrics,
         route=documented_create(requests),
+        agents=catalog.agents,
     )
     mount_fast_path(app, create)
     return app

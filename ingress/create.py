@@ -26,12 +26,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from agentstream.ingress.auth import Admission
 from agentstream.ingress.config import IngressOptions
 from agentstream.ingress.errors import ApiError, RequestRefused, error_for
 from agentstream.ingress.intake import (
     build_event,
+    check_agent,
     check_content_type,
     claim_for,
     parse_body,
@@ -111,8 +113,11 @@ class CreateEndpoint:
         request_topic: str,
         metrics: IngressMetrics,
         route: BaseRoute | None = None,
+        agents: Iterable[str] = ("assistant",),
     ) -> None:
         self.opts = opts
+        #: The declared agents a request may name.
+        self.agents = frozenset(agents)
         self.admission = admission
         self.repo = repo
         self.bus = bus
@@ -190,6 +195,7 @@ class CreateEndpoint:
         )
         check_content_type(content_type)
         body = parse_body(await _read_body(receive, limit))
+        check_agent(body, self.agents)
 
         tenant = who.tenant
         claim: Claim | None = None

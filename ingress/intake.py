@@ -139,6 +139,15 @@ def check_content_type(content_type: str | None) -> None:
             )
 
 
+def check_agent(body: CreateRequest, agents: frozenset[str]) -> None:
+    """The agent the body names is declared, or :class:`RequestValidationError` (a 422)."""
+    if body.agent is not None and body.agent not in agents:
+        known = ", ".join(sorted(agents))
+        raise _invalid(
+            ("body", "agent"), f"Unknown agent {body.agent!r} (declared: {known})", "unknown_agent"
+        )
+
+
 def parse_body(raw: bytes) -> CreateRequest:
     """The JSON body as :class:`CreateRequest`; :class:`RequestValidationError` naming the
     fields otherwise."""
@@ -196,6 +205,7 @@ def build_event(
             model=body.model,
             max_steps=body.max_steps,
             metadata=body.metadata,
+            agent=body.agent,
         ),
     )
 

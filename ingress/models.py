@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from agentstream.ingress.records import EntryKind, RequestRecord, RequestStatus
-from agentstream.schemas import AgentResponseData
+from agentstream.schemas import AGENT_NAME_PATTERN, AgentResponseData
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
@@ -69,6 +69,13 @@ class CreateRequest(BaseModel):
     )
     max_steps: int | None = Field(default=None, ge=1, le=64)
     metadata: dict[_MetaKey, _MetaValue] = Field(default_factory=dict, max_length=32)
+    agent: str | None = Field(
+        default=None,
+        pattern=AGENT_NAME_PATTERN,
+        description="The declared agent to answer; absent: the agent that answered the "
+        "conversation's last turn, else the app's default. An undeclared agent is a 422.",
+        examples=["billing"],
+    )
 
 
 class AcceptedResponse(BaseModel):

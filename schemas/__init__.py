@@ -18,6 +18,7 @@ from agentstream.schemas.errors import (
     TopicMissing,
 )
 from agentstream.schemas.events import (
+    AGENT_NAME_PATTERN,
     ALL_TENANTS,
     EVENT_TYPES,
     LATENCY_BOUNDS_MS,
@@ -26,11 +27,14 @@ from agentstream.schemas.events import (
     AgentResponseData,
     AgentStats,
     AgentStatsData,
+    AgentTask,
+    AgentTaskData,
     LatencyStats,
     MemoryCall,
     ResponseStatus,
     StatsCounts,
     StatsDimension,
+    SubRunParent,
     ToolCall,
     ToolCallData,
     ToolResult,
@@ -43,6 +47,7 @@ from agentstream.schemas.events import (
 )
 
 __all__ = [
+    "AGENT_NAME_PATTERN",
     "ALL_TENANTS",
     "EVENT_TYPES",
     "LATENCY_BOUNDS_MS",
@@ -51,6 +56,8 @@ __all__ = [
     "AgentResponseData",
     "AgentStats",
     "AgentStatsData",
+    "AgentTask",
+    "AgentTaskData",
     "AgentstreamError",
     "ConfigError",
     "DeadLetter",
@@ -65,6 +72,7 @@ __all__ = [
     "SkipEvent",
     "StatsCounts",
     "StatsDimension",
+    "SubRunParent",
     "ToolCall",
     "ToolCallData",
     "ToolRejected",

@@ -11,25 +11,31 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from agentstream.schemas.envelope import Envelope, Payload
 from pydantic import Field, JsonValue, field_validator
 
 __all__ = [
+    "AGENT_NAME_PATTERN",
     "ALL_TENANTS",
     "EVENT_TYPES",
     "LATENCY_BOUNDS_MS",
     "TERMINAL_STATUSES",
+    "AgentName",
     "AgentResponse",
     "AgentResponseData",
     "AgentStats",
     "AgentStatsData",
+    "AgentTask",
+    "AgentTaskData",
+    "AgentTaskKind",
     "LatencyStats",
     "MemoryCall",
     "ResponseStatus",
     "StatsCounts",
     "StatsDimension",
+    "SubRunParent",
     "ToolCall",
     "ToolCallData",
     "ToolResult",
@@ -42,6 +48,20 @@ __all__ = [
 ]
 
 _TEXT_MAX = 1_000_000
+
+#: What an agent name may be: it is part of topic names (``agent.<name>``), consumer group
+#: ids and metric labels, so it is short, lower case and plain.
+AGENT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+
+AgentName = Annotated[
+    str,
+    Field(
+        pattern=AGENT_NAME_PATTERN,
+        max_length=32,
+        description="A declared agent: lower case letters, digits, '_' and '-', at most 32.",
+        examples=["triage"],
+    ),
+]
 
 ResponseStatus = Literal["completed", "failed", "timed_out", "rejected"]
 TERMINAL_STATUSES: tuple[ResponseStatus, ...] = ("completed", "failed", "timed_out", "rejected")
@@ -66,6 +86,11 @@ class UserRequestData(Payload):
         default=None, description="After this instant the request ends as timed_out."
     )
     metadata: dict[str, str] = Field(default_factory=dict)
+    agent: AgentName | None = Field(
+        default=None,
+        description="The declared agent to answer; default: the agent that answered the "
+        "conversation's last turn, else the app's default agent (ADR 23).",
+    )
 
 
 class ToolCallData(Payload):
@@ -81,6 +106,17 @@ class ToolCallData(Payload):
         max_length=200,
         description="Whom the call acts for (memory scope); set by the agent, never the model.",
     )
+    reply_to: AgentName | None = Field(
+        default=None,
+        description="The agent whose input topic (agent.<name>) gets the result; absent: "
+        "the tool_result topic.",
+    )
+    run_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The run that asked, when it is a sub-run (an agent called as a tool); "
+        "absent: the request's own run.",
+    )
 
 
 class ToolResultData(Payload):
@@ -94,6 +130,15 @@ class ToolResultData(Payload):
     error: str | None = None
     error_class: str | None = None
     duration_ms: float | None = None
+    reply_to: AgentName | None = Field(
+        default=None, description="Copied from the call: the agent it is addressed to."
+    )
+    run_id: str | None = Field(default=None, max_length=200, description="Copied from the call.")
+    usage: Usage | None = Field(
+        default=None,
+        description="Tokens and cost of the call, when it was a sub-run (an agent called as "
+        "a tool): they roll up into the caller's usage.",
+    )
 
 
 class Usage(Payload):
@@ -130,6 +175,59 @@ class AgentResponseData(Payload):
     tool_calls: list[str] = Field(
         default_factory=list, description="Names of the tools called, in order."
     )
+    agent: str | None = Field(
+        default=None,
+        max_length=32,
+        description="The declared agent that answered (after handoffs, the last one).",
+    )
+    output: JsonValue = Field(
+        default=None,
+        description="The answer as JSON, validated against the agent's output type, when "
+        "the agent declares one.",
+    )
+    handoffs: list[str] = Field(
+        default_factory=list,
+        description="The agents the request went through before the one that answered.",
+    )
+
+
+AgentTaskKind = Literal["turn", "handoff", "subrun"]
+
+
+class SubRunParent(Payload):
+    """Where a sub-run's answer goes: the calling run, agent, step and tool call."""
+
+    run_id: str = Field(min_length=1, max_length=200)
+    agent: AgentName
+    call_id: str = Field(min_length=1, max_length=200)
+    step: int = Field(ge=0)
+    tool: str = Field(min_length=1, max_length=200)
+
+
+class AgentTaskData(Payload):
+    """Work for one declared agent, on its input topic ``agent.<name>``.
+
+    ``turn``: the router's forward of a conversation's next request; ``handoff``: another
+    agent hands the request over (the run state travels in the store); ``subrun``: another
+    agent calls this one as a tool, ``request.text`` being its input."""
+
+    agent: AgentName
+    kind: AgentTaskKind
+    request: UserRequestData
+    requested_at: datetime = Field(description="When the user request was made.")
+    from_agent: AgentName | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+    run_id: str | None = Field(
+        default=None, max_length=200, description="The sub-run's id (derived from the call)."
+    )
+    parent: SubRunParent | None = None
+    chain: list[str] = Field(
+        default_factory=list,
+        description="The agents from the request's root run down to the caller (sub-runs).",
+    )
+    deadline: datetime | None = Field(
+        default=None, description="A sub-run's deadline: its caller's, at most."
+    )
 
 
 class UserRequest(Envelope[UserRequestData]):
@@ -154,6 +252,13 @@ class ToolResult(Envelope[ToolResultData]):
     type: Literal["agentstream.tool_result.v1"] = "agentstream.tool_result.v1"
 
 
+class AgentTask(Envelope[AgentTaskData]):
+    """A turn, a handoff or a sub-run for one agent; see :class:`AgentTaskData`."""
+
+    TYPE: ClassVar[str] = "agentstream.agent_task.v1"
+    type: Literal["agentstream.agent_task.v1"] = "agentstream.agent_task.v1"
+
+
 class AgentResponse(Envelope[AgentResponseData]):
     TYPE: ClassVar[str] = "agentstream.agent_response.v1"
     type: Literal["agentstream.agent_response.v1"] = "agentstream.agent_response.v1"
@@ -161,7 +266,7 @@ class AgentResponse(Envelope[AgentResponseData]):
 
 # -- live stats (agent_stats) ---------------------------------------------------------------
 
-StatsDimension = Literal["tenant", "tool", "model"]
+StatsDimension = Literal["tenant", "tool", "model", "agent"]
 
 #: The envelope ``tenant`` of stats rows that span every tenant (per tool, per model).
 ALL_TENANTS = "*"
@@ -283,7 +388,9 @@ class AgentStatsData(Payload):
     window_start: datetime = Field(description="RFC 3339, UTC, inclusive.")
     window_end: datetime = Field(description="RFC 3339, UTC, exclusive.")
     dimension: StatsDimension
-    value: str = Field(min_length=1, max_length=200, description="The tenant, tool or model name.")
+    value: str = Field(
+        min_length=1, max_length=200, description="The tenant, tool, model or agent name."
+    )
     counts: StatsCounts = Field(default_factory=StatsCounts)
     errors: int = Field(
         default=0, ge=0, description="Requests failed or timed out, plus tool calls not ok."
@@ -376,5 +483,13 @@ def merge_stats(parts: Sequence[AgentStatsData]) -> AgentStatsData:
 #: Every event type this version of agentstream reads, by its ``type`` string.
 EVENT_TYPES: dict[str, type[Envelope[Any]]] = {
     cls.TYPE: cls
-    for cls in (UserRequest, ToolCall, MemoryCall, ToolResult, AgentResponse, AgentStats)
+    for cls in (
+        UserRequest,
+        ToolCall,
+        MemoryCall,
+        ToolResult,
+        AgentResponse,
+        AgentStats,
+        AgentTask,
+    )
 }

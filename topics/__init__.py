@@ -11,7 +11,7 @@ from agentstream.topics.bus import (
     TopicDescription,
     TopicPartition,
 )
-from agentstream.topics.catalog import Catalog, Kind, Topic, TopicSpec
+from agentstream.topics.catalog import Catalog, Inbox, Kind, LogicalTopic, Topic, TopicSpec
 from agentstream.topics.config import KafkaConfig
 
 __all__ = [
@@ -19,8 +19,10 @@ __all__ = [
     "Catalog",
     "Consumer",
     "Headers",
+    "Inbox",
     "KafkaConfig",
     "Kind",
+    "LogicalTopic",
     "OutgoingRecord",
     "Record",
     "RecordMetadata",

@@ -4,6 +4,11 @@ Every logical topic has a payload type, the partition key (always ``conversation
 two siblings: ``T.retry`` (delayed retries) and ``T.dlq`` (dead letters). Names get the
 deployment's optional prefix (``AGENTSTREAM_TOPIC_PREFIX``, e.g. ``prod.``) so one cluster
 can hold several deployments.
+
+Besides the fixed :class:`Topic` s, each declared agent has its input topic
+``agent.<name>`` (an :class:`Inbox`): the router forwards the conversation's turns there,
+other agents hand off and call it as a tool there, and the tool and memory workers answer
+its calls there (ADR 23). A catalog knows its deployment's agents.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from agentstream.schemas import (
     AgentResponse,
     AgentStats,
+    AgentTask,
     Envelope,
     MemoryCall,
     ToolCall,
@@ -24,7 +30,7 @@ from agentstream.schemas import (
 )
 from agentstream.topics.bus import TopicDescription
 
-__all__ = ["Catalog", "Kind", "Topic", "TopicSpec"]
+__all__ = ["Catalog", "Inbox", "Kind", "LogicalTopic", "Topic", "TopicSpec"]
 
 
 class Topic(StrEnum):
@@ -37,6 +43,24 @@ class Topic(StrEnum):
     AGENT_RESPONSE = "agent_response"
     #: Live stats for dashboards (the stats worker's partials, keyed by their stats row).
     AGENT_STATS = "agent_stats"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbox:
+    """The input topic of one declared agent: ``agent.<name>``."""
+
+    agent: str
+
+    @property
+    def value(self) -> str:
+        return f"agent.{self.agent}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: A topic as routes and the catalog name it: a fixed one, or an agent's input topic.
+LogicalTopic = Topic | Inbox
 
 
 class Kind(StrEnum):
@@ -63,7 +87,7 @@ _WEEK_MS = 7 * 24 * 3600 * 1000
 class TopicSpec:
     """One physical topic: its full name and how it is created."""
 
-    topic: Topic
+    topic: LogicalTopic
     kind: Kind
     name: str
     event_type: type[Envelope[Any]]
@@ -107,16 +131,26 @@ class Catalog:
     replication_factor: int = 1
     retention_ms: int = _WEEK_MS
     dlq_retention_ms: int = 4 * _WEEK_MS
+    #: The declared agents, each with its input topic (default: the built-in app's one).
+    agents: tuple[str, ...] = ("assistant",)
 
-    def name(self, topic: Topic, kind: Kind = Kind.MAIN) -> str:
+    def name(self, topic: LogicalTopic, kind: Kind = Kind.MAIN) -> str:
         return f"{self.prefix}{topic.value}{kind.value}"
 
-    def spec(self, topic: Topic, kind: Kind = Kind.MAIN) -> TopicSpec:
+    def inbox(self, agent: str, kind: Kind = Kind.MAIN) -> str:
+        """The name of ``agent``'s input topic."""
+        return self.name(Inbox(agent), kind)
+
+    def topics(self) -> tuple[LogicalTopic, ...]:
+        """Every logical topic: the fixed ones, then each agent's input topic."""
+        return (*Topic, *(Inbox(agent) for agent in self.agents))
+
+    def spec(self, topic: LogicalTopic, kind: Kind = Kind.MAIN) -> TopicSpec:
         return TopicSpec(
             topic=topic,
             kind=kind,
             name=self.name(topic, kind),
-            event_type=_PAYLOADS[topic],
+            event_type=AgentTask if isinstance(topic, Inbox) else _PAYLOADS[topic],
             partitions=self.partitions,
             replication_factor=self.replication_factor,
             retention_ms=self.dlq_retention_ms if kind is Kind.DLQ else self.retention_ms,
@@ -124,12 +158,17 @@ class Catalog:
 
     def specs(self) -> Iterator[TopicSpec]:
         """Every physical topic: each logical topic with its retry and dead-letter sibling."""
-        for topic in Topic:
+        for topic in self.topics():
             for kind in Kind:
                 yield self.spec(topic, kind)
 
     def topic_of(self, event: Envelope[Any]) -> str:
-        """The main topic an event of this type is published to."""
+        """The main topic an event is published to: by its type, except that a task goes to
+        its agent's input topic and a tool result to the agent that asked, if one did."""
+        if isinstance(event, AgentTask):
+            return self.inbox(event.data.agent)
+        if isinstance(event, ToolResult) and event.data.reply_to is not None:
+            return self.inbox(event.data.reply_to)
         return self.name(_BY_TYPE[event.type])
 
     def resolve(self, name: str) -> TopicSpec | None:

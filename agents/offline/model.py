@@ -36,6 +36,7 @@ from agentstream.agents.messages import (
     messages_tokens,
 )
 from agentstream.agents.models.base import ModelPrice, ToolSpec, priced
+from agentstream.agents.offline.delegation import Delegation, as_output, output_schema_of
 from agentstream.agents.offline.intents import Ask, expression_in, parse_asks, substitute_memory
 from agentstream.agents.tools.calculator import format_number
 from pydantic import JsonValue
@@ -54,6 +55,7 @@ _TOOL_OF = {
     "units": "convert_units",
     "word_count": "word_count",
 }
+_BUILTIN = frozenset(_TOOL_OF.values())
 _CAPABILITIES = "calculate, tell the time in a city, convert units and remember facts for you"
 
 
@@ -116,12 +118,13 @@ class _OfferedTools:
     it too finds identical specs equal, whatever their contents.
     """
 
-    __slots__ = ("names", "specs", "tokens")
+    __slots__ = ("delegation", "names", "specs", "tokens")
 
     def __init__(self, tools: Sequence[ToolSpec]) -> None:
         self.specs = tuple(tools)
         self.tokens = _tools_tokens(self.specs)
         self.names = frozenset(tool.name for tool in self.specs)
+        self.delegation = Delegation(self.specs, _BUILTIN)
 
     def same(self, tools: Sequence[ToolSpec]) -> bool:
         return len(tools) == len(self.specs) and all(map(operator.is_, tools, self.specs))
@@ -173,8 +176,12 @@ class OfflineModel:
         if not offered.same(tools):
             offered = self._offered = _OfferedTools(tools)
         turn = _Turn(messages, offered.names)
-        calls = turn.next_calls()
         prompt = messages_tokens(messages) + offered.tokens
+        delegated = _delegate(offered.delegation, turn, messages) if offered.delegation else None
+        if isinstance(delegated, dict):
+            calls: dict[str, _Call] = delegated
+        else:
+            calls = {} if delegated is not None else turn.next_calls()
         if calls:
             digest = _call_digest(messages)
             invocations = [
@@ -188,7 +195,10 @@ class OfflineModel:
                 model=self.name,
                 finish_reason="tool_calls",
             )
-        text, finish = turn.answer(), "stop"
+        text, finish = delegated if isinstance(delegated, str) else turn.answer(), "stop"
+        schema = output_schema_of(messages)
+        if schema is not None:
+            text = as_output(schema, text)
         if max_tokens is not None and count_tokens(text) > max_tokens:
             text, finish = text[: max_tokens * 4], "length"
         return ModelReply(
@@ -199,6 +209,26 @@ class OfflineModel:
         )
 
 
+def _delegate(
+    delegation: Delegation, turn: _Turn, messages: Sequence[Message]
+) -> dict[str, _Call] | str | None:
+    """The delegation of this turn: the call to make, the answer from a delegated call's
+    result, or None when the turn is the built-in tools' (see :mod:`.delegation`)."""
+    since = list(messages[turn.start :])
+    answer = delegation.answer(since)
+    if answer is not None:
+        return answer
+    if delegation.called(since) or any(m.role == "tool" for m in since):
+        return None
+    doing = [ask for ask in turn.asks if ask.kind != "chat"]
+    handled = bool(doing) and all(_TOOL_OF[ask.kind] in turn.offered for ask in doing)
+    choice = delegation.choose(turn.text, handled)
+    if choice is None:
+        return None
+    spec, arguments = choice
+    return {_signature(spec.name, arguments): (spec.name, arguments)}
+
+
 class _Turn:
     """One user message, the tool results it has so far, and what follows from them."""
 
@@ -206,6 +236,7 @@ class _Turn:
         last_user = len(messages) - 1  # the last user message, -1 if there is none
         while last_user >= 0 and messages[last_user].role != "user":
             last_user -= 1
+        self.start = last_user + 1
         self.text = (messages[last_user].content or "") if last_user >= 0 else ""
         self.asks = _asks(self.text)
         self.offered = offered

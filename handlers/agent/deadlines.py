@@ -1,6 +1,7 @@
 """The deadline sweeper of the agent worker: ends runs whose tools never answered.
 
-A run with a deadline is indexed under ``deadlines:<partition>`` when it starts and removed
+A run with a deadline is indexed under ``deadlines:<agent>:<partition>`` (``index``) when it
+starts and removed
 when it ends. The sweeper reads the expired entries of the partitions this worker owns and
 runs each expiry as a job in the conversation's lane, through
 :meth:`agentstream.handlers.agent.routes.AgentHandlers.expire`, so it is ordered and committed like
@@ -26,7 +27,7 @@ class Expiring(Protocol):
     """What the sweeper ends runs with: :class:`~agentstream.handlers.agent.routes.AgentHandlers`
     (a protocol, so this module does not import the routes that import it)."""
 
-    async def expire(self, request_id: str, ctx: Context) -> Sequence[Envelope[Any]]: ...
+    async def expire(self, run_id: str, ctx: Context) -> Sequence[Envelope[Any]]: ...
 
 
 class DeadlineSweeper:
@@ -44,12 +45,17 @@ class DeadlineSweeper:
         namespace: str,
         topic_name: str,
         interval_s: float = 1.0,
+        *,
+        index: str = "deadlines",
+        name: str = "agent.deadline",
     ) -> None:
         self.worker = worker
         self.handlers = handlers
         self.namespace = namespace
         self.topic_name = topic_name
         self.interval_s = interval_s
+        self.index = index
+        self.name = name
         self._submitted: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -66,7 +72,7 @@ class DeadlineSweeper:
         owned = self.worker.owned_partitions(self.topic_name)
         expired: set[str] = set()
         for partition in sorted(owned if partitions is None else partitions):
-            index = f"{self.namespace}:deadlines:{partition}"
+            index = f"{self.namespace}:{self.index}:{partition}"
             for member, _ in await self.worker.store.index_range(index, max_score=now):
                 expired.add(member)
                 if member in self._submitted:
@@ -77,7 +83,7 @@ class DeadlineSweeper:
                     key=conversation_id.encode(),
                     partition=partition,
                     mark_id=f"deadline:{request_id}",
-                    name="agent.deadline",
+                    name=self.name,
                     run=self._expiry(request_id, member),
                     delivered=self._delivered(index, member),
                 )

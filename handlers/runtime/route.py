@@ -14,7 +14,7 @@ from typing import Any
 
 from agentstream.handlers.runtime.context import Context
 from agentstream.schemas import Envelope
-from agentstream.topics import Topic
+from agentstream.topics import LogicalTopic
 
 __all__ = ["DeadLetterHook", "Handler", "Job", "Route"]
 
@@ -42,11 +42,11 @@ class Route:
     accept-by deadline (:mod:`agentstream.topics.deadline`): its producer answered that it
     was refused, so no handler runs it. None (most routes): the record is skipped."""
 
-    topic: Topic
+    topic: LogicalTopic
     handler: Handler
     name: str
     on_dead_letter: DeadLetterHook | None = None
-    publishes: tuple[Topic, ...] = ()
+    publishes: tuple[LogicalTopic, ...] = ()
     on_refused: Handler | None = None
 
 

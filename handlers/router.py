@@ -1,0 +1,184 @@
+"""The router: one hop that sequences each conversation's turns and picks the agent of each.
+
+Upstream systems and the ingress publish every request to ``user_request``; each declared
+agent reads only its own input topic ``agent.<name>`` (ADR 23). The router group reads
+``user_request`` and ``agent_response`` and, per conversation (``route:<id>`` in the store):
+
+- forwards a request to its agent's input topic as a ``turn`` task when no earlier turn of
+  the conversation is still unanswered, otherwise queues it, in arrival order;
+- on the terminal ``agent_response`` of the turn in progress, forwards the next queued one.
+
+So the turns of one conversation run one after another in the order of their requests on the
+``user_request`` partition, whichever agents answer them. The agent of a turn is the one the
+request names, else the agent that answered the conversation's last turn (after a handoff,
+the target keeps the conversation), else the app's default. A request naming an undeclared
+agent is answered ``rejected`` here, as is one whose record does not decode.
+
+A request already routed (``routed:<request_id>``) is a duplicate and changes nothing, so a
+replay or a second publish of a request cannot block its conversation behind a turn that
+will never be answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from agentstream.handlers.agent.events import ids_from_raw
+from agentstream.handlers.runtime.context import Context
+from agentstream.handlers.runtime.route import Route
+from agentstream.schemas import (
+    AgentResponse,
+    AgentResponseData,
+    AgentTask,
+    AgentTaskData,
+    Envelope,
+    UserRequest,
+    derive_id,
+)
+from agentstream.topics import Inbox, LogicalTopic, Topic
+from pydantic import BaseModel, Field
+
+__all__ = ["ConversationRoute", "RouterHandlers", "turn_task"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = "router"
+
+
+class ConversationRoute(BaseModel):
+    """The router's state of one conversation."""
+
+    active: str | None = Field(None, description="The request whose answer is awaited.")
+    queue: list[UserRequest] = Field(default_factory=list)
+    last_agent: str | None = Field(None, description="Who answered the last turn.")
+
+
+class _Routed(BaseModel):
+    agent: str | None = None
+
+
+def turn_task(request: UserRequest, agent: str) -> AgentTask:
+    """The forward of ``request`` to ``agent``: its id derived from the request's, its time
+    the request's, so a rerun forwards the very same bytes."""
+    return AgentTask(
+        id=derive_id(request.request_id, "turn"),
+        source=SOURCE,
+        time=request.time,
+        request_id=request.request_id,
+        conversation_id=request.conversation_id,
+        causation_id=request.id,
+        tenant=request.tenant,
+        traceparent=request.traceparent,
+        data=AgentTaskData(
+            agent=agent, kind="turn", request=request.data, requested_at=request.time
+        ),
+    )
+
+
+def _rejected(request: UserRequest | dict[str, str], reason: str) -> AgentResponse:
+    if isinstance(request, UserRequest):
+        ids = {
+            "request_id": request.request_id,
+            "conversation_id": request.conversation_id,
+            "tenant": request.tenant,
+        }
+        trace = request.traceparent
+    else:
+        ids, trace = request, None
+    return AgentResponse(
+        id=derive_id(ids["request_id"], "response"),
+        source=SOURCE,
+        request_id=ids["request_id"],
+        conversation_id=ids["conversation_id"],
+        tenant=ids["tenant"],
+        causation_id=ids["request_id"],
+        traceparent=trace,
+        data=AgentResponseData(status="rejected", error=reason),
+    )
+
+
+class RouterHandlers:
+    """The router's routes for an app whose agents are ``agents``, ``default`` among them."""
+
+    def __init__(self, agents: Collection[str], default: str, *, ttl_s: int) -> None:
+        self.agents = frozenset(agents)
+        self.default = default
+        self.ttl_s = ttl_s
+        self.publishes: tuple[LogicalTopic, ...] = (
+            *(Inbox(a) for a in sorted(self.agents)),
+            Topic.AGENT_RESPONSE,
+        )
+
+    def routes(self) -> list[Route]:
+        return [
+            Route(
+                Topic.USER_REQUEST,
+                self.on_user_request,
+                "router.user_request",
+                on_dead_letter=self.on_dead_letter,
+                publishes=self.publishes,
+            ),
+            Route(
+                Topic.AGENT_RESPONSE,
+                self.on_agent_response,
+                "router.agent_response",
+                publishes=self.publishes,
+            ),
+        ]
+
+    async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
+        conv_key = ctx.key("route", event.conversation_id)
+        routed_key = ctx.key("routed", event.request_id)
+        await ctx.prefetch(conv_key, routed_key)
+        if await ctx.load(routed_key, _Routed) is not None:
+            log.info("request %s already routed; duplicate ignored", event.request_id)
+            return []
+        wanted = event.data.agent
+        if wanted is not None and wanted not in self.agents:
+            ctx.save(routed_key, _Routed(), self.ttl_s)
+            known = ", ".join(sorted(self.agents))
+            return [_rejected(event, f"unknown agent {wanted!r} (declared: {known})")]
+        conv = await ctx.load(conv_key, ConversationRoute) or ConversationRoute()
+        ctx.save(routed_key, _Routed(agent=wanted), self.ttl_s)
+        if conv.active is not None:
+            conv.queue.append(event)
+            ctx.save(conv_key, conv, self.ttl_s)
+            return []
+        return [self._forward(event, conv, ctx)]
+
+    async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
+        conv_key = ctx.key("route", event.conversation_id)
+        conv = await ctx.load(conv_key, ConversationRoute)
+        if conv is None:
+            return []  # a conversation this router never saw (a rejected request, say)
+        if event.data.agent is not None and event.data.agent in self.agents:
+            conv.last_agent = event.data.agent
+        if conv.active != event.request_id:
+            ctx.save(conv_key, conv, self.ttl_s)
+            return []
+        conv.active = None
+        if not conv.queue:
+            ctx.save(conv_key, conv, self.ttl_s)
+            return []
+        return [self._forward(conv.queue.pop(0), conv, ctx)]
+
+    def _forward(self, request: UserRequest, conv: ConversationRoute, ctx: Context) -> AgentTask:
+        agent = request.data.agent or conv.last_agent or self.default
+        if agent not in self.agents:
+            agent = self.default  # the last agent is no longer declared
+        conv.active = request.request_id
+        ctx.save(ctx.key("route", request.conversation_id), conv, self.ttl_s)
+        return turn_task(request, agent)
+
+    async def on_dead_letter(
+        self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
+    ) -> list[Envelope[Any]]:
+        """A request that cannot be routed (undecodable, invalid) is answered ``rejected``
+        from the correlation ids it has; without them, the dead letter is all there is."""
+        reason = f"{type(error).__name__}: {error}"
+        if isinstance(event, UserRequest):
+            return [_rejected(event, reason)]
+        ids = ids_from_raw(raw) if event is None else None
+        return [] if ids is None else [_rejected(ids, reason)]
