@@ -128,11 +128,16 @@ def projection_group(prefix: str) -> str:
     return worker_group(prefix, "projection")
 
 
-def deployment_groups(prefix: str) -> list[str]:
+def deployment_groups(prefix: str, agents: Sequence[str] = ("assistant",)) -> list[str]:
     """The consumer groups of the deployment with topic prefix ``prefix``: one per worker
-    kind, the ingress's projection last."""
+    kind (one per declared agent of ``agents`` for the agent worker), the ingress's
+    projection last."""
     kinds = sorted(WORKERS, key=lambda kind: not kind.standalone)
-    return [kind.group_id(prefix) for kind in kinds]
+    return [
+        kind.group_id(prefix, agent)
+        for kind in kinds
+        for agent in (agents if kind.per_agent else (None,))
+    ]
 
 
 async def list_groups(bus: KafkaBus) -> list[str]:

@@ -100,6 +100,8 @@ async def running(
     registry: ToolRegistry | None = None,
 ) -> AsyncIterator[None]:
     stop = asyncio.Event()
+    if "agent" in kinds and "router" not in kinds:
+        kinds = ["router", *kinds]  # the agents get their turns from the router (ADR 23)
     workers = build_workers(
         kinds,
         stack.settings,

@@ -38,6 +38,7 @@ from agentstream.agents.messages import (
 from agentstream.agents.models.base import ModelPrice, ToolSpec, priced
 from agentstream.agents.offline.delegation import Delegation, as_output, output_schema_of
 from agentstream.agents.offline.intents import Ask, expression_in, parse_asks, substitute_memory
+from agentstream.agents.tools import builtin_registry
 from agentstream.agents.tools.calculator import format_number
 from pydantic import JsonValue
 
@@ -55,7 +56,8 @@ _TOOL_OF = {
     "units": "convert_units",
     "word_count": "word_count",
 }
-_BUILTIN = frozenset(_TOOL_OF.values())
+#: Tools the offline model knows by name: every other one is an app's own (.delegation).
+_BUILTIN = frozenset(_TOOL_OF.values()) | frozenset(builtin_registry().names())
 _CAPABILITIES = "calculate, tell the time in a city, convert units and remember facts for you"
 
 

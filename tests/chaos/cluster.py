@@ -22,10 +22,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agentstream.agents import DEFAULT_AGENT
 from agentstream.schemas import Envelope, RetryableError, TopicMissing, encode
 from agentstream.settings import Settings, TopicSettings
 from agentstream.topics import Catalog, KafkaConfig, OutgoingRecord, Record, Topic
 from agentstream.wiring import build_bus, ensure_topics
+from agentstream.workers import WORKERS
 from pydantic import SecretStr
 
 from tests.procs import ROOT, worker_env
@@ -95,7 +97,9 @@ class Cluster:
             await self.bus.stop()
 
     def group(self, kind: str) -> str:
-        return f"{self.prefix}agentstream-{kind}"
+        """The consumer group of ``kind``; the agent worker's is the default app's agent's."""
+        worker = WORKERS.get(kind)
+        return worker.group_id(self.prefix, DEFAULT_AGENT if worker.per_agent else None)
 
     # -- processes -----------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentstream.schemas import AgentResponse, SchemaError, decode
-from agentstream.topics import Catalog, Kind, Record, Topic
+from agentstream.topics import Catalog, Inbox, Kind, Record, Topic
 
 from tests.workload import Turn, check
 
@@ -225,13 +225,14 @@ async def verify(
                 continue
             if turn.expect not in (event.data.text or ""):
                 report.wrong.append(f"{turn.text!r} -> {event.data.text!r} (want {turn.expect})")
-    for topic in SIDE_TOPICS:
+    inboxes = tuple(Inbox(agent) for agent in catalog.agents)
+    for topic in (*SIDE_TOPICS, *inboxes):
         records = await reader.read(catalog.name(topic), read_committed=True)
         conflicts, copies = _copies(records)
         report.side_conflicts[topic.value] = conflicts
         report.side_duplicates[topic.value] = copies
         report.copy_samples += _copy_samples(topic.value, records)
-    for topic in Topic:
+    for topic in catalog.topics():
         dlq = catalog.name(topic, Kind.DLQ)
         report.dead_letters[topic.value] = len(await reader.read(dlq, read_committed=True))
     return report

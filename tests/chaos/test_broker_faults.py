@@ -32,8 +32,8 @@ async def test_broker_sigkill_and_restart(
 ) -> None:
     broker = private_kafka()
     c = await cluster(broker.bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.2")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)
@@ -68,8 +68,8 @@ async def test_broker_paused_longer_than_the_request_timeout(
         AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.2",
         AGENTSTREAM_KAFKA__REQUEST_TIMEOUT_MS=str(REQUEST_TIMEOUT_MS),
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from agentstream.topics import Topic
+from agentstream.topics import Inbox, Topic
 
 from tests.chaos.cluster import Cluster
 from tests.chaos.conftest import ClusterFactory, RecordResult
@@ -47,6 +47,7 @@ MAIN_TOPICS = (
     Topic.MEMORY_CALL,
     Topic.TOOL_RESULT,
     Topic.AGENT_RESPONSE,
+    Inbox("assistant"),
 )
 
 
@@ -83,8 +84,8 @@ async def _pipeline(kafka: KafkaCluster, redis_url: str, cluster: ClusterFactory
         AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.1",
         AGENTSTREAM_TOPICS__REPLICATION_FACTOR="3",
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     return c

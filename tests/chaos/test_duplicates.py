@@ -40,8 +40,8 @@ async def test_the_same_idempotency_key_posted_twice_to_the_ingress(
     kafka_bootstrap: str, redis_url: str, cluster: ClusterFactory, record_result: RecordResult
 ) -> None:
     c = await cluster(kafka_bootstrap, redis_url)
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     settings = c.settings.model_copy(
         update={
@@ -140,8 +140,8 @@ async def test_the_same_user_request_produced_twice_to_kafka(
     kafka_bootstrap: str, redis_url: str, cluster: ClusterFactory, record_result: RecordResult
 ) -> None:
     c = await cluster(kafka_bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.05")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)

@@ -50,8 +50,8 @@ async def test_a_tool_failing_transiently_is_retried_and_answered_once(
         CHAOS_TOOLS_DIR=str(state),
         AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.1",
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("tool-1", "tool")
     c.spawn("aux-2", "tool", "memory")
     await c.ready()

@@ -29,10 +29,10 @@ async def test_rebalance_storm_of_members_joining_and_leaving(
     kafka_bootstrap: str, redis_url: str, cluster: ClusterFactory, record_result: RecordResult
 ) -> None:
     c = await cluster(kafka_bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.3")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
-    c.spawn("agent-x0", "agent")
+    c.spawn("agent-x0", "router", "agent")
     c.spawn("tool-x0", "tool")
     await c.ready()
     turns = make_turns(50)
@@ -81,8 +81,8 @@ async def test_handlers_slower_than_max_poll_interval(
         AGENTSTREAM_MODEL__OFFLINE_LATENCY_S=str(SLOW_MODEL_S),
         AGENTSTREAM_KAFKA__MAX_POLL_INTERVAL_MS=str(MAX_POLL_INTERVAL_MS),
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     formed = c.assignment_count(c.procs)

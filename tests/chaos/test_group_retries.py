@@ -79,8 +79,8 @@ async def test_another_groups_retries_leave_the_agent_groups_order_alone(
     task = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.wait_for(worker.started.wait(), 30)
-        c.spawn("agent-1", "agent")
-        c.spawn("agent-2", "agent")
+        c.spawn("agent-1", "router", "agent")
+        c.spawn("agent-2", "router", "agent")
         c.spawn("aux-1", "tool", "memory")
         await c.ready()
         timeline = Timeline()

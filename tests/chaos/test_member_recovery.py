@@ -92,7 +92,7 @@ async def test_partitions_of_a_sigkilled_worker_are_served_again_after_the_sessi
     c = await cluster(kafka_bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.1")
     _spawn(c, "agent-1", static=False)
     _spawn(c, "agent-2", static=False)
-    c.spawn("aux-1", "tool", "memory")
+    c.spawn("aux-1", "router", "tool", "memory")
     await c.ready()
     owned = await _owned(c, "agent-1")
     turns = make_turns(50)
@@ -128,7 +128,7 @@ async def test_static_member_restarted_within_the_session_takes_its_partitions_b
     )
     _spawn(c, "agent-1", static=True)
     _spawn(c, "agent-2", static=False)
-    c.spawn("aux-1", "tool", "memory")
+    c.spawn("aux-1", "router", "tool", "memory")
     await c.ready()
     owned = {name: await _owned(c, name) for name in ("agent-1", "agent-2")}
     turns = make_turns(50)

@@ -70,8 +70,8 @@ async def test_poison_input_is_dead_lettered_and_partitions_keep_flowing(
         AGENTSTREAM_RUNTIME__MAX_ATTEMPTS=str(MAX_ATTEMPTS),
         CHAOS_TOOLS_DIR=str(state),
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)

@@ -32,8 +32,8 @@ async def test_redis_restart_under_load(
 ) -> None:
     redis = private_redis(appendonly=True)
     c = await cluster(kafka_bootstrap, redis.url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.2")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)

@@ -313,7 +313,7 @@ async def test_soak_conversations_through_the_ingress_under_faults(
     redis = private_redis(appendonly=True)
     c = await cluster(broker.bootstrap, redis.url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.05")
     for name, kind in WORKERS.items():
-        c.spawn(name, kind)
+        c.spawn(name, *(("router", kind) if kind == "agent" else (kind,)))
     port = free_port()
     c.spawn_ingress(
         "ingress",

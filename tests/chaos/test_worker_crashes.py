@@ -26,8 +26,8 @@ async def test_sigkill_of_an_agent_awaiting_the_model(
     kafka_bootstrap: str, redis_url: str, cluster: ClusterFactory, record_result: RecordResult
 ) -> None:
     c = await cluster(kafka_bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.3")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)
@@ -47,8 +47,8 @@ async def test_repeated_sigkills_of_agent_and_tool_workers(
     kafka_bootstrap: str, redis_url: str, cluster: ClusterFactory, record_result: RecordResult
 ) -> None:
     c = await cluster(kafka_bootstrap, redis_url, AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.1")
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("tool-1", "tool")
     c.spawn("aux-2", "tool", "memory")
     await c.ready()

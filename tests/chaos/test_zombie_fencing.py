@@ -45,8 +45,8 @@ async def test_a_paused_zombie_agent_is_fenced_in_exactly_once_mode(
         AGENTSTREAM_RUNTIME__DELIVERY="exactly_once",
         AGENTSTREAM_MODEL__OFFLINE_LATENCY_S="0.5",
     )
-    c.spawn("agent-1", "agent")
-    c.spawn("agent-2", "agent")
+    c.spawn("agent-1", "router", "agent")
+    c.spawn("agent-2", "router", "agent")
     c.spawn("aux-1", "tool", "memory")
     await c.ready()
     turns = make_turns(50)

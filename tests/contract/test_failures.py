@@ -61,15 +61,15 @@ async def test_poison_bytes_dead_letter_and_the_partition_keeps_flowing(stack: S
     dead = [
         r
         for r in await stack.read(stack.catalog.name(Topic.USER_REQUEST, Kind.DLQ))
-        if DeadLetter.from_headers(r.headers).handler == "agent.user_request"
+        if DeadLetter.from_headers(r.headers).handler == "router.user_request"
     ]
     assert len(dead) == 2
     assert dead[0].value == b"{not json"
     assert dead[0].key == b"c1"
     info = DeadLetter.from_headers(dead[0].headers)
     assert (info.topic, info.error_class, info.attempts) == (topic, "SchemaError", 1)
-    assert info.handler == "agent.user_request"
-    assert info.group.endswith("agentstream-agent")
+    assert info.handler == "router.user_request"
+    assert info.group.endswith("agentstream-router")
     assert "Traceback" in info.stacktrace
 
 

@@ -36,7 +36,7 @@ async def test_pipeline_in_process_two_members_per_group() -> None:
     stop = asyncio.Event()
     sets = [
         build_workers(kinds, settings, bus, store, CollectorRegistry(), stop)
-        for kinds in (["agent", "tool", "memory"], ["agent", "tool"])
+        for kinds in (["router", "agent", "tool", "memory"], ["router", "agent", "tool"])
     ]
     tasks = [asyncio.create_task(s.run(stop)) for s in sets]
     turns = make_turns(50)
@@ -81,6 +81,7 @@ async def test_pipeline_on_kafka_with_worker_processes_and_a_sigkill(
     for name, kind in [
         ("agent-1", "agent"),
         ("agent-2", "agent"),
+        ("router-1", "router"),
         ("tool-1", "tool"),
         ("tool-2", "tool"),
         ("memory-1", "memory"),

@@ -37,7 +37,7 @@ from agentstream.schemas import (
 from agentstream.schemas.errors import ConfigError
 from agentstream.settings import Settings, StatsSettings
 from agentstream.status import deployment_groups
-from agentstream.topics import Catalog, Kind, Topic
+from agentstream.topics import Catalog, Inbox, Kind, Topic
 from agentstream.topics.memory import InProcessBus
 from agentstream.workers import WORKERS, Needs, Parts, WorkerKind, WorkerRegistry
 from jsonschema import Draft7Validator
@@ -90,7 +90,7 @@ def test_a_registered_worker_is_a_cli_choice_and_runs_in_up(echo: WorkerKind) ->
 def test_an_unregistered_worker_is_not_a_choice() -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["worker", "echo"])
-    with pytest.raises(ConfigError, match="unknown worker kind 'echo': one of agent, tool"):
+    with pytest.raises(ConfigError, match="unknown worker kind 'echo': one of router, agent, tool"):
         WORKERS.get("echo")
 
 
@@ -150,10 +150,21 @@ def test_names_are_unique_and_unknown_names_say_the_choices() -> None:
 
 
 def test_the_kinds_and_their_groups() -> None:
-    assert WORKERS.names() == ("agent", "tool", "memory", "stats")
-    assert WORKERS.names(standalone=False) == ("agent", "tool", "memory", "stats", "projection")
+    assert WORKERS.names() == ("router", "agent", "tool", "memory", "stats")
+    assert WORKERS.names(standalone=False) == (
+        "router",
+        "agent",
+        "tool",
+        "memory",
+        "stats",
+        "projection",
+    )
     assert WORKERS.get("projection").group == PROJECTION_GROUP
     assert WORKERS.get("tool").group_id("p.") == "p.agentstream-tool"
+    # The agent worker: one group per declared agent.
+    assert WORKERS.get("agent").group_id("p.", "billing") == "p.agentstream-agent.billing"
+    with pytest.raises(ValueError, match="one group per agent"):
+        WORKERS.get("agent").group_id("p.")
 
 
 def test_what_each_kind_declares() -> None:
@@ -161,17 +172,20 @@ def test_what_each_kind_declares() -> None:
     consumes = {name: set(parts.consumes()) for name, parts in declared.items()}
     publishes = {name: set(parts.publishes()) for name, parts in declared.items()}
     t = Topic
+    inbox = Inbox("assistant")
     assert consumes == {
-        "agent": {t.USER_REQUEST, t.TOOL_RESULT},
+        "router": {t.USER_REQUEST, t.AGENT_RESPONSE},
+        "agent": {inbox},
         "tool": {t.TOOL_CALL},
         "memory": {t.MEMORY_CALL, t.USER_REQUEST, t.AGENT_RESPONSE},
         "stats": {t.USER_REQUEST, t.TOOL_RESULT, t.AGENT_RESPONSE},
         "projection": {t.USER_REQUEST, t.TOOL_CALL, t.MEMORY_CALL, t.TOOL_RESULT, t.AGENT_RESPONSE},
     }
     assert publishes == {
+        "router": {inbox, t.AGENT_RESPONSE},
         "agent": {t.TOOL_CALL, t.MEMORY_CALL, t.AGENT_RESPONSE},
-        "tool": {t.TOOL_RESULT},
-        "memory": {t.TOOL_RESULT},
+        "tool": {t.TOOL_RESULT, inbox},
+        "memory": {t.TOOL_RESULT, inbox},
         "stats": {t.AGENT_STATS},
         "projection": set(),
     }
@@ -191,7 +205,8 @@ def test_a_built_worker_subscribes_to_what_its_kind_declares(name: str) -> None:
     # The route table is private to the runtime; it is the truth about subscriptions.
     subscribed = {route.topic for route in worker._routes.values()}
     assert subscribed == set(kind.declared().consumes())
-    assert worker.config.group_id == kind.group_id(catalog.prefix)
+    agent = "assistant" if kind.per_agent else None
+    assert worker.config.group_id == kind.group_id(catalog.prefix, agent)
     assert len(built.periodic) == len(kind.declared().periodic)
 
 

@@ -13,13 +13,15 @@ from agentstream.agents import (
     RunState,
     ToolOutcome,
     builtin_registry,
-    memory_tool_specs,
+    default_app,
 )
 from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers, ConversationState
+from agentstream.handlers.router import turn_task
 from agentstream.handlers.tool import tool_result
 from agentstream.schemas import (
     AgentResponse,
+    AgentTask,
     Envelope,
     MemoryCall,
     SchemaError,
@@ -55,9 +57,14 @@ def user_request(
 
 
 def agent(model: FunctionModel, **config: Any) -> AgentHandlers:
-    specs = [*builtin_registry().specs(), *memory_tool_specs()]
-    options: dict[str, Any] = {"system_prompt": "Be brief.", "cache": False, **config}
-    return AgentHandlers(ModelRouter(model), specs, AgentConfig(**options), AgentMetrics())
+    app = default_app("Be brief.", tools=builtin_registry())
+    options: dict[str, Any] = {"cache": False, **config}
+    return AgentHandlers(app, "assistant", ModelRouter(model), AgentConfig(**options), AgentMetrics())
+
+
+def turn(request: UserRequest) -> AgentTask:
+    """The router's forward of ``request`` to the assistant."""
+    return turn_task(request, "assistant")
 
 
 def result_of(event: Envelope[Any], output: Any = None, *, ok: bool = True) -> ToolResult:
@@ -89,7 +96,7 @@ async def test_a_request_that_calls_two_tools_emits_two_calls_with_derived_ids(
     model = scripted(TWO_TOOLS, answer("42; it is 21:00 in Tokyo."))
     handlers = agent(model)
 
-    outputs = await handling.handle(handlers.on_user_request, user_request())
+    outputs = await handling.handle(handlers.on_event, turn(user_request()))
 
     assert [type(e) for e in outputs] == [ToolCall, ToolCall]
     assert [e.data.tool for e in outputs] == ["calculator", "current_time"]
@@ -111,7 +118,7 @@ async def test_a_request_that_calls_two_tools_emits_two_calls_with_derived_ids(
 async def test_tool_results_continue_the_run_to_one_answer(handling: Handling) -> None:
     model = scripted(TWO_TOOLS, answer("42; it is 21:00 in Tokyo."))
     handlers = agent(model)
-    calc, clock = await handling.handle(handlers.on_user_request, user_request())
+    calc, clock = await handling.handle(handlers.on_event, turn(user_request()))
 
     # Results come back in any order; the run waits for all of them.
     assert await handling.handle(handlers.on_tool_result, result_of(clock, {"time": "21:00"})) == []
@@ -145,13 +152,13 @@ async def test_a_redelivered_event_yields_the_same_events(handling: Handling) ->
     handlers = agent(model)
     request = user_request()
 
-    crashed = await handling.handle(handlers.on_user_request, request, commit=False)
-    again = await handling.handle(handlers.on_user_request, request)
+    crashed = await handling.handle(handlers.on_event, turn(request), commit=False)
+    again = await handling.handle(handlers.on_event, turn(request))
     assert [same(e) for e in again] == [same(e) for e in crashed]
 
     # Once committed, the same request is a duplicate: no new events, no model call.
     calls = len(model.calls)
-    assert await handling.handle(handlers.on_user_request, request) == []
+    assert await handling.handle(handlers.on_event, turn(request)) == []
     assert len(model.calls) == calls
 
     # The last result, delivered twice around a crash: the same one answer.
@@ -167,7 +174,7 @@ async def test_a_redelivered_event_yields_the_same_events(handling: Handling) ->
 async def test_the_step_limit_ends_the_run_in_one_failed_response(handling: Handling) -> None:
     model = scripted(TWO_TOOLS)  # never answers
     handlers = agent(model, max_steps=2)
-    calls = await handling.handle(handlers.on_user_request, user_request())
+    calls = await handling.handle(handlers.on_event, turn(user_request()))
     await handling.handle(handlers.on_tool_result, result_of(calls[0], {"result": 42}))
 
     outputs = await handling.handle(handlers.on_tool_result, result_of(calls[1], {"t": 1}))
@@ -178,7 +185,7 @@ async def test_the_step_limit_ends_the_run_in_one_failed_response(handling: Hand
     assert "step limit of 2" in response.data.error
     assert response.data.steps == 2
     assert len(model.calls) == 2
-    assert await handling.index("deadlines", "0") == []
+    assert await handling.index("deadlines", "assistant", "0") == []
     for late in calls:
         assert await handling.handle(handlers.on_tool_result, result_of(late, 1)) == []
 
@@ -187,8 +194,8 @@ async def test_the_deadline_sweeper_ends_the_run_in_one_timed_out_response(
     handling: Handling,
 ) -> None:
     handlers = agent(scripted(TWO_TOOLS, answer("late")), deadline_s=30)
-    calls = await handling.handle(handlers.on_user_request, user_request())
-    assert await handling.index("deadlines", "0") == ["req-1|conv-1"]
+    calls = await handling.handle(handlers.on_event, turn(user_request()))
+    assert await handling.index("deadlines", "assistant", "0") == ["req-1|conv-1"]
 
     handling.clock.advance(29)
     assert await handling.run(lambda ctx: handlers.expire("req-1", ctx)) == []
@@ -198,7 +205,7 @@ async def test_the_deadline_sweeper_ends_the_run_in_one_timed_out_response(
     assert (response.data.status, response.data.steps, response.data.text) == ("timed_out", 1, None)
     assert response.id == derive_id("req-1", "response")
     # The sweeper removes the entry once the answer is delivered, not the handler.
-    assert await handling.index("deadlines", "0") == ["req-1|conv-1"]
+    assert await handling.index("deadlines", "assistant", "0") == ["req-1|conv-1"]
     assert await handling.run(lambda ctx: handlers.expire("req-1", ctx)) == []
     for late in calls:
         assert await handling.handle(handlers.on_tool_result, result_of(late, 1)) == []
@@ -208,7 +215,7 @@ async def test_a_result_after_the_deadline_ends_the_run_timed_out(handling: Hand
     model = scripted(TWO_TOOLS, answer("late"))
     handlers = agent(model)
     deadline = T0 + timedelta(seconds=5)
-    calls = await handling.handle(handlers.on_user_request, user_request(deadline=deadline))
+    calls = await handling.handle(handlers.on_event, turn(user_request(deadline=deadline)))
     await handling.handle(handlers.on_tool_result, result_of(calls[0], 42))
     handling.clock.at = deadline
 
@@ -216,14 +223,14 @@ async def test_a_result_after_the_deadline_ends_the_run_timed_out(handling: Hand
 
     assert response.data.status == "timed_out"
     assert len(model.calls) == 1  # the model is not asked after the deadline
-    assert await handling.index("deadlines", "0") == []
+    assert await handling.index("deadlines", "assistant", "0") == []
 
 
 async def test_memory_tools_go_to_the_memory_worker(handling: Handling) -> None:
     model = scripted(tools(call("remember", {"fact": "my budget is 1200"})), answer("Noted."))
     handlers = agent(model)
 
-    (out,) = await handling.handle(handlers.on_user_request, user_request(user="ada"))
+    (out,) = await handling.handle(handlers.on_event, turn(user_request(user="ada")))
 
     assert isinstance(out, MemoryCall)
     assert (out.data.tool, out.data.user) == ("remember", "ada")
@@ -234,22 +241,22 @@ async def test_a_dead_lettered_request_is_answered_once(handling: Handling) -> N
     request = user_request()
 
     outputs = await handling.run(
-        lambda ctx: handlers.on_dead_letter(request, None, SchemaError("bad"), ctx)
+        lambda ctx: handlers.on_dead_letter(turn(request), None, SchemaError("bad"), ctx)
     )
 
     response = only_response(outputs)
     assert response.data.status == "rejected"
     assert response.data.error == f"SchemaError: {SchemaError('bad')}"
-    assert await handling.handle(handlers.on_user_request, request) == []
+    assert await handling.handle(handlers.on_event, turn(request)) == []
     replayed = await handling.run(
-        lambda ctx: handlers.on_dead_letter(request, None, SchemaError("bad"), ctx)
+        lambda ctx: handlers.on_dead_letter(turn(request), None, SchemaError("bad"), ctx)
     )
     assert replayed == []
 
 
 async def test_a_dead_lettered_result_fails_the_running_run(handling: Handling) -> None:
     handlers = agent(scripted(TWO_TOOLS, answer("never")))
-    calls = await handling.handle(handlers.on_user_request, user_request())
+    calls = await handling.handle(handlers.on_event, turn(user_request()))
     poisoned = result_of(calls[0], 42)
 
     outputs = await handling.run(
@@ -258,5 +265,5 @@ async def test_a_dead_lettered_result_fails_the_running_run(handling: Handling) 
 
     response = only_response(outputs)
     assert (response.data.status, response.data.error) == ("failed", "RuntimeError: store down")
-    assert await handling.index("deadlines", "0") == []
+    assert await handling.index("deadlines", "assistant", "0") == []
     assert await handling.handle(handlers.on_tool_result, result_of(calls[1], 1)) == []

@@ -52,10 +52,14 @@ RUNTIME = {
     "agentstream_duplicates_dropped": ("counter", ("handler",)),
 }
 AGENT = {
-    "agentstream_llm_tokens": ("counter", ("model", "kind", "tenant")),
-    "agentstream_llm_cost_usd": ("counter", ("model", "tenant")),
-    "agentstream_llm_calls": ("counter", ("model", "outcome")),
-    "agentstream_responses": ("counter", ("status", "tenant")),
+    "agentstream_llm_tokens": ("counter", ("agent", "model", "kind", "tenant")),
+    "agentstream_llm_cost_usd": ("counter", ("agent", "model", "tenant")),
+    "agentstream_llm_calls": ("counter", ("agent", "model", "outcome")),
+    "agentstream_responses": ("counter", ("agent", "status", "tenant")),
+    "agentstream_agent_answer_seconds": ("histogram", ("agent", "status")),
+    "agentstream_agent_handoffs": ("counter", ("agent", "target")),
+    "agentstream_agent_subruns": ("counter", ("agent", "callee", "outcome")),
+    "agentstream_agent_guardrail_rejections": ("counter", ("agent", "kind")),
 }
 TOOL = {
     "agentstream_tool_seconds": ("histogram", ("tool", "outcome")),
@@ -115,7 +119,7 @@ def test_each_part_declares_its_own_metrics(
 
 
 def test_the_parts_together_are_the_nineteen_metrics_and_no_label_is_an_id() -> None:
-    assert len(EVERY) == 19
+    assert len(EVERY) == 23
     for _, labels in EVERY.values():
         assert not [label for label in labels if "id" in label.split("_")], labels
 
@@ -175,7 +179,9 @@ async def test_runtime_and_agent_metrics_of_a_run() -> None:
     await bus.start()
     await ensure_topics(bus, settings.catalog(), create=True)
     stop = asyncio.Event()
-    workers = build_workers(["agent", "tool", "memory"], settings, bus, store, registry, stop)
+    workers = build_workers(
+        ["router", "agent", "tool", "memory"], settings, bus, store, registry, stop
+    )
     task = asyncio.create_task(workers.run(stop))
     turns = make_turns(3)
     try:
@@ -190,8 +196,8 @@ async def test_runtime_and_agent_metrics_of_a_run() -> None:
     user_request = settings.catalog().name(Topic.USER_REQUEST)
     assert total(registry, "agentstream_events_consumed_total", topic=user_request) >= 2 * (
         report.requests
-    )  # the agent's and the memory worker's groups
-    assert total(registry, "agentstream_handler_seconds_count", handler="agent.user_request") > 0
+    )  # the router's and the memory worker's groups
+    assert total(registry, "agentstream_handler_seconds_count", handler="agent.assistant") > 0
     assert total(registry, "agentstream_events_produced_total") > 0
     assert total(registry, "agentstream_llm_calls_total", outcome="ok") > 0
     assert total(registry, "agentstream_llm_tokens_total", kind="prompt") > 0
