@@ -151,8 +151,10 @@ def test_a_deployment_with_prefix_and_replication_is_valid(
     assert (kafka["partitions"], kafka["replicas"]) == (24, 3)
     assert kafka["topicConfiguration"]["retention.ms"] == catalog.dlq_retention_ms
     assert kafka["topicConfiguration"]["min.insync.replicas"] == 2
-    group = document["operations"]["agent.receive.user_request"]["bindings"]["kafka"]["groupId"]
-    assert group["enum"] == ["prod.agentstream-agent"]
+    group = document["operations"]["agent.receive.agent.assistant"]["bindings"]["kafka"]["groupId"]
+    assert group["enum"] == ["prod.agentstream-agent.assistant"]
+    router = document["operations"]["router.receive.user_request"]["bindings"]["kafka"]["groupId"]
+    assert router["enum"] == ["prod.agentstream-router"]
     projection = document["operations"]["projection.receive.agent_response"]
     assert projection["bindings"]["kafka"]["groupId"]["enum"] == ["prod.ingress-projection"]
 
@@ -218,14 +220,18 @@ def test_every_reference_resolves_and_operations_use_their_channel() -> None:
 def test_who_sends_and_receives_what() -> None:
     ops = build_asyncapi(Catalog())["operations"]
     assert ops["ingress.send.user_request"]["action"] == "send"
-    for channel in ("user_request", "tool_result", "user_request.retry", "tool_result.retry"):
+    for channel in ("user_request", "agent_response", "user_request.retry"):
+        assert ops[f"router.receive.{channel}"]["action"] == "receive"
+    assert ops["router.send.agent.assistant"]["action"] == "send"
+    for channel in ("agent.assistant", "agent.assistant.retry"):
         assert ops[f"agent.receive.{channel}"]["action"] == "receive"
-    for channel in ("tool_call", "memory_call", "agent_response", "user_request.dlq"):
+    for channel in ("tool_call", "memory_call", "agent_response", "agent.assistant.dlq"):
         assert ops[f"agent.send.{channel}"]["action"] == "send"
     assert ops["tool.receive.tool_call"]["action"] == "receive"
     assert ops["tool.send.tool_result"]["action"] == "send"
+    assert ops["tool.send.agent.assistant"]["action"] == "send"
     assert ops["memory.receive.memory_call"]["action"] == "receive"
-    assert ops["memory.send.tool_result"]["action"] == "send"
+    assert ops["memory.send.agent.assistant"]["action"] == "send"
     assert ops["operator.receive.tool_call.dlq"]["action"] == "receive"
     group = ops["tool.receive.tool_call"]["bindings"]["kafka"]["groupId"]
     assert group["enum"] == ["agentstream-tool"]

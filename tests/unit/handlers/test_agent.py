@@ -59,7 +59,9 @@ def user_request(
 def agent(model: FunctionModel, **config: Any) -> AgentHandlers:
     app = default_app("Be brief.", tools=builtin_registry())
     options: dict[str, Any] = {"cache": False, **config}
-    return AgentHandlers(app, "assistant", ModelRouter(model), AgentConfig(**options), AgentMetrics())
+    return AgentHandlers(
+        app, "assistant", ModelRouter(model), AgentConfig(**options), AgentMetrics()
+    )
 
 
 def turn(request: UserRequest) -> AgentTask:
