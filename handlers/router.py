@@ -153,11 +153,14 @@ class RouterHandlers:
         conv = await ctx.load(conv_key, ConversationRoute)
         if conv is None:
             return []  # a conversation this router never saw (a rejected request, say)
-        if event.data.agent is not None and event.data.agent in self.agents:
-            conv.last_agent = event.data.agent
+        answered_by = event.data.agent if event.data.agent in self.agents else None
         if conv.active != event.request_id:
-            ctx.save(conv_key, conv, self.ttl_s)
-            return []
+            if answered_by is not None and answered_by != conv.last_agent:
+                conv.last_agent = answered_by
+                ctx.save(conv_key, conv, self.ttl_s)
+            return []  # nothing changes: no write
+        if answered_by is not None:
+            conv.last_agent = answered_by
         conv.active = None
         if not conv.queue:
             ctx.save(conv_key, conv, self.ttl_s)

@@ -85,20 +85,21 @@ async def test_a_request_whose_model_always_fails_is_dead_lettered_and_answered(
     async with running(stack, ["agent", "tool", "memory"], router=ModelRouter(model)):
         await publish_event(stack, _request("doomed: hello", "r-doomed"))
         await publish_event(stack, _request("What is 2 + 2?", "r-fine", conv="c2"))
-        responses = await wait_for(lambda: _have(stack, {"r-doomed", "r-fine"}), timeout_s=60)
+        responses = await wait_for(lambda: _have(stack, {"r-doomed", "r-fine"}), timeout_s=90)
     assert responses["r-doomed"][0].data.status == "failed"
     assert "503" in (responses["r-doomed"][0].data.error or "")
     assert len({r.id for r in responses["r-doomed"]}) == 1
     assert responses["r-fine"][0].data.status == "completed"
     # Within its budget (6 attempts: in place, then through the retry topic).
     assert model.calls == stack.settings.runtime.max_attempts
-    dead = await stack.read(stack.catalog.name(Topic.USER_REQUEST, Kind.DLQ))
+    # The agent's input topic carries the turn (ADR 23): its dead letter is there.
+    dead = await stack.read(stack.catalog.inbox("assistant", Kind.DLQ))
     assert len(dead) == 1
     info = DeadLetter.from_headers(dead[0].headers)
     assert info.attempts == stack.settings.runtime.max_attempts
-    assert info.topic == stack.catalog.name(Topic.USER_REQUEST)  # the original, not .retry
+    assert info.topic == stack.catalog.inbox("assistant")  # the original, not .retry
     assert info.error_class == "RetryableError"
-    retried = await stack.read(stack.catalog.name(Topic.USER_REQUEST, Kind.RETRY))
+    retried = await stack.read(stack.catalog.inbox("assistant", Kind.RETRY))
     assert retried, "the event went through the retry topic"
 
 
