@@ -7,7 +7,9 @@ three), measured in the same minutes so the machine's noise hits them alike:
 - ``floor``: the guarded relay (``bench/relay.py --guarded``): decode, state read, dedup mark
   + outbox + state commit, produce, per fetched batch: the least the guarantees need;
 - ``echo``: the real runtime with a trivial handler (``bench/echo_worker.py``);
-- ``agent``: the agent worker (and a tool worker, idle in chat), the zero-latency model.
+- ``agent``: the router and the agent worker (and a tool worker, idle in chat), the
+  zero-latency model, the built-in app: 2 hops since issue 16 (user_request -> router ->
+  ``agent.assistant`` -> agent_response), so its rate per hop is over 2 hops.
 
 Prints hops/s and CPU ms per record of each stage (medians over rounds), writes JSON.
 ``--pyspy DIR`` records the echo and agent processes with py-spy (``pip install py-spy``)
@@ -75,12 +77,14 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
         assert rig.bus is not None
         wanted = args.stages.split(",")
         if "agent" in wanted:
-            settings, pids = await rig.pipeline(0.0, o.in_flight, ["agent", "tool"])
+            # Since issue 16 a request reaches its agent through the router: the agent
+            # stage is the router and agent processes, 2 hops.
+            settings, pids = await rig.pipeline(0.0, o.in_flight, ["router", "agent", "tool"])
             catalog = settings.catalog()
             stages["agent"] = (
                 catalog.name(Topic.USER_REQUEST),
                 catalog.name(Topic.AGENT_RESPONSE),
-                pids[:1],
+                pids[:2],
             )
         if "echo" in wanted:
             echo = bench_settings("kafka", o.partitions, bootstrap, redis_url)
@@ -103,7 +107,7 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
         for stage in order:
             source, sink, pids = stages[stage]
             warm = make_requests(o.warmup, o.warmup, "chat", f"w{stage}")
-            batch = await rig.batch(source, sink, warm, 1, pids)
+            batch = await rig.batch(source, sink, warm, _hops(stage), pids)
             if stage in ("echo", "agent"):
                 sizes = max(sizes, int(statistics.mean(len(v) for v in batch.answers.values())))
         results: dict[str, list[dict[str, Any]]] = {s: [] for s in order}
@@ -116,12 +120,12 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
                 if stage == "relay":
                     requests = padded(requests, sizes or requests[0].size)
                 spy = _pyspy(args.pyspy, stage, r, pids)
-                batch = await rig.batch(source, sink, requests, 1, pids, hold=True)
+                batch = await rig.batch(source, sink, requests, _hops(stage), pids, hold=True)
                 if spy is not None:
                     spy.send_signal(signal.SIGINT)
                     spy.wait(30)
                 if stage == "agent":
-                    check_answers(batch, requests, "chat")
+                    check_answers(batch, requests, "chat", app=False)
                 summary = batch.summary()
                 results[stage].append(summary)
                 line.append(
@@ -145,6 +149,11 @@ async def ladder(args: argparse.Namespace, bootstrap: str, redis_url: str) -> di
             }
         )
     return {"requests": o.requests, "conversations": o.conversations, "stages": rows}
+
+
+def _hops(stage: str) -> int:
+    """Hops of a stage: the agent stage goes through the router (2), the others are 1."""
+    return 2 if stage == "agent" else 1
 
 
 def _pyspy(out: Path | None, stage: str, round_: int, pids: list[int]) -> Any:

@@ -6,21 +6,28 @@ and how close one agent worker gets to its in-flight budget with a slow model.
 stopped (SIGSTOP; on Kafka); the time runs from their resume to the last ``agent_response``
 (its record timestamp, set by the worker's producer). The relays are timed the same way, so
 every stage drains the same backlog and none is timed at the publisher's rate.
-Two scenarios: ``chat`` (the model answers directly: user_request -> agent_response, 1 hop)
-and ``tool`` (one calculator call: user_request -> tool_call -> tool_result ->
-agent_response, 3 hops). Per-hop rate = requests * hops / seconds. The same run measures a
-bare aiokafka relay chain (``bench/relay.py``) with as many hops, as many records, the same
-keys, headers and mean record size, the same partitions, and the same process layout (the
-agent worker's hops in one process, the tool worker's in another). ratio = pipeline per-hop
-rate / relay per-hop rate. Rounds alternate pipeline and relay; medians are reported.
+The workers (router, agent and tool processes) run the app ``examples.support`` and every
+request goes user_request -> router -> ``agent.<name>`` (issue 16). Four scenarios, their
+hops counted as records the workers produce per request (checked on the topics in the
+warm-up; ``bench/pipeline_workload.py``): ``chat`` (triage answers directly, 2 hops),
+``tool`` (math calls the calculator, 4), ``handoff`` (triage hands to billing, which looks
+an invoice up, 5), ``agent_tool`` (triage asks math, which calls the calculator and answers
+triage, 6). Per-hop rate = requests * hops / seconds; ``vs chat``: the scenario's req/s,
+hops/s and CPU per request over the chat row's, round by round, median. The same run
+measures a bare aiokafka relay chain (``bench/relay.py``) with as many hops, as many
+records, the same keys, headers and mean record size, the same partitions, and the same
+process layout (each hop in the process of the worker kind making it). ratio = pipeline
+per-hop rate / relay per-hop rate. Rounds alternate pipeline and relay; medians are
+reported.
 
-(b) *Saturation*, offline model sleeping ``--slow-latency`` per call: one agent worker
-process on ``--partitions`` partitions, ``--slow-conversations`` conversations each sending
-``--slow-turns`` chat requests (published up front, interleaved). Steady rate: responses
-between the 10th and 90th percentile of their timestamps, after a warm-up batch. Ideal =
-min(max_in_flight, conversations) / latency; fraction = steady rate / ideal.
+(b) *Saturation*, offline model sleeping ``--slow-latency`` per call, the built-in app (one
+agent): one agent worker process (and the router's) on ``--partitions`` partitions,
+``--slow-conversations`` conversations each sending ``--slow-turns`` chat requests
+(published up front, interleaved). Steady rate: responses between the 10th and 90th
+percentile of their timestamps, after a warm-up batch. Ideal = min(max_in_flight,
+conversations) / latency; fraction = steady rate / ideal.
 
-On Kafka the workers are real ``agentstream worker agent|tool`` processes on Kafka and Redis
+On Kafka the workers are real ``agentstream worker router|agent|tool`` processes on Kafka and Redis
 (both started here unless ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set). ``--bus
 memory`` runs the same workload with the workers in this process on the in-process bus and
 store, and the relay as a task on the same bus. CPU time per request of the worker (or relay)
@@ -29,7 +36,8 @@ runs on a shared machine. A census pass with Redis MONITOR counts the store comm
 request (not timed).
 
     python bench/pipeline.py [--quick] [--bus kafka|memory|both] [--requests 5000]
-        [--conversations 1250] [--rounds 3] [--slow-in-flight 256,1000] [--profile DIR]
+        [--conversations 1250] [--rounds 3] [--scenarios chat,tool,handoff,agent_tool]
+        [--no-floor] [--no-saturation] [--slow-in-flight 256,1000] [--profile DIR]
         [--out bench/results/pipeline.json]
 """
 
@@ -58,6 +66,7 @@ if str(REPO) not in sys.path:
 from bench.pipeline_benchmarks import redis_census, saturation, throughput  # noqa: E402
 from bench.pipeline_rig import Options, Rig  # noqa: E402
 from bench.pipeline_services import Procs, kafka_service, redis_service  # noqa: E402
+from bench.pipeline_workload import HOPS  # noqa: E402
 
 
 def revision() -> str:
@@ -105,6 +114,8 @@ async def run_bus(
         await rig.stop_relays()
         log(f"(b) saturation on {kind}")
         result["saturation"] = [await saturation(rig, n, log) for n in o.slow_in_flight]
+        for row in result["saturation"]:
+            row["workers"] = "router + agent"
         if kind == "kafka" and census:
             result["redis_census"] = await redis_census(rig, log)
     except BaseException:
@@ -136,17 +147,19 @@ def print_tables(report: dict[str, Any]) -> None:
         f"median of {s['rounds']} round(s). cpu ms: CPU of the worker (relay) processes per "
         f"request; wait %: time they were runnable but had no core, per cent of the run; "
         f"floor: the guarded relay (decode, state read, dedup mark + outbox + state commit, "
-        f"produce per record; Kafka only), vs floor = pipeline / floor"
+        f"produce per record; Kafka only), vs floor = pipeline / floor. app "
+        f"{report['throughput'][0]['app'] if report['throughput'] else '-'}, workers: router, "
+        f"agent, tool"
     )
     print(
-        f"{'bus':<7}{'scenario':<9}{'hops':>4} {'req/s':>8} {'hops/s':>8} {'relay hops/s':>13} "
+        f"{'bus':<7}{'scenario':<11}{'hops':>4} {'req/s':>8} {'hops/s':>8} {'relay hops/s':>13} "
         f"{'ratio':>6} {'target':>7} {'cpu ms':>7} {'relay cpu':>10} {'wait %':>7} "
         f"{'floor hops/s':>13} {'floor/relay':>12} {'vs floor':>9} {'floor cpu':>10}"
     )
     for row in report["throughput"]:
         p, b, f = row["pipeline"], row["relay"], row.get("guarded_floor") or {}
         print(
-            f"{row['bus']:<7}{row['scenario']:<9}{row['hops']:>4} {p['requests_per_s']:>8.1f} "
+            f"{row['bus']:<7}{row['scenario']:<11}{row['hops']:>4} {p['requests_per_s']:>8.1f} "
             f"{p['per_hop_per_s']:>8.1f} {b['per_hop_per_s']:>13.1f} {row['ratio_per_hop']:>6.2f} "
             f"{'>=' + str(row['target_ratio']):>7} {_num(p['cpu_ms_per_request']):>7} "
             f"{_num(b['cpu_ms_per_request']):>10} {_num(p['cpu_wait_percent']):>7} "
@@ -154,8 +167,27 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{_num(row.get('ratio_to_floor')):>9} {_num(f.get('cpu_ms_per_request')):>10}"
         )
     print(
+        "vs chat: the scenario's figure / the chat row's of the same bus and round, median "
+        "over rounds; cpu ms/hop = cpu ms / hops"
+    )
+    print(
+        f"{'bus':<7}{'scenario':<11}{'hops':>4} {'req/s':>8} {'x chat':>7} {'hops/s':>8} "
+        f"{'x chat':>7} {'cpu ms':>7} {'x chat':>7} {'cpu ms/hop':>11}"
+    )
+    for row in report["throughput"]:
+        p, v = row["pipeline"], row.get("vs_chat") or {}
+        cpu = p["cpu_ms_per_request"]
+        print(
+            f"{row['bus']:<7}{row['scenario']:<11}{row['hops']:>4} {p['requests_per_s']:>8.1f} "
+            f"{_num(v.get('requests_per_s')):>7} {p['per_hop_per_s']:>8.1f} "
+            f"{_num(v.get('per_hop_per_s')):>7} {_num(cpu):>7} "
+            f"{_num(v.get('cpu_ms_per_request')):>7} "
+            f"{_num(None if cpu is None else round(cpu / row['hops'], 3)):>11}"
+        )
+    print(
         f"(b) model sleeping {s['slow_latency']}s per call, one agent worker, {s['partitions']} "
-        f"partitions, {s['slow_conversations']} conversations x {s['slow_turns']} request(s)"
+        f"partitions, {s['slow_conversations']} conversations x {s['slow_turns']} request(s); "
+        f"built-in app, router + agent processes (cpu: both)"
     )
     print(
         f"{'bus':<7}{'in_flight':>9} {'ideal/s':>8} {'steady/s':>9} {'fraction':>9} "
@@ -199,6 +231,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="(a) rounds, median reported (default 3)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--in-flight", type=int, default=256, help="(a) max_in_flight")
+    parser.add_argument(
+        "--scenarios",
+        default="chat,tool,handoff,agent_tool",
+        help="(a) scenarios, of chat,tool,handoff,agent_tool",
+    )
+    parser.add_argument("--no-floor", action="store_true", help="(a) skip the guarded floor")
+    parser.add_argument("--no-saturation", action="store_true", help="skip (b)")
     parser.add_argument("--slow-latency", type=float, default=0.5)
     parser.add_argument("--slow-conversations", type=int, default=1000)
     parser.add_argument("--slow-turns", type=int, help="(b) requests per conversation (5)")
@@ -223,8 +262,15 @@ def main() -> None:
         slow_turns=args.slow_turns or (1 if quick else 5),
         slow_in_flight=[
             int(x) for x in (args.slow_in_flight or ("256" if quick else "256,1000")).split(",")
-        ],
+        ]
+        if not args.no_saturation
+        else [],
+        scenarios=tuple(args.scenarios.split(",")),
+        floor=not args.no_floor,
     )
+    unknown = set(o.scenarios) - set(HOPS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}: of {', '.join(HOPS)}")
     buses = ["kafka", "memory"] if args.bus == "both" else [args.bus]
     report: dict[str, Any] = {
         "benchmark": "pipeline",
@@ -236,7 +282,8 @@ def main() -> None:
         "throughput": [],
         "saturation": [],
         "redis_census": None,
-        "workers": "Kafka: `agentstream worker agent|tool` subprocesses; memory: in this process",
+        "workers": "Kafka: `agentstream worker router|agent|tool` subprocesses; memory: in this "
+        "process",
     }
 
     logging.basicConfig(level=logging.WARNING)

@@ -21,7 +21,7 @@ from typing import Any
 
 from agentstream.topics import Bus, OutgoingRecord
 
-from bench.pipeline_workload import HOPS, Request, record_size, request_id_of
+from bench.pipeline_workload import EXPECT, HOPS, Request, record_size, request_id_of
 
 STALL_S = 60.0
 
@@ -233,25 +233,47 @@ async def bus_batch(
     return collector.batch(len(requests), hops, started, published, spent(before, after))
 
 
-def check_answers(batch: Batch, requests: Sequence[Request], scenario: str) -> None:
-    """Every answer completed, with the right tools and text: no fast garbage is measured."""
+def check_answers(
+    batch: Batch, requests: Sequence[Request], scenario: str, *, app: bool = True
+) -> None:
+    """Every answer completed, with the right tools and text, from the right agent after
+    the right handoffs (``app``: the workers run ``examples.support``; else the built-in
+    assistant): no fast garbage is measured."""
     from agentstream.schemas import AgentResponse, decode
 
+    tools, agent, handoffs = EXPECT[scenario]
     wrong = []
     for r in requests:
         event = decode(batch.answers[r.request_id])
         assert isinstance(event, AgentResponse)
-        tools = ["calculator"] if scenario == "tool" else []
         d = event.data
-        if d.status != "completed" or d.tool_calls != tools or r.expect not in (d.text or ""):
-            wrong.append(f"{r.request_id}: {d.status} {d.tool_calls} {d.text or d.error!r}")
+        if (
+            d.status != "completed"
+            or d.tool_calls != tools
+            or r.expect not in (d.text or "")
+            or (app and (d.agent != agent or d.handoffs != handoffs))
+        ):
+            wrong.append(
+                f"{r.request_id}: {d.status} {d.tool_calls} {d.agent} {d.handoffs} "
+                f"{d.text or d.error!r}"
+            )
     if wrong:
         raise BenchError(f"{len(wrong)} wrong answers, e.g. {wrong[:3]}")
 
 
 async def mean_sizes(bus: Bus, topics: Sequence[str], tag: str) -> dict[str, int]:
     """Mean record size per scenario over every record its requests put on ``topics``."""
+    return (await chain_census(bus, topics, tag, {}))[0]
+
+
+async def chain_census(
+    bus: Bus, topics: Sequence[str], tag: str, requests: dict[str, int]
+) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+    """Mean record size per scenario over every record its requests (tagged ``tag``) put
+    on ``topics``, and, for the scenarios of ``requests`` (how many were sent), the records
+    per request on each topic: the hops, counted rather than declared."""
     totals = {s: [0, 0] for s in HOPS}
+    counts: dict[str, dict[str, int]] = {s: {} for s in HOPS}
     for topic in topics:
         for record in await bus.read(topic):
             rid = request_id_of(record.headers) or ""
@@ -259,4 +281,9 @@ async def mean_sizes(bus: Bus, topics: Sequence[str], tag: str) -> dict[str, int
                 if rid.startswith(f"{tag}-{scenario}-"):
                     acc[0] += record_size(record.key, record.value, record.headers)
                     acc[1] += 1
-    return {s: round(total / count) for s, (total, count) in totals.items() if count}
+                    counts[scenario][topic] = counts[scenario].get(topic, 0) + 1
+    sizes = {s: round(total / count) for s, (total, count) in totals.items() if count}
+    per_request = {
+        s: {t: round(n / requests[s], 2) for t, n in sorted(counts[s].items())} for s in requests
+    }
+    return sizes, per_request

@@ -16,56 +16,71 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bench.pipeline_batch import BenchError, check_answers, mean_sizes
+from bench.pipeline_batch import BenchError, chain_census, check_answers
 from bench.pipeline_rig import Rig
-from bench.pipeline_workload import HOPS, make_requests, padded
+from bench.pipeline_workload import APP, HOPS, LAYOUT, make_requests, padded
 
 TARGET_RATIO = 0.5
 TARGET_FRACTION = 0.9
 
 
 async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Benchmark (a) on one bus: pipeline and relay, rounds interleaved."""
+    """Benchmark (a) on one bus: pipeline and relay, rounds interleaved, every scenario on
+    the same workers (router, agent, tool processes running ``examples.support``)."""
     from agentstream.topics import Topic
 
     o = rig.o
     assert rig.bus is not None
-    settings, pids = await rig.pipeline(0.0, o.in_flight, ["agent", "tool"])
+    scenarios = {s: HOPS[s] for s in o.scenarios}
+    settings, pids = await rig.pipeline(0.0, o.in_flight, ["router", "agent", "tool"], APP)
     catalog = settings.catalog()
     source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
     warm_tag = f"w{uuid.uuid4().hex[:6]}"
-    for scenario, hops in HOPS.items():
+    for scenario, hops in scenarios.items():
         warm = make_requests(o.warmup, min(o.conversations, o.warmup), scenario, warm_tag)
         check_answers(await rig.batch(source, sink, warm, hops, pids), warm, scenario)
-    chain_topics = [catalog.name(t) for t in Topic if t is not Topic.MEMORY_CALL]
-    sizes = await mean_sizes(rig.bus, chain_topics, warm_tag)
-    log(f"  {rig.kind}: workers warm; mean record size per scenario: {sizes}")
-    relays = {hops: await rig.relay(settings.topics.prefix, hops) for hops in HOPS.values()}
-    # The guarded floor needs Redis: on Kafka only.
-    guarded = rig.kind == "kafka"
-    floors = {
-        hops: await rig.relay(settings.topics.prefix, hops, guarded=True)
-        for hops in (HOPS.values() if guarded else ())
+    chain_topics = [
+        catalog.name(t) for t in catalog.topics() if t not in (Topic.MEMORY_CALL, Topic.AGENT_STATS)
+    ]
+    sizes, records = await chain_census(
+        rig.bus, chain_topics, warm_tag, dict.fromkeys(scenarios, o.warmup)
+    )
+    produced = {
+        s: round(sum(n for t, n in by_topic.items() if t != source), 2)
+        for s, by_topic in records.items()
     }
-    for scenario, hops in HOPS.items():
-        first, last, relay_pids = relays[hops]
+    log(f"  {rig.kind}: workers warm; mean record size per scenario: {sizes}")
+    log(f"  {rig.kind}: records produced per request (hops counted): {produced}")
+    for scenario, hops in scenarios.items():
+        if produced[scenario] != hops:
+            raise BenchError(
+                f"{scenario}: {produced[scenario]} records per request, {hops} hops declared: "
+                f"{records[scenario]}"
+            )
+    prefix = settings.topics.prefix
+    relays = {s: await rig.relay(prefix, LAYOUT[s]) for s in scenarios}
+    # The guarded floor needs Redis: on Kafka only.
+    guarded = rig.kind == "kafka" and o.floor
+    floors = {s: await rig.relay(prefix, LAYOUT[s], guarded=True) for s in scenarios if guarded}
+    for scenario, hops in scenarios.items():
+        first, last, relay_pids = relays[scenario]
         warm = padded(make_requests(o.warmup, o.warmup, scenario, warm_tag), sizes[scenario])
         await rig.batch(first, last, warm, hops, relay_pids)
         if guarded:
-            first, last, floor_pids = floors[hops]
+            first, last, floor_pids = floors[scenario]
             warm = make_requests(o.warmup, o.warmup, scenario, warm_tag)
             await rig.batch(first, last, warm, hops, floor_pids)
-    rounds: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {s: [] for s in HOPS}
-    floor_rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in HOPS}
+    rounds: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {s: [] for s in scenarios}
+    floor_rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in scenarios}
     for r in range(o.rounds):
-        for scenario, hops in HOPS.items():
+        for scenario, hops in scenarios.items():
             tag = f"r{r}{uuid.uuid4().hex[:6]}"
             requests = make_requests(o.requests, o.conversations, scenario, tag)
             # Each stage drains its batch as a backlog (held while it is published): the
             # publisher's rate bounds none of them.
             batch = await rig.batch(source, sink, requests, hops, pids, hold=True)
             check_answers(batch, requests, scenario)
-            first, last, relay_pids = relays[hops]
+            first, last, relay_pids = relays[scenario]
             relay_batch = await rig.batch(
                 first, last, padded(requests, sizes[scenario]), hops, relay_pids, hold=True
             )
@@ -73,19 +88,20 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
             rounds[scenario].append((p, b))
             floor_note = ""
             if guarded:
-                first, last, floor_pids = floors[hops]
+                first, last, floor_pids = floors[scenario]
                 # The same requests again, as they are: the guarded relay decodes them.
                 again = make_requests(o.requests, o.conversations, scenario, f"{tag}g")
                 f = (await rig.batch(first, last, again, hops, floor_pids, hold=True)).summary()
                 floor_rounds[scenario].append(f)
                 floor_note = f", guarded floor {f['per_hop_per_s']:.0f} hops/s"
             log(
-                f"  {rig.kind} {scenario} round {r + 1}: pipeline {p['per_hop_per_s']:.0f} "
-                f"hops/s, relay {b['per_hop_per_s']:.0f} hops/s{floor_note}, "
+                f"  {rig.kind} {scenario} round {r + 1}: pipeline {p['requests_per_s']:.0f} "
+                f"req/s {p['per_hop_per_s']:.0f} hops/s {p['cpu_ms_per_request']} cpu ms/req, "
+                f"relay {b['per_hop_per_s']:.0f} hops/s{floor_note}, "
                 f"ratio {p['per_hop_per_s'] / b['per_hop_per_s']:.2f}"
             )
     rows = []
-    for scenario, hops in HOPS.items():
+    for scenario, hops in scenarios.items():
         pairs = rounds[scenario]
         ratios = [p["per_hop_per_s"] / b["per_hop_per_s"] for p, b in pairs]
         floor = floor_rounds[scenario]
@@ -94,6 +110,9 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
                 "bus": rig.kind,
                 "scenario": scenario,
                 "hops": hops,
+                "layout": list(LAYOUT[scenario]),
+                "records_per_request": records[scenario],
+                "app": APP,
                 "requests": o.requests,
                 "conversations": o.conversations,
                 "mean_record_bytes": sizes[scenario],
@@ -109,7 +128,26 @@ async def throughput(rig: Rig, log: Callable[[str], None]) -> list[dict[str, Any
                 "ratio_to_floor": _median_ratio([p for p, _ in pairs], floor),
             }
         )
+    chat = rounds.get("chat")
+    for row in rows:
+        # Against the chat row of the same run, round by round (the rounds interleave the
+        # scenarios, so a round's pair shares the machine's mood), median over rounds.
+        row["vs_chat"] = None if not chat else _vs(rounds[row["scenario"]], chat)
     return rows
+
+
+def _vs(
+    rows: list[tuple[dict[str, Any], dict[str, Any]]],
+    chat: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> dict[str, float | None]:
+    """Median over rounds of this scenario's pipeline figures / the chat row's."""
+    out: dict[str, float | None] = {}
+    for key in ("requests_per_s", "per_hop_per_s", "cpu_ms_per_request"):
+        ratios = [
+            p[key] / c[key] for (p, _), (c, _) in zip(rows, chat, strict=True) if p[key] and c[key]
+        ]
+        out[key] = round(statistics.median(ratios), 3) if ratios else None
+    return out
 
 
 def _median_ratio(top: list[dict[str, Any]], bottom: list[dict[str, Any]]) -> float | None:
@@ -146,17 +184,18 @@ async def saturation(rig: Rig, in_flight: int, log: Callable[[str], None]) -> di
         "ideal_per_s": round(ideal, 1),
         "target_fraction": TARGET_FRACTION,
     }
-    settings, pids = await rig.pipeline(o.slow_latency, in_flight, ["agent"])
+    # The built-in app (one agent, "assistant"), as before issue 16, behind its router.
+    settings, pids = await rig.pipeline(o.slow_latency, in_flight, ["router", "agent"])
     catalog = settings.catalog()
     source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
     try:
         warm_n = min(o.slow_conversations, max(in_flight, 200))
         warm = make_requests(warm_n, warm_n, "chat", f"w{uuid.uuid4().hex[:6]}")
-        await rig.batch(source, sink, warm, 1, pids)
+        await rig.batch(source, sink, warm, HOPS["chat"], pids)
         n = o.slow_conversations * o.slow_turns
         requests = make_requests(n, o.slow_conversations, "chat", f"s{uuid.uuid4().hex[:6]}")
-        batch = await rig.batch(source, sink, requests, 1, pids)
-        check_answers(batch, requests, "chat")
+        batch = await rig.batch(source, sink, requests, HOPS["chat"], pids)
+        check_answers(batch, requests, "chat", app=False)
     except BenchError as exc:
         # A failure of the worker is a result too: record it with the worker's errors.
         row["error"] = str(exc)
@@ -186,11 +225,12 @@ async def redis_census(rig: Rig, log: Callable[[str], None]) -> dict[str, Any] |
         return None
     from agentstream.topics import Topic
 
-    settings, pids = await rig.pipeline(0.0, rig.o.in_flight, ["agent", "tool"])
+    settings, pids = await rig.pipeline(0.0, rig.o.in_flight, ["router", "agent", "tool"], APP)
     catalog = settings.catalog()
     source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
     result: dict[str, Any] = {}
-    for scenario, hops in HOPS.items():
+    for scenario in rig.o.scenarios:
+        hops = HOPS[scenario]
         # A warm-up as wide as the census: every connection of the pool is open already.
         n = 100
         warm = make_requests(n, n, scenario, f"w{uuid.uuid4().hex[:6]}")

@@ -21,7 +21,7 @@ from bench.pipeline_services import Procs, bench_settings, worker_env
 from bench.pipeline_workload import Request
 from bench.relay import relay_bus
 
-WorkerKind = Literal["agent", "tool", "memory"]
+WorkerKind = Literal["router", "agent", "tool", "memory"]
 
 
 @dataclass
@@ -36,6 +36,10 @@ class Options:
     slow_conversations: int
     slow_turns: int
     slow_in_flight: list[int]
+    #: The scenarios of (a) and of the census (``bench.pipeline_workload.LAYOUT``).
+    scenarios: tuple[str, ...] = ("chat", "tool", "handoff", "agent_tool")
+    #: (a) on Kafka: measure the guarded floor too.
+    floor: bool = True
 
 
 class Rig:
@@ -110,9 +114,19 @@ class Rig:
             )
         return await bus_batch(self.bus, source, sink, requests, hops, timeout)
 
-    async def pipeline(self, latency: float, in_flight: int, kinds: Sequence[WorkerKind]) -> Any:
-        """Topics of a fresh prefix and workers of ``kinds`` on them; returns the settings
-        and the worker pids (empty in process)."""
+    async def pipeline(
+        self,
+        latency: float,
+        in_flight: int,
+        kinds: Sequence[WorkerKind],
+        app: str | None = None,
+    ) -> Any:
+        """Topics of a fresh prefix and workers of ``kinds`` on them, running ``app`` (None:
+        the built-in assistant); returns the settings and the worker pids (empty in
+        process). The router is added when missing: no request reaches an agent without it
+        (issue 16)."""
+        if "router" not in kinds:
+            kinds = ["router", *kinds]
         from agentstream.handlers.stores.base import InProcessStore
         from agentstream.process import build_workers
         from agentstream.wiring import ensure_topics
@@ -122,6 +136,7 @@ class Rig:
         settings = bench_settings(self.kind, self.o.partitions, self.bootstrap, self.redis_url)
         settings = settings.model_copy(
             update={
+                "app": app,
                 "model": settings.model.model_copy(update={"offline_latency_s": latency}),
                 "runtime": settings.runtime.model_copy(update={"max_in_flight": in_flight}),
             }
@@ -137,6 +152,7 @@ class Rig:
                 self.o.partitions,
                 latency,
                 in_flight,
+                app,
             )
             for kind in kinds:
                 pids.append(self.procs.worker(f"{kind}-{settings.topics.prefix}", kind, env))
@@ -183,28 +199,32 @@ class Rig:
         self.stop = asyncio.Event()
 
     async def relay(
-        self, prefix: str, hops: int, *, guarded: bool = False
+        self, prefix: str, layout: int | Sequence[str], *, guarded: bool = False
     ) -> tuple[str, str, list[int]]:
-        """A relay chain of ``hops`` hops laid out like the workers: the agent's hops (the
-        first and, with a tool, the last) in one process, the tool's hop in another.
+        """A relay chain laid out like the workers: ``layout`` names the process of each hop
+        (``bench.pipeline_workload.LAYOUT``), hops of one name in one process. An int K:
+        the layout of before issue 16, K hops, the second in a process of its own.
         ``guarded``: the guarded relay, on Kafka and Redis only (see ``bench/relay.py``)."""
         assert self.bus is not None
+        if isinstance(layout, int):
+            layout = ["agent" if i != 1 else "tool" for i in range(layout)]
+        hops = len(layout)
         kind = "guarded" if guarded else "relay"
-        names = [f"{prefix}{kind}{hops}.h{i}" for i in range(hops + 1)]
+        label = "-".join(layout)
+        names = [f"{prefix}{kind}.{label}.h{i}" for i in range(hops + 1)]
         await self.bus.create_topics([TopicDescription(n, self.o.partitions, 1) for n in names])
-        routes = {names[i]: names[i + 1] for i in range(hops)}
-        layout = [{k: v for i, (k, v) in enumerate(routes.items()) if i != 1}]
-        if hops > 1:
-            layout.append({names[1]: names[2]})
+        processes: dict[str, dict[str, str]] = {}
+        for i, who in enumerate(layout):
+            processes.setdefault(who, {})[names[i]] = names[i + 1]
         pids = []
-        for i, part in enumerate(layout):
+        for i, part in enumerate(processes.values()):
             if self.kind == "kafka":
                 assert self.procs is not None
                 redis = self.redis_url if guarded else None
-                name = f"relay{'-guarded' if guarded else ''}{hops}-{i}"  # "relay*": a relay
+                name = f"relay{'-guarded' if guarded else ''}.{label}-{i}"  # "relay*": a relay
                 pids.append(self.procs.relay(name, self.bootstrap, part, redis))
             else:
                 assert not guarded, "the guarded relay runs on Kafka and Redis only"
-                group = f"relay{hops}-{i}"
+                group = f"relay.{label}-{i}"
                 self.tasks.append(asyncio.create_task(relay_bus(self.bus, group, part, self.stop)))
         return names[0], names[-1], pids

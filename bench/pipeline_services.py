@@ -128,7 +128,13 @@ class Procs:
 
 
 def worker_env(
-    bootstrap: str, redis_url: str, prefix: str, partitions: int, latency: float, in_flight: int
+    bootstrap: str,
+    redis_url: str,
+    prefix: str,
+    partitions: int,
+    latency: float,
+    in_flight: int,
+    app: str | None = None,
 ) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSTREAM_")}
     env.update(
@@ -141,6 +147,8 @@ def worker_env(
         AGENTSTREAM_LOG_JSON="true",
         PYTHONPATH=str(REPO),
     )
+    if app is not None:
+        env["AGENTSTREAM_APP"] = app
     return env
 
 

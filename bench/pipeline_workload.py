@@ -1,5 +1,26 @@
 """The workload of ``bench/pipeline.py``: the user requests it publishes, encoded once.
 
+The workers run the app ``examples.support`` (agents triage (default), billing, math,
+quote) with the offline model. Since issue 16 every request goes user_request -> router ->
+``agent.<name>``, so the scenarios and their worker hops (records produced by workers on
+the way from the request to its answer; the router's read of the answer, which frees the
+conversation's next turn, produces nothing for the last turn and is not counted):
+
+- ``chat``: triage answers directly: router, triage -> agent_response: **2 hops**.
+- ``tool``: math (named in the request) calls the calculator: router, math -> tool_call,
+  tool worker -> tool_result (to ``agent.math``), math -> agent_response: **4 hops**.
+- ``handoff``: triage hands a billing question to billing, which looks the invoice up with
+  the app's tool: router, triage -> handoff task (``agent.billing``), billing -> tool_call,
+  tool worker -> tool_result, billing -> agent_response: **5 hops**.
+- ``agent_tool``: triage asks math (an agent as a tool), math calls the calculator and
+  answers triage: router, triage -> subrun task (``agent.math``), math -> tool_call, tool
+  worker -> tool_result, math -> tool_result (to ``agent.triage``), triage ->
+  agent_response: **6 hops**.
+
+:data:`LAYOUT` says which worker process makes each hop (the relays copy it). The hops are
+counted on the topics in every run's warm-up, not only declared here
+(``bench.pipeline_batch.records_per_request``).
+
 Every call numbers its conversations anew, so no text repeats and the model's response
 cache never answers; the relay gets the same records with values padded to the pipeline's
 mean record size (:func:`padded`).
@@ -11,7 +32,23 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-HOPS = {"chat": 1, "tool": 3}
+#: The app the workers run.
+APP = "examples.support"
+#: Per scenario, the worker kind (process) that makes each hop, in order.
+LAYOUT: dict[str, tuple[str, ...]] = {
+    "chat": ("router", "agent"),
+    "tool": ("router", "agent", "tool", "agent"),
+    "handoff": ("router", "agent", "agent", "tool", "agent"),
+    "agent_tool": ("router", "agent", "agent", "tool", "agent", "agent"),
+}
+HOPS = {scenario: len(layout) for scenario, layout in LAYOUT.items()}
+#: Per scenario, the answer's tools called, agent and handoffs (with ``examples.support``).
+EXPECT: dict[str, tuple[list[str], str, list[str]]] = {
+    "chat": ([], "triage", []),
+    "tool": (["calculator"], "math", []),
+    "handoff": (["lookup_invoice"], "billing", ["triage"]),
+    "agent_tool": (["ask_math"], "triage", []),
+}
 Headers = tuple[tuple[str, bytes], ...]
 
 
@@ -22,6 +59,7 @@ class Request:
     value: bytes
     headers: Headers
     expect: str  # in the answer text ("" for chat)
+    scenario: str = "chat"
 
     @property
     def size(self) -> int:
@@ -45,19 +83,31 @@ def make_requests(n: int, conversations: int, scenario: str, tag: str) -> list[R
     requests = []
     for i in range(n):
         conv, turn = first + i % conversations, i // conversations
+        a, b = 17 + conv, 3 + turn
+        agent: str | None = "triage"  # named: after a handoff billing would keep the chat
         if scenario == "chat":
             text, expect = f"Hello there, how are you? This is guest {conv} turn {turn}.", ""
-        else:
-            a, b = 17 + conv, 3 + turn
+            agent = None  # the default agent, as most requests come
+        elif scenario == "tool":
+            text, expect, agent = f"What is {a} * {b}?", f"= {a * b}", "math"
+        elif scenario == "handoff":
+            text = (
+                f"I was charged twice for invoice INV-1042, I want a refund "
+                f"(customer {conv}, message {turn})"
+            )
+            expect = "INV-1042"
+        elif scenario == "agent_tool":
             text, expect = f"What is {a} * {b}?", f"= {a * b}"
+        else:
+            raise ValueError(f"unknown scenario {scenario!r}")
         event = UserRequest(
             source="bench",
             request_id=f"{tag}-{scenario}-{i}",
             conversation_id=f"{tag}-{scenario}-c{conv}",
-            data=UserRequestData(text=text, user=f"guest-{conv}"),
+            data=UserRequestData(text=text, user=f"guest-{conv}", agent=agent),
         )
         key, value, headers = encode(event)
-        requests.append(Request(event.request_id, key, value, tuple(headers), expect))
+        requests.append(Request(event.request_id, key, value, tuple(headers), expect, scenario))
     return requests
 
 
