@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentstream.agents import DEFAULT_AGENT
 from agentstream.handlers.runtime.metrics import RuntimeMetrics
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import Worker
@@ -47,6 +48,7 @@ from agentstream.wiring import build_bus, build_store, ensure_topics, runtime_co
 from agentstream.workers import WORKERS, Sweeper
 
 __all__ = [
+    "AGENT_ENV",
     "KIND_ENV",
     "REPORT_FAILURES_ENV",
     "BatchFailed",
@@ -63,6 +65,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KIND_ENV = "AGENTSTREAM_LAMBDA_WORKER"
+#: The declared agent an agent function runs (one function per agent, ADR 23).
+AGENT_ENV = "AGENTSTREAM_LAMBDA_AGENT"
 REPORT_FAILURES_ENV = "AGENTSTREAM_LAMBDA_REPORT_FAILURES"
 _EVENT_SOURCES = ("aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka")
 
@@ -150,9 +154,12 @@ class LambdaRuntime:
         routes: Sequence[Route] | None = None,
         store: StateStore | None = None,
         report_failures: bool = True,
+        agent: str | None = None,
     ) -> None:
         self.settings = settings
         self.kind = kind
+        #: The declared agent an agent function runs (default: the app's default agent).
+        self.agent = agent
         self.report_failures = report_failures
         self.metrics = RuntimeMetrics()
         self._routes = routes
@@ -186,12 +193,23 @@ class LambdaRuntime:
     def _build(self, bus: Bus, store: StateStore) -> Worker:
         if self._routes is not None:
             kind = WORKERS.get(self.kind)
-            config = runtime_config(self.settings, kind.group, kind.source)
+            group = kind.group_id("", self.agent or DEFAULT_AGENT) if kind.per_agent else kind.group
+            config = runtime_config(self.settings, group, kind.source)
             catalog = self.settings.catalog()
             return Worker(bus, store, catalog, self._routes, config, metrics=self.metrics)
         built = build_workers(
-            [self.kind], self.settings, bus, store, self.metrics.registry, asyncio.Event()
+            [self.kind],
+            self.settings,
+            bus,
+            store,
+            self.metrics.registry,
+            asyncio.Event(),
+            agents=[self.agent] if self.agent else None,
         )
+        if len(built.workers) != 1:
+            raise ConfigError(
+                f"a function runs one agent: set {AGENT_ENV} to one of the app's agents"
+            )
         for extra in built.extras:
             # A periodic job's loop sweeps the partitions a consumer owns; a function owns
             # none. `sweep_handler`, run on a schedule, sweeps every partition instead.
@@ -305,6 +323,7 @@ def configure(
     routes: Sequence[Route] | None = None,
     store: StateStore | None = None,
     report_failures: bool | None = None,
+    agent: str | None = None,
 ) -> LambdaRuntime:
     """Set up (or replace) the function's runtime. Unset arguments come from the
     environment: ``Settings`` as everywhere, the kind from ``AGENTSTREAM_LAMBDA_WORKER``,
@@ -323,6 +342,7 @@ def configure(
         routes=routes,
         store=store,
         report_failures=report_failures,
+        agent=agent or os.environ.get(AGENT_ENV) or None,
     )
     _warm.runtime = runtime
     return runtime
