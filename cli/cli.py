@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("text")
     send.add_argument("--conversation", "-c", default=None, help="conversation id")
     send.add_argument("--user", default=None)
+    send.add_argument("--agent", default=None, help="the declared agent to answer")
     send.add_argument("--url", default=None, help="ingress URL (default from settings)")
     send.add_argument("--api-key", default=None)
     send.add_argument("--timeout", type=float, default=60.0)
@@ -286,6 +287,8 @@ async def _cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         body["conversation_id"] = args.conversation
     if args.user:
         body["user"] = args.user
+    if args.agent:
+        body["agent"] = args.agent
     async with httpx.AsyncClient(base_url=url, timeout=args.timeout + 10) as client:
         try:
             response = await client.post("/v1/requests", json=body, headers=headers)
@@ -298,10 +301,12 @@ async def _cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         if data.get("status") not in ("completed", "failed", "timed_out", "rejected"):
             data = (await client.get(f"/v1/requests/{data['request_id']}")).json()
     answer = (data.get("response") or {}).get("text") or (data.get("response") or {}).get("error")
+    agent = (data.get("response") or {}).get("agent")
+    by = f" by {agent}" if agent else ""
     _emit(
         args,
         data,
-        f"{answer}\n[{data.get('status')}] request {data.get('request_id')} "
+        f"{answer}\n[{data.get('status')}{by}] request {data.get('request_id')} "
         f"conversation {data.get('conversation_id')}",
     )
     return 0 if data.get("status") == "completed" else 1

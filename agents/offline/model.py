@@ -200,7 +200,8 @@ class OfflineModel:
         text, finish = delegated if isinstance(delegated, str) else turn.answer(), "stop"
         schema = output_schema_of(messages)
         if schema is not None:
-            text = as_output(schema, text)
+            chat_only = all(ask.kind == "chat" for ask in turn.asks)
+            text = as_output(schema, turn.text if chat_only and delegated is None else text)
         if max_tokens is not None and count_tokens(text) > max_tokens:
             text, finish = text[: max_tokens * 4], "length"
         return ModelReply(
