@@ -59,7 +59,7 @@ async def test_a_big_tool_output_travels_by_reference_and_comes_back_whole(
 
 
 async def test_a_reference_whose_payload_is_gone_is_dead_lettered(stack: Stack) -> None:
-    topic = stack.catalog.name(Topic.TOOL_RESULT)
+    topic = stack.catalog.inbox("assistant")  # where the agent reads its tool results
     stub = (
         b'{"id": "e1", "type": "agentstream.tool_result.v1", "request_id": "r1", '
         b'"conversation_id": "c1", "claim_check": {"key": "gone", "bytes": 9, '
@@ -68,7 +68,7 @@ async def test_a_reference_whose_payload_is_gone_is_dead_lettered(stack: Stack) 
     async with running(stack, ["agent"]):
         await stack.bus.publish(OutgoingRecord(topic, stub, b"c1", ((CLAIM_HEADER, b"gone"),)))
         dead = await wait_for(
-            lambda: stack.read(stack.catalog.name(Topic.TOOL_RESULT, Kind.DLQ)), timeout_s=30
+            lambda: stack.read(stack.catalog.inbox("assistant", Kind.DLQ)), timeout_s=30
         )
     info = DeadLetter.from_headers(dead[0].headers)
     assert info.error_class == "SchemaError"
