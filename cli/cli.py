@@ -32,6 +32,7 @@ _EXTENSIONS = (
     "agentstream.tail",
     "agentstream.dlq_command",
     "agentstream.topics_command",
+    "agentstream.deploy_command",
 )
 
 #: Commands that run until stopped; the others are one-shot and print failures as one line.

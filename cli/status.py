@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from agentstream.topics.kafka import KafkaBus
 
 __all__ = [
+    "DeploymentGroup",
     "GroupStatus",
     "MemberStatus",
     "PartitionStatus",
     "StatusReport",
     "TopicHealth",
     "deployment_groups",
+    "deployment_roles",
     "group_status",
     "list_groups",
     "projection_group",
@@ -87,6 +89,11 @@ class MemberStatus(_Model):
 
 class GroupStatus(_Model):
     group_id: str
+    kind: str | None = None
+    """The worker kind reading with this group (``router``, ``agent``, ...), when it is one
+    of the deployment's groups."""
+    agent: str | None = None
+    """The declared agent whose input topic the group reads (the agent worker's groups)."""
     state: str
     """As Kafka names it: Stable, PreparingRebalance, CompletingRebalance, Empty, Dead."""
     exists: bool
@@ -118,9 +125,14 @@ class StatusReport(_Model):
         return topics_ok and not any(g.error for g in self.groups)
 
 
-def worker_group(prefix: str, kind: str) -> str:
-    """The consumer group of the ``kind`` workers (agentstream.workers) of a deployment."""
-    return WORKERS.get(kind).group_id(prefix)
+#: The agents of the built-in app (a default :class:`Catalog`'s).
+_DEFAULT_AGENTS = Catalog().agents
+
+
+def worker_group(prefix: str, kind: str, agent: str | None = None) -> str:
+    """The consumer group of the ``kind`` workers (agentstream.workers) of a deployment; of
+    ``agent``'s workers for the agent kind, which has one group per declared agent."""
+    return WORKERS.get(kind).group_id(prefix, agent)
 
 
 def projection_group(prefix: str) -> str:
@@ -128,16 +140,33 @@ def projection_group(prefix: str) -> str:
     return worker_group(prefix, "projection")
 
 
-def deployment_groups(prefix: str, agents: Sequence[str] = ("assistant",)) -> list[str]:
-    """The consumer groups of the deployment with topic prefix ``prefix``: one per worker
-    kind (one per declared agent of ``agents`` for the agent worker), the ingress's
-    projection last."""
+@dataclass(frozen=True, slots=True)
+class DeploymentGroup:
+    """One consumer group of a deployment: its id, the worker kind and, for the agent
+    worker, the declared agent it serves."""
+
+    group_id: str
+    kind: str
+    agent: str | None = None
+
+
+def deployment_roles(prefix: str, agents: Sequence[str] = _DEFAULT_AGENTS) -> list[DeploymentGroup]:
+    """The consumer groups of the deployment with topic prefix ``prefix`` and the declared
+    ``agents`` (:attr:`Catalog.agents`): one per worker kind, one per agent for a per-agent
+    kind (``agentstream-agent.<name>``), the ingress's projection last."""
     kinds = sorted(WORKERS, key=lambda kind: not kind.standalone)
-    return [
-        kind.group_id(prefix, agent)
-        for kind in kinds
-        for agent in (agents if kind.per_agent else (None,))
-    ]
+    out: list[DeploymentGroup] = []
+    for kind in kinds:
+        if kind.per_agent:
+            out += [DeploymentGroup(kind.group_id(prefix, a), kind.name, a) for a in agents]
+        else:
+            out.append(DeploymentGroup(kind.group_id(prefix), kind.name))
+    return out
+
+
+def deployment_groups(prefix: str, agents: Sequence[str] = _DEFAULT_AGENTS) -> list[str]:
+    """The group ids of :func:`deployment_roles`."""
+    return [g.group_id for g in deployment_roles(prefix, agents)]
 
 
 async def list_groups(bus: KafkaBus) -> list[str]:

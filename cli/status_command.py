@@ -16,11 +16,12 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from agentstream.schemas.errors import RetryableError
+from agentstream.schemas.errors import ConfigError, RetryableError
 from agentstream.status import (
+    DeploymentGroup,
     GroupStatus,
     StatusReport,
-    deployment_groups,
+    deployment_roles,
     group_status,
     list_groups,
     topic_health,
@@ -48,8 +49,17 @@ def register(
         action="append",
         dest="groups",
         metavar="G",
-        help="a consumer group id, as Kafka names it (repeatable; default: this "
-        "deployment's agent, tool, memory and ingress-projection groups)",
+        help="a consumer group id, as Kafka names it, e.g. agentstream-agent.billing "
+        "(repeatable; default: this deployment's groups: the router, one per declared "
+        "agent, tool, memory, stats and the ingress's projection)",
+    )
+    p.add_argument(
+        "--agent",
+        "-a",
+        action="append",
+        dest="agents",
+        metavar="NAME",
+        help="the group of a declared agent's workers, agentstream-agent.NAME (repeatable)",
     )
     p.add_argument("--all", action="store_true", dest="all_groups", help="every group")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -69,12 +79,17 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     bus = KafkaBus(settings.kafka)
     await bus.start(produce=False)
     try:
+        catalog = settings.catalog()
+        roles = {g.group_id: g for g in deployment_roles(catalog.prefix, catalog.agents)}
         if args.all_groups:
             group_ids = await list_groups(bus)
         else:
-            group_ids = args.groups or deployment_groups(settings.topics.prefix)
-        groups = await group_status(bus, list(dict.fromkeys(group_ids)))
-        report = StatusReport(groups=groups, topics=await topic_health(bus, settings.catalog()))
+            group_ids = [*(args.groups or []), *_agent_groups(args, settings)]
+            group_ids = group_ids or list(roles)
+        groups = [
+            _with_role(g, roles) for g in await group_status(bus, list(dict.fromkeys(group_ids)))
+        ]
+        report = StatusReport(groups=groups, topics=await topic_health(bus, catalog))
     except KafkaError as exc:
         raise RetryableError(f"Kafka refused to answer the status requests: {exc}") from exc
     finally:
@@ -85,7 +100,8 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(_human(report))
     # A group asked for by name that Kafka does not know is most likely a typo (or the
     # wrong prefix); the deployment's own groups may simply not have started yet.
-    unknown = [g.group_id for g in groups if args.groups and not g.exists and not g.error]
+    named = bool(args.groups or args.agents)
+    unknown = [g.group_id for g in groups if named and not g.exists and not g.error]
     if unknown:
         print(
             f"error: no such consumer group: {', '.join(unknown)} (no member joined it and "
@@ -95,6 +111,29 @@ async def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print("hint: `agentstream status --all` lists every group of the cluster", file=sys.stderr)
         return 1
     return 0 if report.healthy else 1
+
+
+def _agent_groups(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The groups of the agents named with ``--agent``; an undeclared one is refused."""
+    if not args.agents:
+        return []
+    from agentstream.status import worker_group
+
+    declared = settings.catalog().agents
+    unknown = [a for a in args.agents if a not in declared]
+    if unknown:
+        raise ConfigError(
+            f"no such agent: {', '.join(unknown)} (declared: {', '.join(declared)}; "
+            "name the app with --app or AGENTSTREAM_APP)"
+        )
+    return [worker_group(settings.topics.prefix, "agent", a) for a in args.agents]
+
+
+def _with_role(group: GroupStatus, roles: dict[str, DeploymentGroup]) -> GroupStatus:
+    role = roles.get(group.group_id)
+    if role is None:
+        return group
+    return group.model_copy(update={"kind": role.kind, "agent": role.agent})
 
 
 def _human(report: StatusReport) -> str:
@@ -117,11 +156,11 @@ def _human_group(g: GroupStatus) -> list[str]:
     if g.error:
         return [f"GROUP {g.group_id}  cannot be read: {g.error}"]
     if not g.exists:
-        return [f"GROUP {g.group_id}  (no such group: nothing joined or committed yet)"]
+        return [f"GROUP {g.group_id}  (no such group: nothing joined or committed yet){_role(g)}"]
     head = f"GROUP {g.group_id}  {g.state}"
     if g.assignor:
         head += f"  assignor {g.assignor}"
-    lines = [f"{head}  members {len(g.members)}  lag {g.total_lag}"]
+    lines = [f"{head}  members {len(g.members)}  lag {g.total_lag}{_role(g)}"]
     if not g.partitions:
         return [*lines, "  no partitions assigned, no offsets committed"]
     if g.members:
@@ -141,6 +180,12 @@ def _human_group(g: GroupStatus) -> list[str]:
         for r in g.partitions
     )
     return lines
+
+
+def _role(g: GroupStatus) -> str:
+    if g.agent is not None:
+        return f"  (agent {g.agent})"
+    return f"  ({g.kind})" if g.kind else ""
 
 
 def _dash(value: int | None) -> str:

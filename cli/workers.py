@@ -309,7 +309,8 @@ def _stats(needs: Needs) -> Parts:
             window_s=s.stats.window_s,
             grace_s=s.stats.grace_s,
             instance=f"{socket.gethostname()}/{os.getpid()}",
-        )
+        ),
+        needs.app.names(),
     )
     topic = s.catalog().name(Topic.AGENT_RESPONSE)
     closer = Periodic(
@@ -328,7 +329,9 @@ def _projection(needs: Needs) -> Parts:
     from agentstream.ingress.projection import Projection
 
     s = needs.settings
-    return Parts(Projection(s.namespace, ttl_s=s.ingress.record_ttl_s).routes())
+    return Parts(
+        Projection(s.namespace, ttl_s=s.ingress.record_ttl_s, agents=needs.app.names()).routes()
+    )
 
 
 #: Every worker kind of agentstream.

@@ -168,7 +168,13 @@ class StreamEvent(BaseModel):
 
     index: int = Field(ge=0, description="Position in the request's event log.")
     event_id: str
-    kind: EntryKind
+    kind: EntryKind = Field(
+        description="`tool_call`, `memory_call`, `tool_result`: the event's data; `handoff`: "
+        "an agent handed the request to another (`from_agent`, `to_agent`, `reason`); "
+        "`subrun`: an agent called another as a tool (`caller`, `callee`, `call_id`, `tool`, "
+        "`step`, `run_id`, `input`), its answer following as the `tool_result` of `call_id`; "
+        "`response`: the terminal answer (the last event); `refused`: a request answered 503."
+    )
     time: datetime
     data: dict[str, Any]
 

@@ -1,10 +1,17 @@
 """The ingress projection: per-request status and event log, built from the topics.
 
 The HTTP ingress is stateless; what it answers comes from the state store, written here by
-a handler that consumes ``user_request``, ``tool_call``, ``memory_call``, ``tool_result``
-and ``agent_response`` in the consumer group :data:`PROJECTION_GROUP` (replicas of the
-ingress split the partitions). So any replica answers any ``GET`` or stream, and requests
-that upstream systems publish straight to Kafka show up like the ingress's own.
+a handler that consumes ``user_request``, ``tool_call``, ``memory_call``, ``tool_result``,
+``agent_response`` and the input topic ``agent.<name>`` of every declared agent in the
+consumer group :data:`PROJECTION_GROUP` (replicas of the ingress split the partitions). So
+any replica answers any ``GET`` or stream, and requests that upstream systems publish
+straight to Kafka show up like the ingress's own.
+
+Tool results addressed to an agent travel on its input topic (ADR 23), and so do the tasks
+that show how a request moved between agents: a ``handoff`` task becomes a ``handoff``
+entry (``from_agent``, ``to_agent``, ``reason``), a ``subrun`` task (an agent called as a
+tool) a ``subrun`` entry (``caller``, ``callee``, the ``call_id`` its answer comes back
+under as a ``tool_result``); turns add nothing the ``user_request`` did not say.
 
 Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`):
 
@@ -12,7 +19,7 @@ Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`
   ingress's first write (``accepted``, right after its publish) and the projection's updates
   never overwrite each other (a conflicting commit is refused and the event runs again).
 - ``{ns}:ingress:log:{request_id}``: append-only list of :class:`LogEntry` (tool calls, tool
-  results, the final response); an entry's index is its SSE ``id``.
+  results, handoffs, sub-runs, the final response); an entry's index is its SSE ``id``.
 - ``{ns}:ingress:conversation:{tenant}:{conversation_id}``: sorted index of request ids by
   request time (the turns of a conversation).
 - ``{ns}:ingress:idempotency:{tenant}:{sha256(key)}``: the ingress's ``Idempotency-Key``
@@ -22,7 +29,8 @@ Store layout (``{ns}`` is the deployment's namespace, :attr:`Settings.namespace`
 Events of one request come from several topics, and a consumer may fetch a response in the
 same batch as (and before) the calls that preceded it. The log must end with the response
 (the SSE stream closes on it), so the response entry is held in the record until the calls
-it accounts for (``tool_calls``), and for a completed run their results, are logged; the
+it accounts for (``tool_calls``, a sub-run being its caller's call) and its ``handoffs``,
+and for a completed run the calls' results, are logged; the
 ingress releases it anyway after a quiet period (:meth:`RequestRepository.release_held`), so
 a response whose progress never comes still ends the stream.
 
@@ -48,6 +56,7 @@ left to write: :class:`RecentlyRecorded` tells it so, and it skips the store rea
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from agentstream.handlers.runtime.context import Context
@@ -65,13 +74,14 @@ from agentstream.ingress.records import (
 )
 from agentstream.schemas import (
     AgentResponse,
+    AgentTask,
     Envelope,
     MemoryCall,
     ToolCall,
     ToolResult,
     UserRequest,
 )
-from agentstream.topics import Topic
+from agentstream.topics import Inbox, Topic
 
 __all__ = [
     "PROJECTION_GROUP",
@@ -98,7 +108,8 @@ _TAIL = 16
 
 class Projection:
     """The handlers of :data:`PROJECTION_GROUP`; ``ttl_s`` bounds how long records live;
-    ``recorded``: the requests this process's ingress recorded itself (module docstring)."""
+    ``recorded``: the requests this process's ingress recorded itself (module docstring);
+    ``agents``: the declared agents, whose input topics are read too."""
 
     def __init__(
         self,
@@ -106,10 +117,12 @@ class Projection:
         *,
         ttl_s: int = _DEFAULT_TTL_S,
         recorded: RecentlyRecorded | None = None,
+        agents: Sequence[str] = (),
     ) -> None:
         self.keys = ProjectionKeys(namespace)
         self.ttl_s = ttl_s
         self.recorded = recorded
+        self.agents = tuple(agents)
 
     def routes(self) -> list[Route]:
         return [
@@ -123,6 +136,10 @@ class Projection:
             Route(Topic.MEMORY_CALL, self.on_memory_call, "projection.memory_call"),
             Route(Topic.TOOL_RESULT, self.on_tool_result, "projection.tool_result"),
             Route(Topic.AGENT_RESPONSE, self.on_agent_response, "projection.agent_response"),
+            *(
+                Route(Inbox(agent), self.on_inbox, f"projection.agent.{agent}")
+                for agent in self.agents
+            ),
         ]
 
     async def on_user_request(self, event: UserRequest, ctx: Context) -> list[Envelope[Any]]:
@@ -178,13 +195,42 @@ class Projection:
         return []
 
     async def on_tool_call(self, event: ToolCall, ctx: Context) -> list[Envelope[Any]]:
-        return await self._progress(event, "tool_call", ctx)
+        return await self._progress(event, self._entry(event, "tool_call"), ctx)
 
     async def on_memory_call(self, event: MemoryCall, ctx: Context) -> list[Envelope[Any]]:
-        return await self._progress(event, "memory_call", ctx)
+        return await self._progress(event, self._entry(event, "memory_call"), ctx)
 
     async def on_tool_result(self, event: ToolResult, ctx: Context) -> list[Envelope[Any]]:
-        return await self._progress(event, "tool_result", ctx)
+        return await self._progress(event, self._entry(event, "tool_result"), ctx)
+
+    async def on_inbox(self, event: Envelope[Any], ctx: Context) -> list[Envelope[Any]]:
+        """An event of an agent's input topic: a tool result as on ``tool_result``, a
+        handoff or a sub-run as its own entry; a turn adds nothing."""
+        if isinstance(event, ToolResult):
+            return await self.on_tool_result(event, ctx)
+        if not isinstance(event, AgentTask):
+            log.warning("%s on an agent's input topic: not projected", event.type)
+            return []
+        d = event.data
+        if d.kind == "handoff":
+            data: dict[str, Any] = {
+                "from_agent": d.from_agent,
+                "to_agent": d.agent,
+                "reason": d.reason,
+            }
+            return await self._progress(event, self._note(event, "handoff", data), ctx)
+        if d.kind == "subrun" and d.parent is not None:
+            data = {
+                "call_id": d.parent.call_id,
+                "step": d.parent.step,
+                "tool": d.parent.tool,
+                "caller": d.parent.agent,
+                "callee": d.agent,
+                "run_id": d.run_id,
+                "input": d.request.text,
+            }
+            return await self._progress(event, self._note(event, "subrun", data), ctx)
+        return []
 
     async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
         key = self.keys.request(event.request_id)
@@ -214,16 +260,18 @@ class Projection:
         return []
 
     async def _progress(
-        self, event: Envelope[Any], kind: EntryKind, ctx: Context
+        self, event: Envelope[Any], entry: LogEntry, ctx: Context
     ) -> list[Envelope[Any]]:
+        """Log ``entry``, a call (a sub-run being one), a result or a handoff of
+        ``event``'s request, keeping results after their calls (module docstring)."""
         key = self.keys.request(event.request_id)
         record = await ctx.load(key, RequestRecord) or RequestRecord.placeholder(event)
         if record.response_logged:
             # Later than the response (a result that came after the deadline): the stream
             # already ended with the response, so it is not logged.
             return []
-        entry = self._entry(event, kind)
-        call_id = str(event.data.call_id)
+        kind = entry.kind
+        call_id = str(entry.data.get("call_id"))
         status = record.status if record.terminal else "running"
         if kind == "tool_result" and call_id not in record.calls_seen:
             # Fetched before its call (another topic): streamed right after the call.
@@ -238,6 +286,8 @@ class Projection:
         await self._append(event.request_id, entry, ctx)
         if kind == "tool_result":
             counts: dict[str, Any] = {"results_logged": record.results_logged + 1}
+        elif kind == "handoff":
+            counts = {"handoffs_logged": record.handoffs_logged + 1}
         else:
             follow = [r for r in record.held_results if r.data.get("call_id") == call_id]
             for result in follow:
@@ -268,6 +318,10 @@ class Projection:
         return LogEntry(
             event_id=event.id, kind=kind, time=event.time, data=event.data.model_dump(mode="json")
         )
+
+    @staticmethod
+    def _note(event: AgentTask, kind: EntryKind, data: dict[str, Any]) -> LogEntry:
+        return LogEntry(event_id=event.id, kind=kind, time=event.time, data=data)
 
     async def _append(self, request_id: str, entry: LogEntry, ctx: Context) -> None:
         log_key = self.keys.log(request_id)

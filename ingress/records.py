@@ -32,7 +32,11 @@ __all__ = [
 RequestStatus = Literal[
     "accepted", "running", "completed", "failed", "timed_out", "rejected", "refused"
 ]
-EntryKind = Literal["tool_call", "memory_call", "tool_result", "response", "refused"]
+#: ``handoff``: one agent handed the request to another; ``subrun``: an agent called another
+#: as a tool (its answer follows as the call's ``tool_result``).
+EntryKind = Literal[
+    "tool_call", "memory_call", "tool_result", "handoff", "subrun", "response", "refused"
+]
 #: What GET and the SSE stream say of a request answered 503 (never run).
 REFUSED_MESSAGE = (
     "the broker did not acknowledge the request in time; it was refused and will never run"
@@ -101,6 +105,7 @@ class RequestRecord(BaseModel):
     #: Progress entries logged so far, and the response entry while it waits for them.
     calls_logged: int = 0
     results_logged: int = 0
+    handoffs_logged: int = 0
     held: LogEntry | None = None
     response_logged: bool = False
     #: Call ids logged so far, and results that arrived before their call (held back).
@@ -113,12 +118,13 @@ class RequestRecord(BaseModel):
 
     @property
     def response_ready(self) -> bool:
-        """Whether the held response may go to the log: the calls it accounts for (and, for
-        a completed run, their results) are logged before it."""
+        """Whether the held response may go to the log: the calls (agents called as tools
+        included) and handoffs it accounts for (and, for a completed run, the calls'
+        results) are logged before it."""
         if self.held is None or self.response is None:
             return False
         expected = len(self.response.tool_calls)
-        if self.calls_logged < expected:
+        if self.calls_logged < expected or self.handoffs_logged < len(self.response.handoffs):
             return False
         return self.status != "completed" or self.results_logged >= expected
 

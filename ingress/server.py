@@ -56,7 +56,10 @@ def projection_worker(
         namespace=settings.namespace,
     )
     projection = Projection(
-        settings.namespace, ttl_s=settings.ingress.record_ttl_s, recorded=recorded
+        settings.namespace,
+        ttl_s=settings.ingress.record_ttl_s,
+        recorded=recorded,
+        agents=catalog.agents,
     )
     return Worker(bus, store, catalog, projection.routes(), config, metrics=metrics)
 

@@ -127,7 +127,8 @@ def events_router(access: Access, opts: IngressOptions, metrics: IngressMetrics)
             200: {
                 "description": (
                     "`text/event-stream`: one event per log entry (`tool_call`, "
-                    "`memory_call`, `tool_result`, then `response`; or just `refused` for a "
+                    "`memory_call`, `tool_result`, `handoff`, `subrun`, then `response`; "
+                    "or just `refused` for a "
                     "request answered 503), each with `id` = its index and a JSON `data` "
                     "object; the stream ends after `response` or `refused`. Comment lines "
                     "are heartbeats."

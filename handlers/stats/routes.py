@@ -1,10 +1,15 @@
 """The stats worker: per-window counts, latency percentiles, errors and cost per tenant, per
-tool and per model, published to ``agent_stats`` for dashboards (docs/adr/0011-live-stats.md).
+tool, per model and per agent, published to ``agent_stats`` for dashboards
+(docs/adr/0011-live-stats.md).
 
-Each ``agent_response`` and ``tool_result`` becomes a *fact*, filed in the state store under
-its partition and tumbling window: a member of the index ``stats:<partition>:facts:<window>``.
-Index additions carry no version check, so the many lanes of one partition never conflict
-on a shared aggregate, and each commits with its event's dedup mark: a fact counts once.
+Each ``agent_response`` and tool result becomes a *fact*. Tool results addressed to an agent
+(``reply_to``) travel on that agent's input topic ``agent.<name>`` (ADR 23), so the worker
+reads every declared agent's input topic too, counting its tool results and passing over
+its tasks; results with no addressee stay on ``tool_result``. A fact is filed in the state
+store under its partition and tumbling window: a member of the index
+``stats:<partition>:facts:<window>``. Index additions carry no version check, so the many
+lanes of one partition never conflict on a shared aggregate, and each commits with its
+event's dedup mark: a fact counts once.
 ``user_request`` gives a request's start (``stats:start:<id>``); when the response comes
 first, ``stats:answered:<id>`` says where its fact went, to add the latency afterwards.
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +48,7 @@ from agentstream.schemas import (
     AgentResponse,
     AgentStats,
     AgentStatsData,
+    AgentTask,
     Envelope,
     LatencyStats,
     StatsCounts,
@@ -51,7 +58,7 @@ from agentstream.schemas import (
     derive_id,
     stats_key,
 )
-from agentstream.topics import Topic
+from agentstream.topics import Inbox, Topic
 from pydantic import BaseModel
 
 __all__ = ["StatsConfig", "StatsHandlers", "WindowCloser"]
@@ -99,14 +106,17 @@ class _Sealed(BaseModel):
 class StatsHandlers:
     """The routes of the stats worker, and the closing of one window (see the module doc)."""
 
-    def __init__(self, config: StatsConfig) -> None:
+    def __init__(self, config: StatsConfig, agents: Sequence[str] = ()) -> None:
         self.config = config
+        #: The declared agents, whose input topics carry the tool results they asked for.
+        self.agents = tuple(agents)
 
     def routes(self) -> list[Route]:
         return [
             Route(Topic.USER_REQUEST, self.on_user_request, "stats.user_request"),
             Route(Topic.AGENT_RESPONSE, self.on_agent_response, "stats.agent_response"),
             Route(Topic.TOOL_RESULT, self.on_tool_result, "stats.tool_result"),
+            *(Route(Inbox(agent), self.on_inbox, f"stats.agent.{agent}") for agent in self.agents),
         ]
 
     # -- facts --------------------------------------------------------------------------
@@ -142,6 +152,7 @@ class StatsHandlers:
             tenant=event.tenant,
             status=d.status,
             model=d.model,
+            agent=d.agent,
             latency_ms=None if start is None else latency_ms(start.at, event.time),
             usage=d.usage,
         )
@@ -166,6 +177,15 @@ class StatsHandlers:
             latency_ms=None if d.duration_ms is None else round(d.duration_ms, 3),
         )
         await self._file(fact, event.time, ctx)
+        return []
+
+    async def on_inbox(self, event: Envelope[Any], ctx: Context) -> list[Envelope[Any]]:
+        """An event of an agent's input topic: its tool results count, its tasks (turns,
+        handoffs, sub-runs) do not (the response of the request counts instead)."""
+        if isinstance(event, ToolResult):
+            return await self.on_tool_result(event, ctx)
+        if not isinstance(event, AgentTask):
+            log.warning("%s on an agent's input topic: not counted", event.type)
         return []
 
     async def _file(self, fact: StatsFact, at: datetime, ctx: Context) -> tuple[int, str]:

@@ -28,6 +28,8 @@ class StatsFact(BaseModel):
     tenant: str
     status: ResponseStatus | None = None
     model: str | None = None
+    #: The declared agent that answered (a request's, from ``agent_response.data.agent``).
+    agent: str | None = None
     tool: str | None = None
     ok: bool | None = None
     latency_ms: float | None = None
@@ -85,9 +87,10 @@ class Row:
 
 
 def aggregate(facts: Iterable[StatsFact]) -> dict[tuple[StatsDimension, str], Row]:
-    """The rows of a window's facts: a request counts for its tenant and its model (with its
-    latency, tokens and cost), a tool call for its tenant and its tool (with its duration in
-    the tool row only). A request that never reached a model has no model row."""
+    """The rows of a window's facts: a request counts for its tenant, its model and the agent
+    that answered it (with its latency, tokens and cost), a tool call for its tenant and its
+    tool (with its duration in the tool row only). A request that never reached a model has
+    no model row; one no agent answered (the router refused it) has no agent row."""
     rows: dict[tuple[StatsDimension, str], Row] = {}
 
     def row(dimension: StatsDimension, value: str) -> Row:
@@ -98,6 +101,8 @@ def aggregate(facts: Iterable[StatsFact]) -> dict[tuple[StatsDimension, str], Ro
             row("tenant", fact.tenant).add(fact, timing=True)
             if fact.model:
                 row("model", fact.model).add(fact, timing=True)
+            if fact.agent:
+                row("agent", fact.agent).add(fact, timing=True)
         else:
             row("tenant", fact.tenant).add(fact, timing=False)
             row("tool", fact.tool or "unknown").add(fact, timing=True)

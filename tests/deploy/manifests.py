@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from agentstream.k8s import worker_deployments
 from agentstream.settings import Settings
 from agentstream.topics import Catalog, Kind
 from agentstream.workers import WORKERS
@@ -36,8 +37,14 @@ PLAIN_VARIABLES = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
 NON_FIELD_VARIABLES = {"AGENTSTREAM_CONFIG"}
 #: The kinds with a process of their own: one Deployment, Compose service and ScaledObject each.
 WORKER_KINDS = WORKERS.names()
-#: The Deployments (and Compose services) running our code, besides the topic creation job.
+#: The Compose services running our code, besides the topic creation job: one per kind (the
+#: agent worker's runs every declared agent, each in its own group).
 SERVICES = (*(f"{kind}-worker" for kind in WORKER_KINDS), "ingress")
+#: The worker Deployments of infra/k8s (the built-in app's): one per consumer group, one
+#: per declared agent among them (agentstream.k8s).
+K8S_WORKERS = {d.name: d for d in worker_deployments(Settings(app=None))}
+#: The Deployments of infra/k8s.
+K8S_SERVICES = (*K8S_WORKERS, "ingress")
 
 
 # -- YAML ---------------------------------------------------------------------------------
@@ -212,18 +219,22 @@ def parse_cli(argv: list[str]) -> Any:
         pytest.fail(f"`agentstream {' '.join(argv)}` is rejected by the CLI (exit {exc.code})")
 
 
-def group_id(settings: Settings, kind: str) -> str:
-    """The consumer group of a worker kind, as the process builds it."""
+def group_id(settings: Settings, kind: str, agent: str | None = None) -> str:
+    """The consumer group of a worker kind (of ``agent``'s, for the agent worker), as the
+    process builds it (agentstream.process)."""
     from agentstream.wiring import runtime_config
 
     worker = WORKERS.get(kind)
-    return runtime_config(settings, worker.group, worker.source).group_id
+    group = worker.group if agent is None else f"{worker.group}.{agent}"
+    return runtime_config(settings, group, worker.source).group_id
 
 
-def consumed_topics(settings: Settings, kind: str) -> set[str]:
-    """The main topics a worker kind consumes: its routes, as the registry declares them."""
+def consumed_topics(settings: Settings, kind: str, agent: str | None = None) -> set[str]:
+    """The main topics a worker kind (``agent``'s, for the agent worker) consumes: its
+    routes, as the registry declares them."""
     catalog = settings.catalog()
-    return {catalog.name(topic, Kind.MAIN) for topic in WORKERS.get(kind).declared().consumes()}
+    declared = WORKERS.get(kind).declared(settings, agent).consumes()
+    return {catalog.name(topic, Kind.MAIN) for topic in declared}
 
 
 # -- metrics ------------------------------------------------------------------------------

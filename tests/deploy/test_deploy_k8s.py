@@ -12,9 +12,9 @@ import pytest
 
 from tests.deploy.manifests import (
     K8S,
+    K8S_SERVICES,
+    K8S_WORKERS,
     SCHEMAS,
-    SERVICES,
-    WORKER_KINDS,
     configmap_data,
     example_secrets,
     k8s_container_env,
@@ -77,7 +77,7 @@ def test_every_manifest_validates(filename: str) -> None:
 
 def test_crd_schemas_reject_what_they_should() -> None:
     """The hand-written CRD schemas are strict enough to catch the mistakes that matter."""
-    scaled = named("ScaledObject", "agent-worker")
+    scaled = named("ScaledObject", "agent-assistant-worker")
     validator = _crd_validator("keda.sh/v1alpha1", "ScaledObject")
     assert not list(validator.iter_errors(scaled))
     typo = json.loads(json.dumps(scaled))
@@ -190,10 +190,10 @@ def test_references_resolve() -> None:
 
 def test_every_deployment_has_a_pdb_and_an_autoscaler() -> None:
     deployments = {d["metadata"]["name"]: d for d in objects("Deployment")}
-    assert set(deployments) == set(SERVICES)
+    assert set(deployments) == set(K8S_SERVICES)
     scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objects("ScaledObject")}
     hpa = {o["spec"]["scaleTargetRef"]["name"] for o in objects("HorizontalPodAutoscaler")}
-    assert scaled == {f"{k}-worker" for k in WORKER_KINDS}, "one ScaledObject per worker"
+    assert scaled == set(K8S_WORKERS), "one ScaledObject per worker group"
     assert hpa == {"ingress"}
     assert not scaled & hpa, "KEDA makes its own HPA: never both on one Deployment"
     for name, d in deployments.items():
@@ -214,7 +214,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", K8S_SERVICES)
 def test_deployment_runs_a_real_command_with_real_settings(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,7 +225,9 @@ def test_deployment_runs_a_real_command_with_real_settings(
         assert args.command == "ingress"
     else:
         assert args.command == "worker"
-        assert args.kinds == [name.removesuffix("-worker")]
+        assert args.kinds == [K8S_WORKERS[name].kind]
+        agent = K8S_WORKERS[name].agent
+        assert args.agents == (None if agent is None else [agent])
     env = k8s_container_env(container)
     assert not unknown_variables(set(env)), f"{name}: variables that configure nothing"
     settings = settings_from(env, monkeypatch)
@@ -235,7 +237,7 @@ def test_deployment_runs_a_real_command_with_real_settings(
     assert settings.topics.create_on_start is False, "Strimzi owns the topics on Kubernetes"
 
 
-@pytest.mark.parametrize("name", SERVICES)
+@pytest.mark.parametrize("name", K8S_SERVICES)
 def test_probes_grace_and_security(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     deployment = named("Deployment", name)
     pod = deployment["spec"]["template"]

@@ -191,3 +191,31 @@ def test_prometheus_loads_the_rules_compose_mounts() -> None:
 @pytest.mark.parametrize("path", ["prometheus.yml", "rules.yml"])
 def test_prometheus_files_parse(path: str) -> None:
     assert load_yaml(PROMETHEUS_DIR / path)
+
+
+def test_dashboard_selects_agents() -> None:
+    """An ``agent`` variable lists the declared agents from the metrics, and every panel
+    that reads a per-agent metric filters on it and groups by it."""
+    dashboard = _dashboard()
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "agent"]
+    assert variable["type"] == "query"
+    assert "label_values(agentstream_responses_total, agent)" in variable["definition"]
+    assert variable["includeAll"]
+    assert variable["multi"]
+    per_agent = [
+        (title, expr)
+        for title, expr in _dashboard_exprs()
+        if "by (agent" in expr or "by (le, agent" in expr
+    ]
+    read = {family_of(n) for _, e in per_agent for n in promql_metric_names(e)}
+    assert {
+        "agentstream_responses",
+        "agentstream_llm_tokens",
+        "agentstream_llm_cost_usd",
+        "agentstream_agent_answer_seconds",
+        "agentstream_agent_handoffs",
+        "agentstream_agent_subruns",
+        "agentstream_agent_guardrail_rejections",
+    } <= read
+    for title, expr in per_agent:
+        assert 'agent=~"$agent"' in expr, f"{title}: does not filter on the agent variable"

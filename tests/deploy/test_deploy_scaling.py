@@ -10,7 +10,7 @@ import pytest
 
 from tests.deploy.manifests import (
     K8S,
-    WORKER_KINDS,
+    K8S_WORKERS,
     configmap_data,
     consumed_topics,
     group_id,
@@ -45,36 +45,39 @@ def _kafka_cluster() -> str:
     return labels.pop()
 
 
-@pytest.mark.parametrize("kind", WORKER_KINDS)
+@pytest.mark.parametrize("name", K8S_WORKERS)
 def test_scaled_object_scales_the_real_group_on_its_topics(
-    kind: str, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = k8s_settings(monkeypatch)
     catalog = settings.catalog()
-    so = named("ScaledObject", f"{kind}-worker")
+    kind, agent = K8S_WORKERS[name].kind, K8S_WORKERS[name].agent
+    so = named("ScaledObject", name)
     deployment = named("Deployment", so["spec"]["scaleTargetRef"]["name"])
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     args = parse_cli(container["args"])
     assert args.command == "worker"
     assert args.kinds == [kind], "one kind per Deployment: a ScaledObject scales one group"
+    if agent is not None:
+        assert args.agents == [agent], "one agent per Deployment: each agent is its own group"
 
     triggers = so["spec"]["triggers"]
     assert {t["type"] for t in triggers} == {"kafka"}
     groups = {t["metadata"]["consumerGroup"] for t in triggers}
-    assert groups == {group_id(settings, kind)}, "consumerGroup must be the worker's group id"
+    assert groups == {group_id(settings, kind, agent)}, "consumerGroup: the worker's group id"
     trigger_topics = [t["metadata"]["topic"] for t in triggers]
     assert len(trigger_topics) == len(set(trigger_topics))
     for name in trigger_topics:
         assert catalog.resolve(name) is not None, f"{name} is not a topic of the catalog"
-    assert set(trigger_topics) == consumed_topics(settings, kind), (
+    assert set(trigger_topics) == consumed_topics(settings, kind, agent), (
         "the triggers must watch exactly the main topics the worker consumes"
     )
 
 
-@pytest.mark.parametrize("kind", WORKER_KINDS)
+@pytest.mark.parametrize("kind", K8S_WORKERS)
 def test_replicas_never_exceed_partitions(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = k8s_catalog(monkeypatch)
-    spec = named("ScaledObject", f"{kind}-worker")["spec"]
+    spec = named("ScaledObject", kind)["spec"]
     assert spec["minReplicaCount"] >= 1, "a group with no member has no lag to read from"
     assert spec["minReplicaCount"] <= spec["maxReplicaCount"]
     topics = {t["spec"]["topicName"]: t["spec"] for t in objects("KafkaTopic")}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.manifests import k8s_container_env, named, settings_from
+from tests.deploy.manifests import K8S_WORKERS, k8s_container_env, named, settings_from
 
 VARIABLE = "AGENTSTREAM_KAFKA__GROUP_INSTANCE_ID"
 
@@ -22,7 +22,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
-@pytest.mark.parametrize("name", ["agent-worker", "tool-worker", "memory-worker", "stats-worker"])
+@pytest.mark.parametrize("name", K8S_WORKERS)
 def test_workers_are_static_members_named_after_their_pod(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from agentstream.schemas import ToolCall, ToolCallData
+from agentstream.agents.app import load_app
+from agentstream.schemas import ToolCall, ToolCallData, ToolResult, ToolResultData
 from agentstream.schemas.codec import encode
 from agentstream.status import deployment_groups, group_status, list_groups, worker_group
 from agentstream.topics import (
@@ -292,7 +293,76 @@ async def test_status_of_a_deployment_its_groups_and_topics(
         assert f"GROUP {tool_group}  Empty" in human
         assert f"{catalog.name(Topic.TOOL_CALL)}" in human
         assert f"TOPICS  {topic_count}/{topic_count} present" in human
-        assert f"GROUP {worker_group(prefix, 'agent')}  (no such group" in human
+        agent_group = worker_group(prefix, "agent", "assistant")
+        absent = "(no such group: nothing joined or committed yet)  (agent assistant)"
+        assert f"GROUP {agent_group}  {absent}" in human
+        assert groups[agent_group]["kind"] == "agent"
+        assert groups[agent_group]["agent"] == "assistant"
+        assert groups[tool_group]["kind"] == "tool"
+        assert groups[tool_group]["agent"] is None
+    finally:
+        await bus.stop()
+
+
+@pytest.mark.kafka
+async def test_status_of_an_app_shows_a_group_per_declared_agent(
+    kafka_bootstrap: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--app``, the agent worker's groups are the app's: ``agentstream-agent.<name>``
+    for each declared agent, with the lag of its input topic ``agent.<name>``."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PREFIX", prefix)
+    monkeypatch.setenv("AGENTSTREAM_TOPICS__PARTITIONS", "1")
+    monkeypatch.setenv("AGENTSTREAM_APP", "examples.support")
+    agents = load_app("examples.support").names()
+    catalog = Catalog(prefix=prefix, partitions=1, agents=agents)
+    billing = worker_group(prefix, "agent", "billing")
+    assert billing == f"{prefix}agentstream-agent.billing"
+    bus = KafkaBus(_config(kafka_bootstrap))
+    await bus.start()
+    try:
+        await bus.create_topics([s.description() for s in catalog.specs()])
+        inbox = catalog.inbox("billing")
+        results = [
+            ToolResult(
+                source="test",
+                request_id=f"r{i}",
+                conversation_id="conv-1",
+                data=ToolResultData(call_id=f"c{i}", step=0, tool="clock", ok=True),
+            )
+            for i in range(3)
+        ]
+        records = [encode(r) for r in results]
+        await bus.publish_many([OutgoingRecord(inbox, v, k, tuple(h)) for k, v, h in records])
+        consumer = bus.consumer(billing, [inbox])
+        await consumer.start()
+        try:
+            await _await_assignment(consumer, 1)
+            await consumer.commit({TopicPartition(inbox, 0): 1})
+        finally:
+            await consumer.stop()
+
+        code, report = await status_json()
+        assert code == 0
+        ids = [g["group_id"] for g in report["groups"]]
+        assert ids == deployment_groups(prefix, agents)
+        assert [g["agent"] for g in report["groups"] if g["kind"] == "agent"] == list(agents)
+        group = next(g for g in report["groups"] if g["group_id"] == billing)
+        assert [(p["topic"], p["committed"], p["end_offset"], p["lag"])
+                for p in group["partitions"]] == [(inbox, 1, 3, 2)]  # fmt: skip
+        assert group["total_lag"] == 2
+        await asyncio.to_thread(assert_same_as_kafka, kafka_bootstrap, group)
+
+        code, report = await status_json("--agent", "billing", "--group", billing)
+        assert code == 0
+        assert [g["group_id"] for g in report["groups"]] == [billing]
+        code, human, _ = await asyncio.to_thread(_cli, ["status", "--agent", "billing"])
+        assert code == 0
+        assert f"GROUP {billing}  Empty" in human
+        assert "lag 2  (agent billing)" in human
+        code, _, err = await asyncio.to_thread(_cli, ["status", "--agent", "nobody"])
+        assert code != 0
+        assert f"no such agent: nobody (declared: {', '.join(agents)}" in err
     finally:
         await bus.stop()
 

@@ -20,6 +20,8 @@ from agentstream.schemas import (
     AgentResponseData,
     AgentStats,
     AgentStatsData,
+    AgentTask,
+    AgentTaskData,
     Envelope,
     LatencyStats,
     ResponseStatus,
@@ -32,6 +34,7 @@ from agentstream.schemas import (
     merge_stats,
     stats_key,
 )
+from agentstream.topics import Inbox, Topic
 
 NS = "agentstream:test."
 T0 = datetime(2026, 3, 1, 10, 0, 0, tzinfo=UTC)  # a window start for 60 s windows
@@ -172,7 +175,11 @@ def request(rid: str, at: datetime, tenant: str = "acme") -> UserRequest:
 
 
 def response(
-    rid: str, at: datetime, status: ResponseStatus = "completed", tenant: str = "acme"
+    rid: str,
+    at: datetime,
+    status: ResponseStatus = "completed",
+    tenant: str = "acme",
+    agent: str | None = None,
 ) -> AgentResponse:
     return AgentResponse(
         id=f"{rid}-resp",
@@ -184,12 +191,15 @@ def response(
         data=AgentResponseData(
             status=status,
             model=None if status == "rejected" else "offline",
+            agent=agent,
             usage=Usage(prompt_tokens=7, completion_tokens=3, total_tokens=10, cost_usd=0.01),
         ),
     )
 
 
-def result(rid: str, at: datetime, ok: bool = True) -> ToolResult:
+def result(
+    rid: str, at: datetime, ok: bool = True, reply_to: str | None = None, tool: str = "calculator"
+) -> ToolResult:
     return ToolResult(
         id=f"{rid}-res-{ok}",
         source="test",
@@ -198,7 +208,12 @@ def result(rid: str, at: datetime, ok: bool = True) -> ToolResult:
         conversation_id=f"c-{rid}",
         tenant="acme",
         data=ToolResultData(
-            call_id="call-1", step=0, tool="calculator", ok=ok, duration_ms=4.0 if ok else None
+            call_id="call-1",
+            step=0,
+            tool=tool,
+            ok=ok,
+            duration_ms=4.0 if ok else None,
+            reply_to=reply_to,
         ),
     )
 
@@ -327,6 +342,68 @@ async def test_partitions_keep_their_windows_apart() -> None:
     assert {e.id for e in zero}.isdisjoint(e.id for e in one)
     merged = merge_stats([rows(zero)[("tenant", "acme")], rows(one)[("tenant", "acme")]])
     assert (merged.counts.completed, merged.partitions) == (3, [0, 1])
+
+
+async def test_a_window_counts_requests_per_agent_and_tools_from_the_agents_inboxes() -> None:
+    """Tool results addressed to an agent come on its input topic ``agent.<name>``: the
+    stats worker reads every agent's, counting results and passing over tasks."""
+    store, clock = InProcessStore(), Clock(T0 + timedelta(seconds=30))
+    stats = StatsHandlers(StatsConfig(window_s=60, grace_s=10), agents=("triage", "billing"))
+    inboxes = {r.topic: r for r in stats.routes() if isinstance(r.topic, Inbox)}
+    assert list(inboxes) == [Inbox("triage"), Inbox("billing")]
+    assert {r.name for r in inboxes.values()} == {"stats.agent.triage", "stats.agent.billing"}
+    on_billing = inboxes[Inbox("billing")].handler
+    await feed(store, clock, stats.on_user_request, request("r1", T0 + seconds(1)))
+    task = AgentTask(
+        source="test",
+        time=T0 + seconds(1.5),
+        request_id="r1",
+        conversation_id="c-r1",
+        tenant="acme",
+        data=AgentTaskData(
+            agent="billing",
+            kind="handoff",
+            from_agent="triage",
+            request=UserRequestData(text="refund INV-1"),
+            requested_at=T0 + seconds(1),
+        ),
+    )
+    assert await feed(store, clock, on_billing, task) == []
+    lookup = result("r1", T0 + seconds(2), reply_to="billing", tool="lookup_invoice")
+    await feed(store, clock, on_billing, lookup)
+    await feed(
+        store, clock, stats.on_agent_response, response("r1", T0 + seconds(3), agent="billing")
+    )
+    await feed(
+        store, clock, stats.on_agent_response, response("r2", T0 + seconds(3), agent="triage")
+    )
+    await feed(store, clock, stats.on_agent_response, response("r3", T0 + seconds(3), "rejected"))
+
+    start = int(T0.timestamp())
+    events = await settle(store, clock, lambda ctx: stats.close(0, start, ctx))
+    assert events is not None
+    got = rows(events)
+    assert {key for key in got if key[0] == "agent"} == {("agent", "billing"), ("agent", "triage")}
+    billing = got[("agent", "billing")]
+    assert billing.counts == StatsCounts(completed=1)
+    assert (billing.latency.count, billing.latency.max_ms) == (1, 2000.0)
+    assert billing.usage.total_tokens == 10
+    assert got[("agent", "triage")].counts == StatsCounts(completed=1)
+    assert got[("tool", "lookup_invoice")].counts == StatsCounts(tool_ok=1)
+    assert got[("tenant", "acme")].counts == StatsCounts(completed=2, rejected=1, tool_ok=1)
+    by_row = {(e.data.dimension, e.data.value): e for e in events}
+    assert by_row[("agent", "billing")].request_id == stats_key(T0, "agent", "billing")
+    assert by_row[("agent", "billing")].tenant == "*"
+
+
+def test_the_stats_worker_reads_the_input_topic_of_every_declared_agent() -> None:
+    from agentstream.settings import Settings
+    from agentstream.workers import WORKERS
+
+    consumed = WORKERS.get("stats").declared(Settings(app="examples.support")).consumes()
+    inboxes = {t.agent for t in consumed if isinstance(t, Inbox)}
+    assert inboxes == {"triage", "billing", "math", "quote"}
+    assert Topic.TOOL_RESULT in consumed
 
 
 # -- the closer -----------------------------------------------------------------------------

@@ -19,7 +19,10 @@ from agentstream.ingress.requests import RequestRepository
 from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
+    AgentTask,
+    AgentTaskData,
     Envelope,
+    SubRunParent,
     ToolCall,
     ToolCallData,
     ToolResult,
@@ -27,6 +30,7 @@ from agentstream.schemas import (
     UserRequest,
     UserRequestData,
 )
+from agentstream.topics import Inbox
 
 NS = "agentstream:test."
 
@@ -336,3 +340,155 @@ async def test_a_refusal_never_overwrites_an_accepted_request() -> None:
     assert record is not None
     assert record.status == "accepted"
     assert await log_of(store, "r1") == []
+
+
+# -- declared agents: handoffs, agents as tools, results on the agents' input topics ------
+
+
+def task(request: UserRequest, agent: str, kind: Any, **data: Any) -> AgentTask:
+    return request.derive(
+        AgentTask,
+        AgentTaskData(
+            agent=agent,
+            kind=kind,
+            request=UserRequestData(text=data.pop("text", request.data.text)),
+            requested_at=request.time,
+            **data,
+        ),
+        step=f"{kind}:{agent}",
+        source="agent-worker",
+    )
+
+
+def agent_call(request: UserRequest, call_id: str, tool: str, reply_to: str) -> ToolCall:
+    return request.derive(
+        ToolCall,
+        ToolCallData(call_id=call_id, step=1, tool=tool, reply_to=reply_to),
+        step=call_id,
+        source="agent-worker",
+    )
+
+
+def agent_result(request: UserRequest, call_id: str, tool: str, reply_to: str) -> ToolResult:
+    return request.derive(
+        ToolResult,
+        ToolResultData(call_id=call_id, step=1, tool=tool, ok=True, output="ok", reply_to=reply_to),
+        step=f"result:{call_id}",
+        source="tool-worker",
+    )
+
+
+async def on_inbox(store: InProcessStore, projection: Projection, event: Envelope[Any]) -> bool:
+    """Run the handler of the input-topic route of the agent ``event`` is addressed to."""
+    agent = event.data.agent if isinstance(event, AgentTask) else event.data.reply_to
+    (route,) = [r for r in projection.routes() if r.topic == Inbox(agent)]
+    ctx = Context(store, Origin("t", 0, 0, "g"), NS, lambda: datetime.now(UTC))
+    assert await route.handler(event, ctx) == []
+    return await store.commit(expect=ctx.reads, ops=ctx.ops)
+
+
+def test_the_projection_reads_every_declared_agents_input_topic() -> None:
+    projection = Projection(NS, agents=("triage", "billing", "math"))
+    inboxes = [r for r in projection.routes() if isinstance(r.topic, Inbox)]
+    assert [r.topic for r in inboxes] == [Inbox("triage"), Inbox("billing"), Inbox("math")]
+    assert [r.name for r in inboxes] == [
+        "projection.agent.triage",
+        "projection.agent.billing",
+        "projection.agent.math",
+    ]
+    assert not [r for r in Projection(NS).routes() if isinstance(r.topic, Inbox)]
+
+
+def test_the_ingress_projection_and_the_registry_read_the_apps_agents() -> None:
+    from agentstream.agents.app import load_app
+    from agentstream.settings import Settings
+    from agentstream.workers import WORKERS
+
+    app = "examples.support"
+    declared = WORKERS.get("projection").declared(Settings(app=app)).consumes()
+    assert {t.agent for t in declared if isinstance(t, Inbox)} == set(load_app(app).names())
+
+
+async def test_handoffs_and_sub_runs_are_logged_and_the_response_waits_for_them() -> None:
+    """triage calls math as a tool (math calls the calculator), then hands the request to
+    billing, which calls lookup_invoice and answers. Fetched in an unlucky order, the log
+    still holds every step, each result after its call, and ends with the response."""
+    store = InProcessStore()
+    projection = Projection(NS, agents=("triage", "billing", "math"))
+    request = user_request()
+    turn = task(request, "triage", "turn")
+    subrun = task(
+        request,
+        "math",
+        "subrun",
+        text="12 * 7 + 3",
+        from_agent="triage",
+        run_id="sub-1",
+        parent=SubRunParent(run_id="r1", agent="triage", call_id="c-ask", step=1, tool="ask_math"),
+    )
+    calc = agent_call(request, "c-calc", "calculator", "math")
+    calc_result = agent_result(request, "c-calc", "calculator", "math")
+    subrun_answer = agent_result(request, "c-ask", "ask_math", "triage")
+    handoff = task(request, "billing", "handoff", from_agent="triage", reason="refund")
+    lookup = agent_call(request, "c-look", "lookup_invoice", "billing")
+    lookup_result = agent_result(request, "c-look", "lookup_invoice", "billing")
+    final = request.derive(
+        AgentResponse,
+        AgentResponseData(
+            status="completed",
+            text="refunded",
+            steps=4,
+            tool_calls=["ask_math", "lookup_invoice"],
+            agent="billing",
+            handoffs=["triage"],
+        ),
+        step="final",
+        source="agent-worker",
+    )
+    assert await project(store, projection, request)
+    assert await on_inbox(store, projection, turn)
+    assert await on_inbox(store, projection, subrun_answer)  # before the sub-run: held
+    assert await project(store, projection, final)  # the response waits
+    for event in (calc, lookup):
+        assert await project(store, projection, event)
+    for event in (calc_result, lookup_result, subrun):
+        assert await on_inbox(store, projection, event)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.status == "completed"
+    assert not record.response_logged, "the handoff is not logged yet"
+    assert await on_inbox(store, projection, handoff)
+    record = await record_of(store, "r1")
+    assert record is not None
+    assert record.response_logged
+    entries = await log_of(store, "r1")
+    assert [(e.kind, e.data.get("call_id") or e.data.get("to_agent")) for e in entries] == [
+        ("tool_call", "c-calc"),
+        ("tool_call", "c-look"),
+        ("tool_result", "c-calc"),
+        ("tool_result", "c-look"),
+        ("subrun", "c-ask"),
+        ("tool_result", "c-ask"),
+        ("handoff", "billing"),
+        ("response", None),
+    ]
+    by_kind = {e.kind: e for e in entries}
+    assert by_kind["handoff"].data == {
+        "from_agent": "triage",
+        "to_agent": "billing",
+        "reason": "refund",
+    }
+    assert by_kind["subrun"].data == {
+        "call_id": "c-ask",
+        "step": 1,
+        "tool": "ask_math",
+        "caller": "triage",
+        "callee": "math",
+        "run_id": "sub-1",
+        "input": "12 * 7 + 3",
+    }
+    assert by_kind["response"].data["agent"] == "billing"
+    assert by_kind["response"].data["handoffs"] == ["triage"]
+    # A turn task adds no entry; a replayed handoff is not logged twice.
+    assert await on_inbox(store, projection, handoff)
+    assert len(await log_of(store, "r1")) == len(entries)
