@@ -93,7 +93,8 @@ def create_app(
     app.include_router(conversations_router(access))
     main_topics = [catalog.name(t, Kind.MAIN) for t in catalog.topics()]
     app.include_router(operations_router(bus, store, metrics, main_topics))
-    app.openapi = lambda: _document(app)  # type: ignore[method-assign]
+    agents = tuple(sorted(catalog.agents))
+    app.openapi = lambda: _document(app, agents)  # type: ignore[method-assign]
 
     create = CreateEndpoint(
         opts=opts,
@@ -109,7 +110,7 @@ def create_app(
     return app
 
 
-def _document(app: FastAPI) -> dict[str, Any]:
+def _document(app: FastAPI, agents: tuple[str, ...] = ()) -> dict[str, Any]:
     """The OpenAPI document, generated once: FastAPI's, without ``null`` branches on
     optional parameters, plus the schemas no route returns as JSON: the body of the fast
     path's ``POST`` and the ``data`` of an SSE event."""
@@ -128,5 +129,9 @@ def _document(app: FastAPI) -> dict[str, Any]:
             schemas[model.__name__] = model.model_json_schema(
                 ref_template="#/components/schemas/{model}"
             )
+        if agents:  # the agents of this deployment's app: another name is a 422
+            agent = schemas["CreateRequest"]["properties"]["agent"]
+            agent["anyOf"] = [{"type": "string", "enum": list(agents)}, {"type": "null"}]
+            agent["examples"] = [agents[0]]
         app.openapi_schema = document
     return app.openapi_schema

@@ -74,7 +74,6 @@ class CreateRequest(BaseModel):
         pattern=AGENT_NAME_PATTERN,
         description="The declared agent to answer; absent: the agent that answered the "
         "conversation's last turn, else the app's default. An undeclared agent is a 422.",
-        examples=["billing"],
     )
 
 

@@ -178,8 +178,15 @@ def test_what_each_kind_declares() -> None:
         "agent": {inbox},
         "tool": {t.TOOL_CALL},
         "memory": {t.MEMORY_CALL, t.USER_REQUEST, t.AGENT_RESPONSE},
-        "stats": {t.USER_REQUEST, t.TOOL_RESULT, t.AGENT_RESPONSE},
-        "projection": {t.USER_REQUEST, t.TOOL_CALL, t.MEMORY_CALL, t.TOOL_RESULT, t.AGENT_RESPONSE},
+        "stats": {t.USER_REQUEST, t.TOOL_RESULT, t.AGENT_RESPONSE, inbox},
+        "projection": {
+            t.USER_REQUEST,
+            t.TOOL_CALL,
+            t.MEMORY_CALL,
+            t.TOOL_RESULT,
+            t.AGENT_RESPONSE,
+            inbox,
+        },
     }
     assert publishes == {
         "router": {inbox, t.AGENT_RESPONSE},
