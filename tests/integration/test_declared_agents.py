@@ -146,11 +146,11 @@ async def test_support_team_answers_every_request_once_by_the_right_agent_in_ord
         elapsed = time.monotonic() - started
         report, team_report = await check_everything(team, everything, responses)
         tails = team.tails()
-    assert report.requests == 304
+    assert report.requests == 306
     assert report.ok, report.describe() + tails
     assert team_report.ok, team_report.describe() + tails
     # Every turn of the scripts completed; the refusals are the only other answers.
-    refused_ids = {t.request_id for t in refused[:2]}
+    refused_ids = {t.request_id for t in refused if t.status == "rejected"}
     assert {n.split(":")[0] for n in report.not_completed} == refused_ids, report.not_completed
     assert sum(report.dead_letters.values()) == 0, report.dead_letters
     assert sum(team_report.inbox_dead_letters.values()) == 0, team_report.inbox_dead_letters
@@ -159,12 +159,12 @@ async def test_support_team_answers_every_request_once_by_the_right_agent_in_ord
     assert team_report.subruns.get("math", 0) == sum(t.via_math for t in turns)
     # The refusals: one answer each, with the reason; their conversations go on.
     answers = responses_by_request(responses)
-    unknown, card = (answers[t.request_id] for t in refused[:2])
+    unknown, card = (answers[t.request_id] for t in refused if t.status == "rejected")
     assert {(a.data.status, a.source, a.data.agent) for a in unknown} == {
         ("rejected", "router", None)
     }
     assert "'nobody'" in (unknown[0].data.error or "")
-    assert {(a.data.status, a.data.agent) for a in card} == {("rejected", "triage")}
+    assert {(a.data.status, a.data.agent) for a in card} == {("rejected", "billing")}
     assert "card number" in (card[0].data.error or ""), card[0].data.error
     print(
         f"\n{where}: {report.requests} requests answered in {elapsed:.1f}s, "

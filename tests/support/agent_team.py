@@ -175,45 +175,48 @@ def make_team_turns(
 
 
 def refusals(run: str | None = None) -> list[TeamTurn]:
-    """Requests that must be refused: one naming an undeclared agent (the router answers
-    ``rejected``), one carrying a card number (triage's input guardrail answers
-    ``rejected``), each followed in its conversation by a turn that must still be answered."""
+    """Requests that must be refused, each in the middle of its conversation: one naming an
+    undeclared agent (the router answers ``rejected``) and one carrying a card number
+    (the input guardrail of billing, which has the conversation, answers ``rejected``). The turns around them must be
+    answered, and in order: a refusal does not overtake the turn before it."""
     run = run or uuid.uuid4().hex[:6]
-    unknown, card = f"refuse-{run}-unknown", f"refuse-{run}-card"
-    return [
-        TeamTurn(
-            request_id=f"req-{run}-unknown-0",
-            conversation_id=unknown,
-            index=0,
-            text="Hello, can you help me?",
-            expect="",
-            agent="nobody",
-            answered_by="",
-            status="rejected",
-        ),
-        TeamTurn(
-            request_id=f"req-{run}-card-0",
-            conversation_id=card,
-            index=0,
-            text="Please charge my card 4111 1111 1111 1111 again",
-            expect="",
-            status="rejected",
-        ),
-        TeamTurn(
-            request_id=f"req-{run}-unknown-1",
-            conversation_id=unknown,
-            index=1,
-            text="What time is it in Tokyo?",
-            expect="Tokyo",
-        ),
-        TeamTurn(
-            request_id=f"req-{run}-card-1",
-            conversation_id=card,
-            index=1,
-            text="What time is it in Tokyo?",
-            expect="Tokyo",
-        ),
-    ]
+    turns = []
+    for name, refused in (
+        ("unknown", dict(text="Hello, can you help me?", agent="nobody", answered_by="")),
+        # after billing's turn, billing's own guardrail refuses it
+        ("card", dict(text="Please charge my card 4111 1111 1111 1111 again", answered_by="billing")),
+    ):
+        conv = f"refuse-{run}-{name}"
+        turns.append(
+            [
+                TeamTurn(
+                    request_id=f"req-{run}-{name}-0",
+                    conversation_id=conv,
+                    index=0,
+                    text="I was charged twice for invoice INV-1042, I want a refund",
+                    expect="paid twice",
+                    answered_by="billing",
+                    handoffs=("triage",),
+                ),
+                TeamTurn(
+                    request_id=f"req-{run}-{name}-1",
+                    conversation_id=conv,
+                    index=1,
+                    expect="",
+                    status="rejected",
+                    **refused,  # type: ignore[arg-type]
+                ),
+                TeamTurn(
+                    request_id=f"req-{run}-{name}-2",
+                    conversation_id=conv,
+                    index=2,
+                    text="What time is it in Tokyo?",
+                    expect="Tokyo",
+                    agent="triage",
+                ),
+            ]
+        )
+    return [conv[i] for i in range(3) for conv in turns]
 
 
 @dataclass
