@@ -27,7 +27,7 @@ from agentstream.agents.models.routing import ModelRouter
 from agentstream.process import WorkerSet, build_workers
 from agentstream.schemas import Usage
 from agentstream.settings import Settings, TopicSettings
-from agentstream.topics import Bus, Catalog, Record, Topic
+from agentstream.topics import Bus, Catalog, Record
 from agentstream.wiring import build_bus, build_store, ensure_topics
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
@@ -69,9 +69,15 @@ def in_process_team(settings: Settings, bus: Bus, app: App, stop: asyncio.Event)
     """One worker set per agent (its own group) and one for the router, tools and memory,
     as the processes of a deployment would run them."""
     store = build_store(settings)
-    sets = [build_workers(["router", "tool", "memory"], settings, bus, store, CollectorRegistry(), stop, app=app)]
+    sets = [
+        build_workers(
+            ["router", "tool", "memory"], settings, bus, store, CollectorRegistry(), stop, app=app
+        )
+    ]
     sets += [
-        build_workers(["agent"], settings, bus, store, CollectorRegistry(), stop, agents=[a], app=app)
+        build_workers(
+            ["agent"], settings, bus, store, CollectorRegistry(), stop, agents=[a], app=app
+        )
         for a in app.names()
     ]
     team = WorkerSet()
@@ -190,7 +196,11 @@ class Rambling:
         self.calls = 0
 
     async def complete(
-        self, messages: Sequence[Message], tools: Sequence[ToolSpec], *, max_tokens: int | None = None
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[ToolSpec],
+        *,
+        max_tokens: int | None = None,
     ) -> ModelReply:
         self.calls += 1
         told = "does not match" in (messages[-1].content or "")
@@ -213,9 +223,7 @@ judges.agent(
 
 
 async def test_an_output_type_never_met_ends_in_one_failed_answer(prefix: str) -> None:
-    settings = Settings(
-        app=f"{__name__}:judges", topics=TopicSettings(prefix=prefix, partitions=2)
-    )
+    settings = Settings(app=f"{__name__}:judges", topics=TopicSettings(prefix=prefix, partitions=2))
     bus, store = build_bus(settings), build_store(settings)
     await bus.start()
     catalog = settings.catalog()
@@ -258,9 +266,12 @@ async def test_an_output_type_never_met_ends_in_one_failed_answer(prefix: str) -
     for turn in turns:
         (answer,) = answers[turn.request_id]
         assert answer.data.status == "failed", answer.data
-        assert answer.data.output is None and answer.data.agent == "judge"
+        assert answer.data.output is None
+        assert answer.data.agent == "judge"
         error = answer.data.error or ""
         # The validation reason of the last try, as pydantic gives it.
-        assert "after 3 tries" in error and "score" in error and "approved" in error, error
+        assert "after 3 tries" in error, error
+        assert "score" in error, error
+        assert "approved" in error, error
     # The first answer and two retries per request, then the run failed.
     assert model.calls == 2 * 3

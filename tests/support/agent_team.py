@@ -39,6 +39,7 @@ from tests.workload import Turn
 
 __all__ = [
     "APP",
+    "ARITHMETIC",
     "MATH_SAYS",
     "SCRIPTS",
     "TeamCluster",
@@ -54,6 +55,8 @@ APP = "examples.support"
 #: How triage's answer starts when it used the math agent's result (the offline model).
 MATH_SAYS = "The math agent says:"
 SCRIPTS = ("billing", "math", "quote")
+#: Not among the default scripts: five sums and products triage asks math (five sub-runs).
+ARITHMETIC = "arithmetic"
 
 
 @dataclass(frozen=True)
@@ -87,71 +90,83 @@ def _script(kind: str, c: int, seed: int) -> list[dict[str, Any]]:
     if kind == "billing":
         return [
             # triage hands the request to billing, which looks the invoice up and answers
-            dict(
-                text="I was charged twice for invoice INV-1042, I want a refund",
-                expect="paid twice",
-                answered_by="billing",
-                handoffs=("triage",),
-            ),
+            {
+                "text": "I was charged twice for invoice INV-1042, I want a refund",
+                "expect": "paid twice",
+                "answered_by": "billing",
+                "handoffs": ("triage",),
+            },
             # no agent named: billing answered the last turn, so billing answers this one
-            dict(
-                text="What is the status of invoice INV-2001?",
-                expect="INV-2001",
-                answered_by="billing",
-            ),
+            {
+                "text": "What is the status of invoice INV-2001?",
+                "expect": "INV-2001",
+                "answered_by": "billing",
+            },
             # naming triage takes the conversation back; triage asks math (a sub-run)
-            dict(
-                text=f"What is {a} + {b}?",
-                expect=f"{a + b}",
-                agent="triage",
-                via_math=True,
-            ),
-            dict(text=f"What is 7 * {k}?", expect=f"{7 * k}", via_math=True),
-            dict(
-                text=f"I need a quote for {seats} seats on the pro plan",
-                expect=f'"seats": {seats}',
-                answered_by="quote",
-                handoffs=("triage",),
-            ),
+            {
+                "text": f"What is {a} + {b}?",
+                "expect": f"{a + b}",
+                "agent": "triage",
+                "via_math": True,
+            },
+            {"text": f"What is 7 * {k}?", "expect": f"{7 * k}", "via_math": True},
+            {
+                "text": f"I need a quote for {seats} seats on the pro plan",
+                "expect": f'"seats": {seats}',
+                "answered_by": "quote",
+                "handoffs": ("triage",),
+            },
+        ]
+    if kind == ARITHMETIC:
+        return [
+            {"text": f"What is {a + i} + {b * i}?", "expect": f"{a + i + b * i}", "via_math": True}
+            if i % 2 == 0
+            else {"text": f"What is {k + i} * 7?", "expect": f"{(k + i) * 7}", "via_math": True}
+            for i in range(5)
         ]
     if kind == "math":
         return [
-            dict(text=f"What is {a} * {k}?", expect=f"{a * k}", agent="math", answered_by="math"),
-            dict(text=f"What is {a} + {b}?", expect=f"{a + b}", answered_by="math"),
-            dict(
-                text="Is invoice INV-2001 paid?",
-                expect="INV-2001",
-                agent="triage",
-                answered_by="billing",
-                handoffs=("triage",),
-            ),
-            dict(text="And invoice INV-1042?", expect="INV-1042", answered_by="billing"),
-            dict(
-                text="Hello, what time is it in Paris?",
-                expect="Paris",
-                agent="triage",
-            ),
+            {
+                "text": f"What is {a} * {k}?",
+                "expect": f"{a * k}",
+                "agent": "math",
+                "answered_by": "math",
+            },
+            {"text": f"What is {a} + {b}?", "expect": f"{a + b}", "answered_by": "math"},
+            {
+                "text": "Is invoice INV-2001 paid?",
+                "expect": "INV-2001",
+                "agent": "triage",
+                "answered_by": "billing",
+                "handoffs": ("triage",),
+            },
+            {"text": "And invoice INV-1042?", "expect": "INV-1042", "answered_by": "billing"},
+            {
+                "text": "Hello, what time is it in Paris?",
+                "expect": "Paris",
+                "agent": "triage",
+            },
         ]
     return [
-        dict(
-            text=f"I need a quote for {seats} seats on the pro plan",
-            expect=f'"seats": {seats}',
-            answered_by="quote",
-            handoffs=("triage",),
-        ),
-        dict(
-            text=f"I need a quote for {seats + 1} seats on the enterprise plan",
-            expect='"plan": "enterprise"',
-            answered_by="quote",
-        ),
-        dict(text=f"What is {b} + {k}?", expect=f"{b + k}", agent="triage", via_math=True),
-        dict(text=f"Remember that my number is {100 + c}.", expect=f"{100 + c}"),
-        dict(
-            text="I was charged twice for invoice INV-1042",
-            expect="INV-1042",
-            answered_by="billing",
-            handoffs=("triage",),
-        ),
+        {
+            "text": f"I need a quote for {seats} seats on the pro plan",
+            "expect": f'"seats": {seats}',
+            "answered_by": "quote",
+            "handoffs": ("triage",),
+        },
+        {
+            "text": f"I need a quote for {seats + 1} seats on the enterprise plan",
+            "expect": '"plan": "enterprise"',
+            "answered_by": "quote",
+        },
+        {"text": f"What is {b} + {k}?", "expect": f"{b + k}", "agent": "triage", "via_math": True},
+        {"text": f"Remember that my number is {100 + c}.", "expect": f"{100 + c}"},
+        {
+            "text": "I was charged twice for invoice INV-1042",
+            "expect": "INV-1042",
+            "answered_by": "billing",
+            "handoffs": ("triage",),
+        },
     ]
 
 
@@ -176,15 +191,19 @@ def make_team_turns(
 
 def refusals(run: str | None = None) -> list[TeamTurn]:
     """Requests that must be refused, each in the middle of its conversation: one naming an
-    undeclared agent (the router answers ``rejected``) and one carrying a card number
-    (the input guardrail of billing, which has the conversation, answers ``rejected``). The turns around them must be
-    answered, and in order: a refusal does not overtake the turn before it."""
+    undeclared agent (the router answers ``rejected``) and one carrying a card number (the
+    input guardrail of billing, which has the conversation then, answers ``rejected``). The
+    turns around them must be answered, and in order: a refusal does not overtake the turn
+    before it."""
     run = run or uuid.uuid4().hex[:6]
     turns = []
     for name, refused in (
-        ("unknown", dict(text="Hello, can you help me?", agent="nobody", answered_by="")),
+        ("unknown", {"text": "Hello, can you help me?", "agent": "nobody", "answered_by": ""}),
         # after billing's turn, billing's own guardrail refuses it
-        ("card", dict(text="Please charge my card 4111 1111 1111 1111 again", answered_by="billing")),
+        (
+            "card",
+            {"text": "Please charge my card 4111 1111 1111 1111 again", "answered_by": "billing"},
+        ),
     ):
         conv = f"refuse-{run}-{name}"
         turns.append(
@@ -346,7 +365,9 @@ async def check_team(
         report.inbox_dead_letters[topic] = len(await reader.read(dlq, read_committed=True))
         if started:
             report.subruns[agent] = len(started)
-    report.extra_subruns = [f"{r} {c}: {sorted(ids)}" for (r, c), ids in runs_of_call.items() if len(ids) > 1]
+    report.extra_subruns = [
+        f"{r} {c}: {sorted(ids)}" for (r, c), ids in runs_of_call.items() if len(ids) > 1
+    ]
     report.conflicting_results = [
         f"{r} {c}: {len(s)} results" for (r, c), s in results_of_call.items() if len(s) > 1
     ]
@@ -360,7 +381,6 @@ def responses_by_request(records: Sequence[Record]) -> dict[str, list[AgentRespo
         if isinstance(event, AgentResponse):
             out[event.request_id].append(event)
     return dict(out)
-
 
 
 class TeamCluster(Cluster):
