@@ -12,7 +12,8 @@ So the turns of one conversation run one after another in the order of their req
 ``user_request`` partition, whichever agents answer them. The agent of a turn is the one the
 request names, else the agent that answered the conversation's last turn (after a handoff,
 the target keeps the conversation), else the app's default. A request naming an undeclared
-agent is answered ``rejected`` here, as is one whose record does not decode.
+agent is answered ``rejected`` here when its turn comes (its answer does not overtake the
+turns before it), as is one whose record does not decode.
 
 A request already routed (``routed:<request_id>``) is a duplicate and changes nothing, so a
 replay or a second publish of a request cannot block its conversation behind a turn that
@@ -135,18 +136,16 @@ class RouterHandlers:
         if await ctx.load(routed_key, _Routed) is not None:
             log.info("request %s already routed; duplicate ignored", event.request_id)
             return []
-        wanted = event.data.agent
-        if wanted is not None and wanted not in self.agents:
-            ctx.save(routed_key, _Routed(), self.ttl_s)
-            known = ", ".join(sorted(self.agents))
-            return [_rejected(event, f"unknown agent {wanted!r} (declared: {known})")]
         conv = await ctx.load(conv_key, ConversationRoute) or ConversationRoute()
-        ctx.save(routed_key, _Routed(agent=wanted), self.ttl_s)
+        ctx.save(routed_key, _Routed(agent=event.data.agent), self.ttl_s)
         if conv.active is not None:
+            # Queued even when it will be refused: its answer must not overtake the turns
+            # before it.
             conv.queue.append(event)
             ctx.save(conv_key, conv, self.ttl_s)
             return []
-        return [self._forward(event, conv, ctx)]
+        conv.queue.insert(0, event)
+        return self._next(event.conversation_id, conv, ctx)
 
     async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
         conv_key = ctx.key("route", event.conversation_id)
@@ -165,15 +164,30 @@ class RouterHandlers:
         if not conv.queue:
             ctx.save(conv_key, conv, self.ttl_s)
             return []
-        return [self._forward(conv.queue.pop(0), conv, ctx)]
+        return self._next(event.conversation_id, conv, ctx)
 
-    def _forward(self, request: UserRequest, conv: ConversationRoute, ctx: Context) -> AgentTask:
-        agent = request.data.agent or conv.last_agent or self.default
-        if agent not in self.agents:
-            agent = self.default  # the last agent is no longer declared
-        conv.active = request.request_id
-        ctx.save(ctx.key("route", request.conversation_id), conv, self.ttl_s)
-        return turn_task(request, agent)
+    def _next(
+        self, conversation_id: str, conv: ConversationRoute, ctx: Context
+    ) -> list[Envelope[Any]]:
+        """Start the first queued request: the answers of the ones naming an undeclared
+        agent (``rejected``), then the forward of the first one that names none or a
+        declared one (it becomes the active turn)."""
+        out: list[Envelope[Any]] = []
+        while conv.queue:
+            request = conv.queue.pop(0)
+            wanted = request.data.agent
+            if wanted is not None and wanted not in self.agents:
+                known = ", ".join(sorted(self.agents))
+                out.append(_rejected(request, f"unknown agent {wanted!r} (declared: {known})"))
+                continue
+            agent = wanted or conv.last_agent or self.default
+            if agent not in self.agents:
+                agent = self.default  # the last agent is no longer declared
+            conv.active = request.request_id
+            out.append(turn_task(request, agent))
+            break
+        ctx.save(ctx.key("route", conversation_id), conv, self.ttl_s)
+        return out
 
     async def on_dead_letter(
         self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
