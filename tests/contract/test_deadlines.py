@@ -77,7 +77,7 @@ async def test_an_expiry_found_again_replays_its_answer_instead_of_losing_it(
         assert entries == {}, "the entry is removed once the answer is delivered"
         # Put the entry back as a crash before the publish would have left it.
         partition = partition_for(b"c2", stack.settings.topics.partitions)
-        index = f"{stack.settings.namespace}:deadlines:{partition}"
+        index = f"{stack.settings.namespace}:deadlines:assistant:{partition}"
         await stack.store.index_add(index, "r-crash|c2", 0.0)
         replayed = await wait_for(
             lambda: _at_least(stack, "r-crash", 2), timeout_s=45, interval_s=0.3
@@ -90,7 +90,7 @@ async def test_an_expiry_found_again_replays_its_answer_instead_of_losing_it(
 async def _deadline_entries(stack: Stack) -> dict[int, list[tuple[str, float]]]:
     found: dict[int, list[tuple[str, float]]] = {}
     for partition in range(stack.settings.topics.partitions):
-        index = f"{stack.settings.namespace}:deadlines:{partition}"
+        index = f"{stack.settings.namespace}:deadlines:assistant:{partition}"
         entries = await stack.store.index_range(index)
         if entries:
             found[partition] = entries

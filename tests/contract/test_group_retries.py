@@ -122,7 +122,13 @@ async def running_agent(
 ) -> AsyncIterator[None]:
     stop = asyncio.Event()
     workers = build_workers(
-        ["agent"], stack.settings, stack.bus, stack.store, metrics, stop, router=ModelRouter(model)
+        ["router", "agent"],
+        stack.settings,
+        stack.bus,
+        stack.store,
+        metrics,
+        stop,
+        router=ModelRouter(model),
     )
     task = asyncio.create_task(workers.run(stop))
     try:
@@ -166,15 +172,17 @@ async def test_another_groups_retry_is_not_acted_on_and_turns_stay_in_order(
         if r.key == b"c1"
     ]
     assert order == ["t1", "t2"], "the agent group answered c1's turns out of order"
-    # The agent group saw the other group's copy and left it alone: it handled t2 once, from
-    # the main topic (acting on the copy would have made the main-topic t2 a duplicate).
+    # The router group (it reads user_request for the agents, ADR 23) saw the other group's
+    # copy and left it alone: it handled t2 once, from the main topic (acting on the copy
+    # would have made the main-topic t2 a duplicate).
     assert (
-        _sample(metrics, "agentstream_duplicates_dropped_total", handler="agent.user_request") == 0
+        _sample(metrics, "agentstream_duplicates_dropped_total", handler="router.user_request")
+        == 0
     )
     skipped = _sample(
         metrics,
         "agentstream_handler_seconds_count",
-        handler="agent.user_request",
+        handler="router.user_request",
         outcome="other_group",
     )
     assert skipped == 1
@@ -227,7 +235,7 @@ async def test_a_request_no_answer_can_be_built_for_is_dead_lettered_at_once(
             "data": {"text": "hello"},
         }
     ).encode()
-    group = runtime_config(stack.settings, "agentstream-agent", "agent-worker").group_id
+    group = runtime_config(stack.settings, "agentstream-router", "router-worker").group_id
     dlq = stack.catalog.name(Topic.USER_REQUEST, Kind.DLQ)
     metrics = CollectorRegistry()
     async with running_agent(stack, metrics, OfflineModel()):

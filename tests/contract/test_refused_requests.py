@@ -97,7 +97,8 @@ async def test_a_request_appended_after_its_deadline_runs_in_no_group(stack: Sta
     assert late.request_id not in responses
     assert len(responses[on_time.request_id]) == 1
     prefix, ns = stack.settings.topics.prefix, stack.settings.namespace
-    for kind in ("agent", "memory", "stats"):  # (the tool group reads no user_request)
+    # (the tool and agent groups read no user_request: the router forwards it, ADR 23)
+    for kind in ("router", "memory", "stats"):
         mark = f"{ns}:done:{prefix}agentstream-{kind}:"
         assert await stack.store.fetch(mark + on_time.id) is not None, kind
         assert await stack.store.fetch(mark + late.id) is None, kind

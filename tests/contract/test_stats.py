@@ -83,7 +83,7 @@ async def test_stats_count_requests_tools_and_models_once_per_window(stack: Stac
             _request("Hello there", "globex-1", "globex-c1", "globex"),
         ):
             await publish_event(stack, request)
-        # Wrong schema, but with ids: the agent answers it `rejected`.
+        # Wrong schema, but with ids: the router answers it `rejected`.
         await stack.bus.publish(
             OutgoingRecord(
                 request_topic,
@@ -98,6 +98,7 @@ async def test_stats_count_requests_tools_and_models_once_per_window(stack: Stac
             ("tenant", "globex"): (1, 1, 0, 0),
             ("tool", "calculator"): (0, 0, 2, 0),
             ("model", "offline"): (3, 0, 0, 0),
+            ("agent", "assistant"): (3, 0, 0, 0),
         }
 
         async def counted() -> bool:
