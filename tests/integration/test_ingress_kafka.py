@@ -371,7 +371,7 @@ async def test_a_503_is_never_processed_even_when_its_record_lands_later(
         # Every group handled the retry, which follows the late records in the same lane.
         marks = {
             kind: f"{settings.namespace}:done:{prefix}agentstream-{kind}:"
-            for kind in ("agent", "memory", "stats")
+            for kind in ("router", "memory", "stats")
         }
         retry_event = derive_id(retry.json()["request_id"], "user_request")
 

@@ -175,7 +175,7 @@ def test_describe_says_what_differs_from_the_catalog_and_exits_1(
 
     code, out, err = run_cli(["topics", "describe"])
     assert (code, err) == (1, "")
-    assert "2 of 18 topic(s) not as the catalog says (0 missing, 2 differing)" in out
+    assert "2 of 21 topic(s) not as the catalog says (0 missing, 2 differing)" in out
 
     code, out, _ = run_cli(["--json", "topics", "describe"])
     assert code == 1
@@ -205,7 +205,7 @@ def test_describe_names_missing_topics_and_creates_none(
     code, out, err = run_cli(["topics", "describe"])
     assert (code, err) == (1, "")
     assert all(line.endswith("MISSING") for line in out.splitlines()[1:-1])
-    assert "18 of 18 topic(s) not as the catalog says (18 missing, 0 differing)" in out
+    assert "21 of 21 topic(s) not as the catalog says (21 missing, 0 differing)" in out
     assert asyncio.run(_partitions(kafka_bootstrap, prefix)) == {}
 
 
