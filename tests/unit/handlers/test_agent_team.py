@@ -6,6 +6,7 @@ in one terminal answer with the reason; the depth limit and the cycle guard fail
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -405,3 +406,53 @@ def test_declarations_that_do_not_hang_together_are_refused() -> None:
 
 def _turn(request: UserRequest, agent: str) -> AgentTask:
     return turn_task(request, agent)
+
+
+async def test_instructions_may_be_a_function_of_the_run_and_an_agent_has_its_own_model(
+    handling: Handling,
+) -> None:
+    seen: list[RunContext] = []
+
+    def instructions(context: RunContext) -> str:
+        seen.append(context)
+        return f"You serve {context.tenant} in conversation {context.conversation_id}."
+
+    app = App("fn", default="a", tools=builtin_registry())
+    app.agent("a", instructions, tools=[], model="large")
+    small = FunctionModel(lambda *_: "small answer", name="small")
+    large = FunctionModel(lambda *_: "large answer", name="large")
+    agent = AgentHandlers(
+        app.validate(), "a", ModelRouter(small, large), AgentConfig(cache=False), AgentMetrics()
+    )
+    (done,) = await handling.handle(agent.on_event, _turn(request("r1", metadata={"k": "v"}), "a"))
+    assert isinstance(done, AgentResponse)
+    assert (done.data.text, done.data.model) == ("large answer", "large")
+    assert large.calls[0].messages[0].content == "You serve acme in conversation c1."
+    assert small.calls == []
+    assert (seen[0].agent, seen[0].request_id, dict(seen[0].metadata)) == ("a", "r1", {"k": "v"})
+    # A request naming its model wins over the agent's.
+    (again,) = await handling.handle(
+        agent.on_event, _turn(request("r2", conv="c2", model="small"), "a")
+    )
+    assert isinstance(again, AgentResponse)
+    assert again.data.model == "small"
+
+
+async def test_a_sub_run_ends_by_its_callers_deadline(handling: Handling) -> None:
+    app = team_app()
+    model = by_agent(
+        {"triage": [tools(call("ask_math", {"input": "6 * 7"}))], "math": [answer("42")]}
+    )
+    agents = handlers(app, model, deadline_s=30)
+    math_agent = app.get("math")
+    math_agent.deadline_s = 600  # its own default is longer: the caller's bounds it
+    agents["math"] = AgentHandlers(
+        app, "math", ModelRouter(model), AgentConfig(cache=False), AgentMetrics()
+    )
+    (sub,) = await handling.handle(agents["triage"].on_event, _turn(request("r1"), "triage"))
+    assert isinstance(sub, AgentTask)
+    assert sub.data.deadline == T0 + timedelta(seconds=30)
+    handling.clock.advance(31)
+    (late,) = await handling.handle(agents["math"].on_event, sub)
+    assert isinstance(late, ToolResult)
+    assert (late.data.ok, late.data.error_class) == (False, "SubRunTimedOut")

@@ -421,6 +421,32 @@ async def test_422_names_the_fields(client: httpx.AsyncClient, bus: RecordingBus
     assert bus.published == []
 
 
+async def test_an_undeclared_agent_is_a_422_and_a_declared_one_is_published(
+    client: httpx.AsyncClient, bus: RecordingBus
+) -> None:
+    reply = await client.post(
+        "/v1/requests", json={"text": "hi", "agent": "billing"}, headers=AUTH_A
+    )
+    assert reply.status_code == 422
+    body = reply.json()
+    assert [tuple(d["loc"]) for d in body["detail"]] == [("body", "agent")]
+    assert "Unknown agent 'billing' (declared: assistant)" in body["message"]
+    malformed = await client.post(
+        "/v1/requests", json={"text": "hi", "agent": "Not A Name"}, headers=AUTH_A
+    )
+    assert malformed.status_code == 422
+    assert bus.published == []
+    ok = await client.post(
+        "/v1/requests", json={"text": "hi", "agent": "assistant"}, headers=AUTH_A
+    )
+    assert ok.status_code == 202
+    [record] = bus.published
+    assert json.loads(record.value)["data"]["agent"] == "assistant"
+    schema = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    agent = schema["CreateRequest"]["properties"]["agent"]
+    assert agent["anyOf"][0]["enum"] == ["assistant"]
+
+
 async def test_429_with_retry_after(bus: RecordingBus, store: InProcessStore) -> None:
     app = create_app(settings(rate_per_second=0.5, rate_burst=2), bus, store, IngressMetrics())  # type: ignore[arg-type]
     async with httpx.AsyncClient(
