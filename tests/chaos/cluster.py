@@ -97,9 +97,13 @@ class Cluster:
             await self.bus.stop()
 
     def group(self, kind: str) -> str:
-        """The consumer group of ``kind``; the agent worker's is the default app's agent's."""
-        worker = WORKERS.get(kind)
-        return worker.group_id(self.prefix, DEFAULT_AGENT if worker.per_agent else None)
+        """The consumer group of ``kind``: ``agent.<name>`` names one agent's, ``agent`` the
+        default app's agent's."""
+        name, _, agent = kind.partition(".")
+        worker = WORKERS.get(name)
+        if not worker.per_agent:
+            return worker.group_id(self.prefix)
+        return worker.group_id(self.prefix, agent or DEFAULT_AGENT)
 
     # -- processes -----------------------------------------------------------------------
 
