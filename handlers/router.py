@@ -26,7 +26,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from agentstream.handlers.agent.events import ids_from_raw
+from agentstream.handlers.agent.events import Correlation, ids_from_raw, response_event
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
 from agentstream.schemas import (
@@ -79,25 +79,10 @@ def turn_task(request: UserRequest, agent: str) -> AgentTask:
 
 
 def _rejected(request: UserRequest | dict[str, str], reason: str) -> AgentResponse:
-    if isinstance(request, UserRequest):
-        ids = {
-            "request_id": request.request_id,
-            "conversation_id": request.conversation_id,
-            "tenant": request.tenant,
-        }
-        trace = request.traceparent
-    else:
-        ids, trace = request, None
-    return AgentResponse(
-        id=derive_id(ids["request_id"], "response"),
-        source=SOURCE,
-        request_id=ids["request_id"],
-        conversation_id=ids["conversation_id"],
-        tenant=ids["tenant"],
-        causation_id=ids["request_id"],
-        traceparent=trace,
-        data=AgentResponseData(status="rejected", error=reason),
-    )
+    """The ``rejected`` answer of a request the router cannot forward: the same id as any
+    answer of that request (:func:`response_event`)."""
+    origin = request if isinstance(request, UserRequest) else Correlation(**request)
+    return response_event(origin, AgentResponseData(status="rejected", error=reason), SOURCE)
 
 
 class RouterHandlers:

@@ -12,6 +12,7 @@ is answered from the correlation ids in its raw bytes, when it has them
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +35,7 @@ from agentstream.schemas import (
 
 __all__ = [
     "SOURCE",
+    "Correlation",
     "call_for",
     "handoff_task",
     "ids_from_raw",
@@ -96,12 +98,26 @@ def response_for(state: RunState) -> AgentResponse:
     return response_event(state, response_data(state))
 
 
-def response_event(origin: RunState | Envelope[Any], data: AgentResponseData) -> AgentResponse:
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """The ids an answer needs, when no event or run carries them (an undecodable record)."""
+
+    request_id: str
+    conversation_id: str
+    tenant: str
+    traceparent: str | None = None
+
+
+def response_event(
+    origin: RunState | Envelope[Any] | Correlation,
+    data: AgentResponseData,
+    source: str = SOURCE,
+) -> AgentResponse:
     """An ``agent_response`` answering ``origin``'s request: its id depends on the request id
-    alone, so a request has one response whichever step or replay emits it."""
+    alone, so a request has one response whichever step, replay or part emits it."""
     return AgentResponse(
         id=derive_id(origin.request_id, "response"),
-        source=SOURCE,
+        source=source,
         request_id=origin.request_id,
         conversation_id=origin.conversation_id,
         causation_id=origin.request_id,
