@@ -94,9 +94,9 @@ _IMPLIED = {"calculate": ("arithmetic", "math", "calculation", "compute", "calcu
 
 
 def _words(text: str) -> set[str]:
+    """The words of ``text`` that say something, each once, a plural as its singular."""
     words = {w for w in _WORD.findall(text.lower()) if w not in _STOP}
-    stems = {w[:-1] for w in words if len(w) > 4 and w.endswith("s")}
-    return words | stems
+    return {w[:-1] if len(w) > 4 and w.endswith("s") else w for w in words}
 
 
 def _is_agent_tool(spec: ToolSpec) -> bool:
@@ -179,7 +179,18 @@ def _pattern_hits(spec: ToolSpec, text: str) -> int:
     if not isinstance(props, dict):
         return 0
     patterns = [p.get("pattern") for p in props.values() if isinstance(p, dict)]
-    return sum(1 for p in patterns if isinstance(p, str) and re.search(p.strip("^$"), text))
+    return sum(
+        1
+        for p in patterns
+        if isinstance(p, str) and _specific(p) and re.search(p.strip("^$"), text)
+    )
+
+
+def _specific(pattern: str) -> bool:
+    """Whether a pattern names something of its own (``INV-\\d{4}``), rather than a shape
+    any text has (``^[a-z0-9-]+$``): two letters or digits outside classes and escapes."""
+    bare = re.sub(r"\[[^\]]*\]|\\.|\{[^}]*\}", "", pattern)
+    return re.search(r"[A-Za-z0-9]{2,}", bare) is not None
 
 
 def _topic(words: set[str], spec: ToolSpec) -> str:

@@ -130,14 +130,15 @@ async def test_poison_input_is_dead_lettered_and_partitions_keep_flowing(
     )
     assert report.ok, report.describe() + c.tails()
 
-    agent_group, tool_group = c.group("agent"), c.group("tool")
+    # The router is the group that reads user_request for the agents (ADR 23).
+    router_group, tool_group = c.group("router"), c.group("tool")
     for name in ("not-json", "wrong-schema", "unknown-type"):
         meta = placed[name]
-        copies = dead.get(f"{requests}/{meta.offset}/agent.user_request", [])
+        copies = dead.get(f"{requests}/{meta.offset}/router.user_request", [])
         assert len(copies) == 1, (name, dead.keys())
         info = copies[0]
         assert (info.topic, info.partition, info.offset) == (requests, meta.partition, meta.offset)
-        assert (info.error_class, info.attempts, info.group) == ("SchemaError", 1, agent_group)
+        assert (info.error_class, info.attempts, info.group) == ("SchemaError", 1, router_group)
         assert "Traceback" in info.stacktrace
         assert "SchemaError" in info.stacktrace
         # The memory worker's group reads user_request too and dead-letters it on its own.
