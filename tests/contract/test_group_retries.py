@@ -176,8 +176,7 @@ async def test_another_groups_retry_is_not_acted_on_and_turns_stay_in_order(
     # copy and left it alone: it handled t2 once, from the main topic (acting on the copy
     # would have made the main-topic t2 a duplicate).
     assert (
-        _sample(metrics, "agentstream_duplicates_dropped_total", handler="router.user_request")
-        == 0
+        _sample(metrics, "agentstream_duplicates_dropped_total", handler="router.user_request") == 0
     )
     skipped = _sample(
         metrics,
