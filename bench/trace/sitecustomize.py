@@ -79,6 +79,9 @@ def _install() -> None:
                         "lag_s": round(now - last - tick, 4),
                         "cpu": round((cpu - cpu_last) / (now - last), 3),
                         "in_flight": self.in_flight,
+                        # Handlers running, records waiting in their lane (ADR 24).
+                        "running": getattr(self, "running", self.in_flight),
+                        "waiting": getattr(self, "waiting", 0),
                         "backlog": len(self._admission),
                         "hold_s": round(self._admission.hold_s, 4),
                         "model_in_flight": model["in_flight"],
