@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from agentstream.handlers.runtime.admission import PacedAdmission
 from agentstream.handlers.runtime.context import Context, Origin
 from agentstream.handlers.runtime.route import Route
@@ -414,6 +415,81 @@ async def test_at_shutdown_records_waiting_in_their_lane_are_drained_and_committ
         await task
         assert order == ["a:0", "a:1", "a:2"]
         assert [o.committed for o in worker._offsets.values()] == [3]
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+
+
+@pytest.mark.parametrize("max_waiting", [None, 30])
+async def test_with_turns_queued_the_whole_budget_runs_and_the_waiting_stay_bounded(
+    max_waiting: int | None,
+) -> None:
+    # 150 conversations of 3 turns, each conversation's turns fetched together (the worst
+    # case), budget 50, a slow handler. Before ADR 24 a queued turn held a slot: at most 26
+    # of the 50 ran at once (450 records in 4.5 s). Now the budget runs in full while later turns
+    # wait, and the waiting records never exceed max_waiting (twice the budget by
+    # default): what the worker holds stays bounded.
+    budget, conversations, turns = 50, 150, 3
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    catalog = Catalog(prefix="full.", partitions=1)
+    await ensure_topics(bus, catalog, create=True)
+    running = peak_running = 0
+    order: dict[str, list[str]] = {}
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        nonlocal running, peak_running
+        running += 1
+        peak_running = max(peak_running, running)
+        await asyncio.sleep(0.2)
+        running -= 1
+        order.setdefault(event.conversation_id, []).append(event.data.text)
+        return []
+
+    config = RuntimeConfig(
+        group_id="g",
+        source="test",
+        max_in_flight=budget,
+        max_waiting=max_waiting,
+        commit_interval_s=0.05,
+    )
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    limit = max_waiting if max_waiting is not None else 2 * budget
+    peak_waiting = peak_held = 0
+    submit = worker._lanes.submit
+
+    def counted(key: bytes, item: Any) -> bool:
+        nonlocal peak_waiting, peak_held
+        runs = submit(key, item)
+        peak_waiting = max(peak_waiting, worker.waiting)
+        peak_held = max(peak_held, worker.held)
+        return runs
+
+    worker._lanes.submit = counted  # type: ignore[method-assign]
+    await _publish_turns(
+        bus, catalog, [f"c{i}" for i in range(conversations) for _ in range(turns)]
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while sum(map(len, order.values())) < conversations * turns:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert all(o == [f"{c}:{t}" for t in range(turns)] for c, o in order.items())
+        assert peak_waiting <= limit
+        # Running + waiting + the backlog (max(16, budget / 2)) and nothing more.
+        assert peak_held <= budget + limit + max(16, budget // 2)
+        if max_waiting is None:
+            assert peak_running == budget
+        else:
+            # 30 waiting are 15 conversations' later turns: 15 run, then 16 once the
+            # first of them is ready and leaves room.
+            assert peak_waiting == limit
+            assert peak_running >= limit // (turns - 1)
     finally:
         stop.set()
         await task
