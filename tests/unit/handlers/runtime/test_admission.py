@@ -426,10 +426,10 @@ async def test_with_turns_queued_the_whole_budget_runs_and_the_waiting_stay_boun
     max_waiting: int | None,
 ) -> None:
     # 150 conversations of 3 turns, each conversation's turns fetched together (the worst
-    # case), budget 50, a slow handler. Before ADR 24 a queued turn held a slot: at most 26
-    # of the 50 ran at once (450 records in 4.5 s). Now the budget runs in full while later turns
-    # wait, and the waiting records never exceed max_waiting (twice the budget by
-    # default): what the worker holds stays bounded.
+    # case), budget 50, a slow handler. Before ADR 24 a queued turn held a slot: at most
+    # 26 of the 50 ran at once (450 records in 4.5 s against 2.65 s now). Now the budget
+    # runs in full while later turns wait, and the waiting records never exceed
+    # max_waiting (twice the budget by default): what the worker holds stays bounded.
     budget, conversations, turns = 50, 150, 3
     bus = InProcessBus(default_partitions=1)
     await bus.start()
