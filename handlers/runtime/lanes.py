@@ -137,10 +137,10 @@ class Lanes(Generic[ItemT]):
                 self.waiting -= len(rest)
                 for item in rest:
                     self.submit(key, item)
-            elif (lane := self._lanes.get(key)) is not None:
-                # An item of the key was begun while the cancelled one wound down: it goes
-                # after the items queued before it, in the lane that runs it.
-                lane.queue.extendleft(reversed(rest))
+            elif (running := self._lanes.get(key)) is not None:
+                # An item of the key was begun (and runs) while the cancelled one wound
+                # down: the items handed back wait in its lane, ahead of any queued there.
+                running.queue.extendleft(reversed(rest))
             else:
                 # Ready, not running: the admission starts it like any other lane.
                 self._lanes[key] = _Lane(queue=rest)
