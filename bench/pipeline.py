@@ -25,7 +25,9 @@ agent): one agent worker process (and the router's) on ``--partitions`` partitio
 ``--slow-conversations`` conversations each sending ``--slow-turns`` chat requests
 (published up front, interleaved). Steady rate: responses between the 10th and 90th
 percentile of their timestamps, after a warm-up batch. Ideal = min(max_in_flight,
-conversations) / latency; fraction = steady rate / ideal.
+conversations) / latency; fraction = steady rate / ideal. A row may set its own
+conversations and latency (``--slow-in-flight 5000x5000@5``). Each row also reports the
+worker's peak RSS and the time from its start to its first answer.
 
 On Kafka the workers are real ``agentstream worker router|agent|tool`` processes on Kafka and Redis
 (both started here unless ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set). ``--bus
@@ -108,15 +110,20 @@ async def run_bus(
     result: dict[str, Any] = {}
     try:
         await rig.start(services.get("kafka", ""), services.get("redis", ""))
-        log(f"(a) throughput on {kind}")
-        result["throughput"] = await throughput(rig, log)
-        await rig.stop_workers()
-        await rig.stop_relays()
+        result["throughput"] = []
+        if not o.skip_throughput:
+            log(f"(a) throughput on {kind}")
+            result["throughput"] = await throughput(rig, log)
+            await rig.stop_workers()
+            await rig.stop_relays()
         log(f"(b) saturation on {kind}")
-        result["saturation"] = [await saturation(rig, n, log) for n in o.slow_in_flight]
+        rows = o.slow_rows or [(n, o.slow_conversations, o.slow_latency) for n in o.slow_in_flight]
+        result["saturation"] = [
+            await saturation(rig, n, log, conversations=c, latency=lat) for n, c, lat in rows
+        ]
         for row in result["saturation"]:
             row["workers"] = "router + agent"
-        if kind == "kafka" and census:
+        if kind == "kafka" and census and not o.skip_throughput:
             result["redis_census"] = await redis_census(rig, log)
     except BaseException:
         if procs is not None:
@@ -130,16 +137,7 @@ async def run_bus(
     return result
 
 
-def print_tables(report: dict[str, Any]) -> None:
-    m = report["machine"]
-    print()
-    print(
-        f"pipeline benchmark: {m['cpus']} cores, load average at start "
-        f"{' '.join(str(x) for x in m['load_average_at_start'])}, at end "
-        f"{' '.join(str(x) for x in report['load_average_at_end'])}; "
-        f"kafka: {report['services'].get('kafka_info', '-')}; "
-        f"redis: {report['services'].get('redis_info', '-')}"
-    )
+def print_throughput(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(
         f"(a) zero-latency model, {s['requests']} requests over {s['conversations']} "
@@ -166,48 +164,68 @@ def print_tables(report: dict[str, Any]) -> None:
             f"{_num(f.get('per_hop_per_s')):>13} {_num(row.get('floor_ratio_per_hop')):>12} "
             f"{_num(row.get('ratio_to_floor')):>9} {_num(f.get('cpu_ms_per_request')):>10}"
         )
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print()
     print(
-        "vs chat: the scenario's figure / the chat row's of the same bus and round, median "
-        "over rounds; cpu ms/hop = cpu ms / hops"
+        f"pipeline benchmark: {m['cpus']} cores, load average at start "
+        f"{' '.join(str(x) for x in m['load_average_at_start'])}, at end "
+        f"{' '.join(str(x) for x in report['load_average_at_end'])}; "
+        f"kafka: {report['services'].get('kafka_info', '-')}; "
+        f"redis: {report['services'].get('redis_info', '-')}"
     )
-    print(
-        f"{'bus':<7}{'scenario':<11}{'hops':>4} {'req/s':>8} {'x chat':>7} {'hops/s':>8} "
-        f"{'x chat':>7} {'cpu ms':>7} {'x chat':>7} {'cpu ms/hop':>11}"
-    )
-    for row in report["throughput"]:
-        p, v = row["pipeline"], row.get("vs_chat") or {}
-        cpu = p["cpu_ms_per_request"]
+    s = report["settings"]
+    if report["throughput"]:
+        print_throughput(report)
         print(
-            f"{row['bus']:<7}{row['scenario']:<11}{row['hops']:>4} {p['requests_per_s']:>8.1f} "
-            f"{_num(v.get('requests_per_s')):>7} {p['per_hop_per_s']:>8.1f} "
-            f"{_num(v.get('per_hop_per_s')):>7} {_num(cpu):>7} "
-            f"{_num(v.get('cpu_ms_per_request')):>7} "
-            f"{_num(None if cpu is None else round(cpu / row['hops'], 3)):>11}"
+            "vs chat: the scenario's figure / the chat row's of the same bus and round, "
+            "median over rounds; cpu ms/hop = cpu ms / hops"
         )
+        print(
+            f"{'bus':<7}{'scenario':<11}{'hops':>4} {'req/s':>8} {'x chat':>7} {'hops/s':>8} "
+            f"{'x chat':>7} {'cpu ms':>7} {'x chat':>7} {'cpu ms/hop':>11}"
+        )
+        for row in report["throughput"]:
+            p, v = row["pipeline"], row.get("vs_chat") or {}
+            cpu = p["cpu_ms_per_request"]
+            print(
+                f"{row['bus']:<7}{row['scenario']:<11}{row['hops']:>4} "
+                f"{p['requests_per_s']:>8.1f} "
+                f"{_num(v.get('requests_per_s')):>7} {p['per_hop_per_s']:>8.1f} "
+                f"{_num(v.get('per_hop_per_s')):>7} {_num(cpu):>7} "
+                f"{_num(v.get('cpu_ms_per_request')):>7} "
+                f"{_num(None if cpu is None else round(cpu / row['hops'], 3)):>11}"
+            )
     print(
-        f"(b) model sleeping {s['slow_latency']}s per call, one agent worker, {s['partitions']} "
-        f"partitions, {s['slow_conversations']} conversations x {s['slow_turns']} request(s); "
-        f"built-in app, router + agent processes (cpu: both)"
+        f"(b) model sleeping latency s per call, one agent worker, {s['partitions']} "
+        f"partitions, conversations x {s['slow_turns']} request(s); built-in app, router + "
+        f"agent processes (cpu: both); rss MB: the worker's peak resident memory (Kafka); "
+        f"1st s: worker start to its first answer"
     )
     print(
-        f"{'bus':<7}{'in_flight':>9} {'ideal/s':>8} {'steady/s':>9} {'fraction':>9} "
-        f"{'target':>7} {'e2e/s':>7} {'cpu %':>6} {'wait %':>7} {'cpu ms':>7} "
-        f"{'1-core max/s':>13}"
+        f"{'bus':<7}{'in_flight':>9} {'convs':>6} {'latency':>7} {'ideal/s':>8} "
+        f"{'steady/s':>9} {'fraction':>9} {'target':>7} {'e2e/s':>7} {'cpu %':>6} "
+        f"{'wait %':>7} {'cpu ms':>7} {'1-core max/s':>13} {'rss MB':>7} {'1st s':>6}"
     )
     for row in report["saturation"]:
         if "error" in row:
             print(
-                f"{row['bus']:<7}{row['max_in_flight']:>9} {row['ideal_per_s']:>8.0f}  FAILED: "
+                f"{row['bus']:<7}{row['max_in_flight']:>9} {row['conversations']:>6} "
+                f"{row['latency_s']:>7g} {row['ideal_per_s']:>8.0f}  FAILED: "
                 f"{row['error']}; worker errors: {row['worker_errors']}"
             )
             continue
         print(
-            f"{row['bus']:<7}{row['max_in_flight']:>9} {row['ideal_per_s']:>8.0f} "
+            f"{row['bus']:<7}{row['max_in_flight']:>9} {row['conversations']:>6} "
+            f"{row['latency_s']:>7g} {row['ideal_per_s']:>8.0f} "
             f"{_num(row['steady_requests_per_s']):>9} {row['fraction']:>9.2f} "
             f"{'>=' + str(row['target_fraction']):>7} {row['requests_per_s']:>7.1f} "
             f"{_num(row['cpu_percent']):>6} {_num(row['cpu_wait_percent']):>7} "
             f"{_num(row['cpu_ms_per_request']):>7} "
-            f"{_num(row['cpu_bound_per_s']):>13}"
+            f"{_num(row['cpu_bound_per_s']):>13} {_num(row.get('rss_mb')):>7} "
+            f"{_num(row.get('first_answer_s')):>6}"
         )
     census = report.get("redis_census")
     if census:
@@ -216,6 +234,23 @@ def print_tables(report: dict[str, Any]) -> None:
                 f"redis, {scenario}: {c['round_trips_per_request']} round trips per request "
                 f"{c['by_command']}, {c['inside_scripts_per_request']} commands inside scripts"
             )
+
+
+#: Rows of (b): 1000 and 5000 conversations, up to 5000 in flight. 5000 in flight with a
+#: 0.5 s model would be 10 000 answers/s, beyond one core at ~0.4 ms CPU each: that row's
+#: model takes 5 s, as a real LLM does (ideal 1000/s).
+SLOW_ROWS = ("256", "1000", "1000x5000", "5000x5000@5")
+
+
+def parse_row(spec: str, o: Options) -> tuple[int, int, float]:
+    """``IN_FLIGHT[xCONVERSATIONS][@LATENCY]`` -> (in flight, conversations, latency)."""
+    head, _, latency = spec.partition("@")
+    in_flight, _, conversations = head.partition("x")
+    return (
+        int(in_flight),
+        int(conversations) if conversations else o.slow_conversations,
+        float(latency) if latency else o.slow_latency,
+    )
 
 
 def _num(x: float | None) -> str:
@@ -241,7 +276,12 @@ def main() -> None:
     parser.add_argument("--slow-latency", type=float, default=0.5)
     parser.add_argument("--slow-conversations", type=int, default=1000)
     parser.add_argument("--slow-turns", type=int, help="(b) requests per conversation (5)")
-    parser.add_argument("--slow-in-flight", help="(b) max_in_flight values (256,1000)")
+    parser.add_argument(
+        "--slow-in-flight",
+        help="(b) rows, IN_FLIGHT[xCONVERSATIONS][@LATENCY] (default "
+        f"{','.join(SLOW_ROWS)}; conversations and latency default to --slow-*)",
+    )
+    parser.add_argument("--skip-throughput", action="store_true", help="run (b) only")
     parser.add_argument(
         "--profile",
         type=Path,
@@ -260,17 +300,17 @@ def main() -> None:
         slow_latency=args.slow_latency,
         slow_conversations=args.slow_conversations,
         slow_turns=args.slow_turns or (1 if quick else 5),
-        slow_in_flight=[
-            int(x) for x in (args.slow_in_flight or ("256" if quick else "256,1000")).split(",")
-        ]
-        if not args.no_saturation
-        else [],
+        slow_in_flight=[],
         scenarios=tuple(args.scenarios.split(",")),
         floor=not args.no_floor,
     )
     unknown = set(o.scenarios) - set(HOPS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}: of {', '.join(HOPS)}")
+    spec = args.slow_in_flight or ("256" if quick else ",".join(SLOW_ROWS))
+    o.slow_rows = [] if args.no_saturation else [parse_row(x, o) for x in spec.split(",")]
+    o.slow_in_flight = [n for n, _, _ in o.slow_rows]
+    o.skip_throughput = args.skip_throughput
     buses = ["kafka", "memory"] if args.bus == "both" else [args.bus]
     report: dict[str, Any] = {
         "benchmark": "pipeline",

@@ -168,39 +168,70 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def saturation(rig: Rig, in_flight: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """Benchmark (b) on one bus: one agent worker, a slow model, many conversations."""
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident set of process ``pid`` (``VmHWM``), in MB; None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+async def saturation(
+    rig: Rig,
+    in_flight: int,
+    log: Callable[[str], None],
+    *,
+    conversations: int | None = None,
+    latency: float | None = None,
+) -> dict[str, Any]:
+    """Benchmark (b) on one bus: one agent worker, a slow model, many conversations
+    (``conversations`` and ``latency`` default to the options' ``slow_*``)."""
     from agentstream.topics import Topic
 
     o = rig.o
-    ideal = min(in_flight, o.slow_conversations) / o.slow_latency
+    conversations = conversations or o.slow_conversations
+    latency = latency or o.slow_latency
+    ideal = min(in_flight, conversations) / latency
     row: dict[str, Any] = {
         "bus": rig.kind,
         "max_in_flight": in_flight,
-        "latency_s": o.slow_latency,
+        "latency_s": latency,
         "partitions": o.partitions,
-        "conversations": o.slow_conversations,
+        "conversations": conversations,
         "turns": o.slow_turns,
         "ideal_per_s": round(ideal, 1),
         "target_fraction": TARGET_FRACTION,
     }
     # The built-in app (one agent, "assistant"), as before issue 16, behind its router.
-    settings, pids = await rig.pipeline(o.slow_latency, in_flight, ["router", "agent"])
+    settings, pids = await rig.pipeline(latency, in_flight, ["router", "agent"])
     catalog = settings.catalog()
     source, sink = catalog.name(Topic.USER_REQUEST), catalog.name(Topic.AGENT_RESPONSE)
     try:
-        warm_n = min(o.slow_conversations, max(in_flight, 200))
+        # Published as the worker starts: its first answer times the start (process
+        # spawned, imports, group joined, store connected) plus one model call.
+        warm_n = min(conversations, max(in_flight, 200))
         warm = make_requests(warm_n, warm_n, "chat", f"w{uuid.uuid4().hex[:6]}")
-        await rig.batch(source, sink, warm, HOPS["chat"], pids)
-        n = o.slow_conversations * o.slow_turns
-        requests = make_requests(n, o.slow_conversations, "chat", f"s{uuid.uuid4().hex[:6]}")
+        warm_batch = await rig.batch(source, sink, warm, HOPS["chat"], pids)
+        row["first_answer_s"] = round(min(warm_batch.done) - rig.spawned_at, 3)
+        n = conversations * o.slow_turns
+        requests = make_requests(n, conversations, "chat", f"s{uuid.uuid4().hex[:6]}")
         batch = await rig.batch(source, sink, requests, HOPS["chat"], pids)
         check_answers(batch, requests, "chat", app=False)
+        # The agent worker's peak resident memory over the run (Kafka: its own process,
+        # the last one started: the router comes first).
+        row["rss_mb"] = peak_rss_mb(pids[-1]) if pids else None
     except BenchError as exc:
         # A failure of the worker is a result too: record it with the worker's errors.
         row["error"] = str(exc)
         row["worker_errors"] = rig.worker_errors()
-        log(f"  {rig.kind} max_in_flight={in_flight}: FAILED: {exc}; {row['worker_errors']}")
+        log(
+            f"  {rig.kind} max_in_flight={in_flight} x {conversations}: FAILED: {exc}; "
+            f"{row['worker_errors']}"
+        )
         return row
     finally:
         await rig.stop_workers()
@@ -212,8 +243,10 @@ async def saturation(rig: Rig, in_flight: int, log: Callable[[str], None]) -> di
     cpu_ms = s["cpu_ms_per_request"]
     row["cpu_bound_per_s"] = round(1000 / cpu_ms, 1) if cpu_ms else None
     log(
-        f"  {rig.kind} max_in_flight={in_flight}: steady {s['steady_requests_per_s']} req/s of "
-        f"{ideal:.0f} ideal ({row['fraction']:.2f}), worker cpu {s['cpu_percent']}%"
+        f"  {rig.kind} max_in_flight={in_flight} x {conversations} conversations, "
+        f"{latency}s model: steady {s['steady_requests_per_s']} req/s of "
+        f"{ideal:.0f} ideal ({row['fraction']:.2f}), worker cpu {s['cpu_percent']}%, "
+        f"peak rss {row['rss_mb']} MB, first answer {row['first_answer_s']} s after start"
     )
     return row
 

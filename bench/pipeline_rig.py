@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentstream.topics import Bus, TopicDescription
@@ -40,6 +41,10 @@ class Options:
     scenarios: tuple[str, ...] = ("chat", "tool", "handoff", "agent_tool")
     #: (a) on Kafka: measure the guarded floor too.
     floor: bool = True
+    #: Rows of (b): (max_in_flight, conversations, latency); empty: ``slow_in_flight`` with
+    #: ``slow_conversations`` and ``slow_latency``.
+    slow_rows: list[tuple[int, int, float]] = field(default_factory=list)
+    skip_throughput: bool = False
 
 
 class Rig:
@@ -56,6 +61,8 @@ class Rig:
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
         self._workers: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+        #: Wall-clock time the last pipeline's workers were started (their processes spawned).
+        self.spawned_at = 0.0
 
     async def start(self, bootstrap: str = "", redis_url: str = "") -> None:
         self.bootstrap, self.redis_url = bootstrap, redis_url
@@ -143,6 +150,7 @@ class Rig:
         )
         await ensure_topics(self.bus, settings.catalog(), create=True)
         pids: list[int] = []
+        self.spawned_at = time.time()
         if self.kind == "kafka":
             assert self.procs is not None
             env = worker_env(

@@ -1,7 +1,7 @@
 """Benchmark (b) of ``bench/pipeline.py`` alone, on Kafka + Redis, with a trace of the worker.
 
 Runs only the saturation benchmark (one agent worker, a model sleeping ``--latency`` per
-call, 1000 conversations x ``--turns``) ``--rounds`` times and prints one line per round:
+call, ``--conversations`` (1000) x ``--turns``) ``--rounds`` times and prints one line per round:
 fraction of the ideal, CPU ms per request, the worker's CPU and CPU-wait per cent and how
 busy the whole machine was. With ``--trace PREFIX`` the worker runs with
 ``bench/trace/sitecustomize.py`` and writes ``PREFIX.<pid>.jsonl`` (records in flight,
@@ -10,7 +10,8 @@ trace is printed after its line. Rounds of two checkouts can be interleaved by r
 from each (``REPO`` is the checkout the file is in), which is how same-minute A/B figures
 in bench/README.md were made.
 
-    python bench/saturation_trace.py [--rounds 3] [--in-flight 256] [--trace /tmp/tr]
+    python bench/saturation_trace.py [--rounds 3] [--in-flight 256] [--conversations 1000]
+        [--latency 0.5] [--trace /tmp/tr]
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def summarise(prefix: str, since: float) -> dict[str, Any]:
         phases[name] = round(1000 * s / max(n, 1), 2)
     means = {
         k: round(statistics.mean(r[k] for r in busy), 3)
-        for k in ("in_flight", "backlog", "model_in_flight", "lag_s", "cpu")
+        for k in ("in_flight", "running", "waiting", "backlog", "model_in_flight", "lag_s", "cpu")
+        if all(k in r for r in busy)
     }
     return {**means, "backlog_empty_samples": sum(r["backlog"] == 0 for r in busy), "ms": phases}
 
@@ -72,6 +74,7 @@ async def main() -> None:
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--conversations", type=int, default=1000)
     parser.add_argument("--trace", help="trace file prefix (enables the worker tracer)")
     parser.add_argument("--tick", type=float, default=0.1, help="trace tick, seconds")
     args = parser.parse_args()
@@ -94,7 +97,7 @@ async def main() -> None:
         in_flight=args.in_flight,
         warmup=0,
         slow_latency=args.latency,
-        slow_conversations=1000,
+        slow_conversations=args.conversations,
         slow_turns=args.turns,
         slow_in_flight=[args.in_flight],
     )
@@ -116,7 +119,8 @@ async def main() -> None:
             print(
                 f"{REPO.name} round {r + 1}: fraction {row.get('fraction')} cpu ms "
                 f"{row.get('cpu_ms_per_request')} worker cpu % {row.get('cpu_percent')} "
-                f"wait % {row.get('cpu_wait_percent')} machine busy % {busy}"
+                f"wait % {row.get('cpu_wait_percent')} machine busy % {busy} "
+                f"rss MB {row.get('rss_mb')} first answer s {row.get('first_answer_s')}"
                 + (f" ERROR {row['error']}" if "error" in row else ""),
                 flush=True,
             )

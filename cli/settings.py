@@ -44,7 +44,17 @@ class TopicSettings(BaseModel):
 
 
 class RuntimeSettings(BaseModel):
-    max_in_flight: int = Field(default=256, ge=1, le=100_000)
+    max_in_flight: int = Field(
+        default=256, ge=1, le=100_000, description="Handlers running at once per process."
+    )
+    max_waiting: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Events waiting behind a running event of their conversation, at most "
+        "(they hold no running slot; fetching pauses when this many wait). "
+        "None: twice max_in_flight.",
+    )
     drain_timeout_s: float = Field(default=20.0, ge=0)
     commit_interval_s: float = Field(default=0.2, gt=0)
     in_place_attempts: int = Field(default=3, ge=1)

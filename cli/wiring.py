@@ -88,6 +88,7 @@ def runtime_config(settings: Settings, group_id: str, source: str) -> RuntimeCon
         source=source,
         namespace=settings.namespace,
         max_in_flight=r.max_in_flight,
+        max_waiting=r.max_waiting,
         drain_timeout_s=r.drain_timeout_s,
         commit_interval_s=r.commit_interval_s,
         dedup_ttl_s=r.dedup_ttl_s,

@@ -5,7 +5,11 @@ wraps ``agentstream.handlers.runtime.worker.Worker.run`` with a task that writes
 ``BENCH_TRACE_TICK_S`` (0.1 s): records in flight, backlog, model calls in flight, the
 loop's lag, the CPU share of the last tick, and the cumulative count and seconds of each
 phase of a record's hold (lane wait, ``Processor.process``, ``_decide``, the state read, the
-model call, the commit, the delivery). Nothing here runs in production.
+model call, the commit, the delivery). With ``BENCH_TRACEMALLOC=N`` it also traces Python
+allocations (``tracemalloc``, one frame; the worker runs slower) and, the first time N
+model calls are in flight at once, writes ``<BENCH_TRACE>.<pid>.memory.txt``: the memory
+allocated since the worker started, by source line, largest first, and per model call in
+flight. Nothing here runs in production.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import json
 import os
 import time
+import tracemalloc
 from typing import Any
 
 
@@ -67,8 +72,13 @@ def _install() -> None:
 
     async def traced_run(self: Any, stop: asyncio.Event) -> None:
         path = f"{os.environ['BENCH_TRACE']}.{os.getpid()}.jsonl"
+        memory_at = int(os.environ.get("BENCH_TRACEMALLOC", "0"))
+        if memory_at:
+            tracemalloc.start(1)
+        baseline = tracemalloc.take_snapshot() if memory_at else None
 
         async def trace() -> None:
+            nonlocal baseline
             with open(path, "w") as out:  # noqa: ASYNC230 (a local file, one line a tick)
                 last, cpu_last = time.monotonic(), time.process_time()
                 while True:
@@ -79,6 +89,9 @@ def _install() -> None:
                         "lag_s": round(now - last - tick, 4),
                         "cpu": round((cpu - cpu_last) / (now - last), 3),
                         "in_flight": self.in_flight,
+                        # Handlers running, records waiting in their lane (ADR 24).
+                        "running": getattr(self, "running", self.in_flight),
+                        "waiting": getattr(self, "waiting", 0),
                         "backlog": len(self._admission),
                         "hold_s": round(self._admission.hold_s, 4),
                         "model_in_flight": model["in_flight"],
@@ -87,6 +100,9 @@ def _install() -> None:
                     out.write(json.dumps(line) + "\n")
                     out.flush()
                     last, cpu_last = now, cpu
+                    if baseline is not None and model["in_flight"] >= memory_at:
+                        _write_memory(path, baseline, model["in_flight"], line)
+                        baseline = None
 
         task = asyncio.create_task(trace())
         try:
@@ -95,6 +111,27 @@ def _install() -> None:
             task.cancel()
 
     runtime.Worker.run = traced_run  # type: ignore[method-assign]
+
+
+def _write_memory(
+    path: str, baseline: tracemalloc.Snapshot, calls: int, line: dict[str, Any]
+) -> None:
+    """The allocations grown since ``baseline``, by source line, per model call in flight."""
+    snapshot = tracemalloc.take_snapshot()
+    diff = snapshot.compare_to(baseline, "lineno")
+    grown = sum(d.size_diff for d in diff)
+    with open(path.replace(".jsonl", ".memory.txt"), "w") as out:
+        out.write(
+            f"model calls in flight {calls}; running {line['running']} waiting "
+            f"{line['waiting']} backlog {line['backlog']}; traced now "
+            f"{tracemalloc.get_traced_memory()[0] / 1e6:.1f} MB, grown "
+            f"{grown / 1e6:.1f} MB = {grown / max(calls, 1):.0f} B per call in flight\n"
+        )
+        for d in diff[:40]:
+            out.write(
+                f"{d.size_diff / 1e6:8.2f} MB {d.count_diff:8d} blocks "
+                f"{d.size_diff / max(calls, 1):8.0f} B/call  {d.traceback}\n"
+            )
 
 
 if os.environ.get("BENCH_TRACE"):

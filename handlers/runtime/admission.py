@@ -19,6 +19,14 @@ idle ones (traced every 20 ms); at 1.1 the waves flatten within a few hold times
 
 With no measurement yet the hold time is taken as ``initial_hold_s``; fast handlers bring
 the estimate down within a few records.
+
+Running and waiting are counted apart (ADR 24). The budget, ``max_in_flight``, counts
+records whose handler runs. A record whose conversation already has a turn running waits in
+that conversation's lane instead, holding memory but no slot, up to ``max_waiting`` such
+records; when the turn ahead of it is done, its lane is *ready* and is started before any
+new record, through the same budget and the same pace. Before, a later turn admitted while
+the earlier one was in its model call held a slot for nothing: with 1000 in flight and
+1000 conversations, about a third of the budget waited in lanes.
 """
 
 from __future__ import annotations
@@ -43,28 +51,34 @@ class PacedAdmission:
         self,
         max_in_flight: int,
         *,
+        max_waiting: int | None = None,
         pace: float = 1.1,
         initial_hold_s: float = 1.0,
         prefetch: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_in_flight = max_in_flight
+        #: Records waiting in their lane at most: no record is queued in a lane beyond it,
+        #: and fetching pauses there.
+        self.max_waiting = max_waiting if max_waiting is not None else 2 * max_in_flight
         self.pace = pace
         #: Fetched records waiting at most: fetching pauses beyond it.
         self.prefetch = prefetch if prefetch is not None else max(16, max_in_flight // 2)
         self._hold_s = initial_hold_s
         self._clock = clock
         self._backlog: deque[Record] = deque()
+        self._ready: deque[bytes] = deque()
         self._tokens = 1.0
         self._refilled = clock()
         self._wake = asyncio.Event()
 
     def __len__(self) -> int:
+        """Fetched records not yet started nor queued in a lane."""
         return len(self._backlog)
 
     @property
     def hold_s(self) -> float:
-        """Mean time a record is held, start to finish (exponentially weighted)."""
+        """Mean time a record runs, start to finish (exponentially weighted)."""
         return self._hold_s
 
     @property
@@ -76,6 +90,12 @@ class PacedAdmission:
         if records:
             self._backlog.extend(records)
             self._wake.set()
+
+    def ready(self, key: bytes) -> None:
+        """The lane of ``key`` has its next record waiting and none running: it is started
+        before the backlog (its record was fetched earlier and holds memory already)."""
+        self._ready.append(key)
+        self._wake.set()
 
     def finished(self, held_s: float) -> None:
         """A started record is done after ``held_s`` seconds: a slot is free."""
@@ -96,14 +116,34 @@ class PacedAdmission:
             self._backlog = deque(r for r in self._backlog if r.tp not in tps)
         return before - len(self._backlog)
 
-    async def run(self, in_flight: Callable[[], int], start: Callable[[Record], None]) -> None:
-        """Start waiting records while ``in_flight()`` is below the budget, at the paced
-        rate; forever (cancel to stop)."""
+    async def run(
+        self,
+        running: Callable[[], int],
+        start: Callable[[Record], bool],
+        resume: Callable[[bytes], bool] = lambda key: False,
+        waiting: Callable[[], int] = lambda: 0,
+        queues: Callable[[Record], bool] = lambda record: False,
+    ) -> None:
+        """Start records while ``running()`` is below the budget, at the paced rate;
+        forever (cancel to stop). ``start(record)`` says whether the record runs now (a
+        record queued behind its lane's running one, or dropped, takes neither a slot nor
+        the pace); ``resume(key)`` runs the next record of a ready lane; ``waiting()`` is
+        the number of records queued in lanes; ``queues(record)`` whether ``start`` would
+        queue it behind a running record of its lane."""
         while True:
-            if not self._backlog or in_flight() >= self.max_in_flight:
+            # A record whose lane is busy can take no slot before its lane's turn comes:
+            # into the lane at once, so the lane's next turn is ready when the current one
+            # ends, and the backlog's room goes to records that can run.
+            while self._backlog and waiting() < self.max_waiting and queues(self._backlog[0]):
+                start(self._backlog.popleft())
+            # What is left at the head runs when started, or waits for waiting room (a
+            # full waiting room blocks only records that would wait).
+            takes = bool(self._backlog) and not queues(self._backlog[0])
+            if not (self._ready or takes) or running() >= self.max_in_flight:
                 self._wake.clear()
-                # Woken by an offer or a finished record; the timeout covers slots freed
-                # otherwise (work abandoned on a revoke, a partition lost to fencing).
+                # Woken by an offer, a ready lane or a finished record; the timeout covers
+                # slots freed otherwise (work abandoned on a revoke, a partition lost to
+                # fencing).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_RECHECK_S):
                         await self._wake.wait()
@@ -121,12 +161,19 @@ class PacedAdmission:
             if self._tokens < 1.0:
                 await asyncio.sleep(max(_TICK_S, (1.0 - self._tokens) / rate))
                 continue
-            # The room is read once per group (in_flight() sums over partitions); a record
-            # that start() drops still uses up room here, until the next group.
-            room = self.max_in_flight - in_flight()
-            while self._backlog and self._tokens >= 1.0 and room > 0:
-                self._tokens -= 1.0
-                room -= 1
-                start(self._backlog.popleft())
+            # The room is read once per group (running() may sum over parts).
+            room = self.max_in_flight - running()
+            while room > 0 and self._tokens >= 1.0:
+                if self._ready:
+                    started = resume(self._ready.popleft())
+                elif self._backlog and (
+                    waiting() < self.max_waiting or not queues(self._backlog[0])
+                ):
+                    started = start(self._backlog.popleft())
+                else:
+                    break
+                if started:
+                    self._tokens -= 1.0
+                    room -= 1
             # Let what was just started run before starting more.
             await asyncio.sleep(0)

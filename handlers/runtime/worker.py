@@ -5,10 +5,11 @@ guarantees, and how:
 
 - *Many in flight, ordered per key*: every record goes to the lane of its key
   (``conversation_id``); lanes run concurrently, a lane runs its records one at a time.
-- *Bounded*: at most ``max_in_flight`` records are in flight; fetched records wait for a
+- *Bounded*: at most ``max_in_flight`` records run at once; fetched records wait for a
   slot in :mod:`agentstream.handlers.runtime.admission`, which starts them at a paced rate (so a
   backlog is taken up without synchronised waves), and fetching pauses while half the budget waits
-  there.
+  there. A record whose conversation has a turn running waits in its lane without a slot, up
+  to ``max_waiting`` records; fetching pauses too while that many wait (ADR 24).
 - *Commit only what is done*: per partition, offsets are committed up to the lowest offset
   still in flight (:mod:`agentstream.handlers.runtime.offsets`), every ``commit_interval_s``.
 - *Alive while handlers are slow*: the fetch loop keeps calling the consumer even while all
@@ -66,6 +67,9 @@ class RuntimeConfig:
     source: str
     namespace: str = "agentstream"
     max_in_flight: int = 256
+    #: Records waiting in their conversation's lane behind a running one, at most (they
+    #: hold no running slot); None: twice ``max_in_flight``.
+    max_waiting: int | None = None
     max_batch: int = 500
     drain_timeout_s: float = 20.0
     commit_interval_s: float = 0.2
@@ -93,6 +97,13 @@ class _Item:
         return self.record.tp if self.record is not None else None
 
 
+def _key(record: Record) -> bytes:
+    """The lane of ``record``: its key (the conversation), or its own lane without one."""
+    return (
+        record.key if record.key else f"{record.topic}/{record.partition}/{record.offset}".encode()
+    )
+
+
 class Worker:
     """One consumer-group member running ``routes`` (see the module docstring)."""
 
@@ -118,9 +129,10 @@ class Worker:
             self._routes[catalog.name(route.topic)] = route
             self._routes[catalog.name(route.topic, Kind.RETRY)] = route
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._lanes: Lanes[_Item] = Lanes(self._run_item)
-        self._admission = PacedAdmission(config.max_in_flight)
+        self._admission = PacedAdmission(config.max_in_flight, max_waiting=config.max_waiting)
+        self._lanes: Lanes[_Item] = Lanes(self._run_item, on_ready=self._admission.ready)
         self._jobs_held = 0
+        self._jobs_outside = 0
         self._consumer: Consumer | None = None
         self._delivery: Delivery = (
             TransactionalDelivery(
@@ -190,8 +202,18 @@ class Worker:
     # -- public -------------------------------------------------------------------------
 
     @property
+    def running(self) -> int:
+        """Records and jobs whose handler runs now: what the budget counts."""
+        return self._lanes.running + self._jobs_outside
+
+    @property
+    def waiting(self) -> int:
+        """Records and jobs queued in their lane behind a running one."""
+        return self._lanes.waiting
+
+    @property
     def in_flight(self) -> int:
-        """Records started and not finished, and jobs."""
+        """Records begun and not finished (running or waiting in their lane), and jobs."""
         return sum(len(o) for o in self._offsets.values()) + self._jobs_held
 
     @property
@@ -211,10 +233,12 @@ class Worker:
     async def run_job(self, job: Job) -> None:
         """Run ``job`` now, outside the lanes (for runners without a consumer loop)."""
         self._jobs_held += 1
+        self._jobs_outside += 1
         try:
             await self._processor.run_job(job)
         finally:
             self._jobs_held -= 1
+            self._jobs_outside -= 1
 
     def submit_job(self, job: Job) -> None:
         """Run ``job`` in the lane of its key, after the events already queued there."""
@@ -243,7 +267,14 @@ class Worker:
         self.started.set()
         committer = asyncio.create_task(self._commit_loop(), name="commit-loop")
         admitter = asyncio.create_task(
-            self._admission.run(lambda: self.in_flight, self._accept), name="admission"
+            self._admission.run(
+                lambda: self.running,
+                self._accept,
+                self._lanes.resume,
+                lambda: self._lanes.waiting,
+                lambda record: self._lanes.busy(_key(record)),
+            ),
+            name="admission",
         )
         try:
             while not stop.is_set():
@@ -261,13 +292,19 @@ class Worker:
                 self._admission.offer(records)
         finally:
             self._stopping = True
-            for task in (committer, admitter):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
             # Fetched but never started: not counted, so fetched again after a restart.
             self._admission.purge()
-            await self._shutdown(consumer)
+            try:
+                # The admission keeps running while in-flight work drains: it starts the
+                # records waiting in their lanes (it is offered nothing new).
+                await self._shutdown(consumer)
+            finally:
+                admitter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await admitter
 
     async def _claim(self, consumer: Consumer) -> None:
         """Claim partitions assigned since the last look, before handling their records."""
@@ -315,27 +352,35 @@ class Worker:
     # -- scheduling ---------------------------------------------------------------------
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
-        """Pause fetching while the backlog is full, resume below three quarters of it.
+        """Pause fetching while the backlog or the lanes' waiting room is full, resume
+        below three quarters of both.
         The Kafka client drops what it has buffered for a paused partition and fetches it
         again on resume: a worker that paused after every fetch (a fetch fills the backlog
         to the threshold before the admission takes any) ran in lock-step, one fetch of
         records at a time, with fast handlers (ADR 14 update)."""
-        waiting, prefetch = len(self._admission), self._admission.prefetch
-        if not self._paused_for_budget and waiting >= prefetch:
+        backlog, prefetch = len(self._admission), self._admission.prefetch
+        waiting, max_waiting = self._lanes.waiting, self._admission.max_waiting
+        if not self._paused_for_budget and (backlog >= prefetch or waiting >= max_waiting):
             consumer.pause(*consumer.assignment())
             self._paused_for_budget = True
-        elif self._paused_for_budget and waiting < prefetch * 3 // 4:
+        elif (
+            self._paused_for_budget
+            and backlog < prefetch * 3 // 4
+            and waiting < max_waiting * 3 // 4
+        ):
             consumer.resume(*consumer.assignment())
             self._paused_for_budget = False
 
-    def _accept(self, record: Record) -> None:
+    def _accept(self, record: Record) -> bool:
+        """Begin ``record``: True if it runs now, False if it waits in its lane or is
+        dropped (neither takes a running slot)."""
         route = self._routes.get(record.topic)
         if route is None:
             log.warning("record of unexpected topic %s dropped", record.topic)
-            return
+            return False
         if record.tp not in self._claimed:
             # Fetched before its partition was revoked: the next owner handles it.
-            return
+            return False
         tracker = self._offsets.get(record.tp)
         if tracker is None:
             tracker = self._offsets[record.tp] = PartitionOffsets()
@@ -345,17 +390,14 @@ class Worker:
             # flight or done, and a second run would publish its outbox again, outside the
             # order exactly_once commits in.
             log.debug("%s[%d]@%d done or in flight already, dropped", *record.tp, record.offset)
-            return
+            return False
         self.metrics.consumed.labels(record.topic, self.config.group_id).inc()
         tracker.begin(record.offset)
-        key = (
-            record.key
-            if record.key
-            else f"{record.topic}/{record.partition}/{record.offset}".encode()
-        )
-        self._lanes.submit(key, _Item(route=route, record=record, started=time.monotonic()))
+        item = _Item(route=route, record=record, started=time.monotonic())
+        return self._lanes.submit(_key(record), item)
 
     async def _run_item(self, item: _Item) -> None:
+        began = time.monotonic()
         try:
             if item.job is not None:
                 await self._processor.run_job(item.job)
@@ -375,11 +417,13 @@ class Worker:
         finally:
             if item.job is not None:
                 self._jobs_held -= 1
+                self._admission.wake()
         if item.record is not None:
             offsets = self._offsets.get(item.record.tp)
             if offsets is not None:
                 offsets.finish(item.record.offset)
-            self._admission.finished(time.monotonic() - item.started)
+            # The hold of a running slot: a wait in the lane before it held none.
+            self._admission.finished(time.monotonic() - began)
 
     def _stall(self, tp: TopicPartition) -> None:
         # Leaving the offset in flight blocks commits past it; the record is redelivered

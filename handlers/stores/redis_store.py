@@ -12,6 +12,7 @@ concurrent handlers in one event-loop tick share one pipeline, sent on one pipel
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -91,6 +92,8 @@ class RedisStore:
         self._commit = self._redis.register_script(_COMMIT)
         self._wire = RedisWire(url, timeout_s=socket_timeout_s) if supported(url) else None
         self._batch = AutoPipeline(self._redis, wire=self._wire)
+        self._script_lock = asyncio.Lock()
+        self._script_loads = 0
 
     async def _call(self, awaitable: Any) -> Any:
         try:
@@ -165,14 +168,25 @@ class RedisStore:
             else:
                 args += ["zrem", op.member, 0]
         command = ("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+        loads = self._script_loads
         try:
             result = await self._call(self._batch.call(*command))
         except NoScriptError:
-            # The server lost its script cache (a restart, SCRIPT FLUSH). Nothing ran: load
-            # the script and send the call again.
-            await self._call(self._redis.script_load(_COMMIT))
+            # The server lost its script cache (a restart, SCRIPT FLUSH), or never had it (a
+            # new server). Nothing ran: load the script and send the call again.
+            await self._load_script(loads)
             result = await self._call(self._batch.call(*command))
         return bool(result)
+
+    async def _load_script(self, seen: int) -> None:
+        """Load the commit script once for every commit that found it missing since load
+        number ``seen``: each SCRIPT LOAD takes a pooled connection, and a worker with
+        thousands of commits in flight opened a thousand connections (and kept their
+        buffers) when each loaded it itself."""
+        async with self._script_lock:
+            if self._script_loads == seen:
+                await self._call(self._redis.script_load(_COMMIT))
+                self._script_loads += 1
 
     async def fetch(self, key: str) -> bytes | None:
         value: bytes | None = await self._call(self._batch.call("GET", key))

@@ -108,6 +108,30 @@ async def test_commit_loads_the_script_again_after_a_flush(
     assert results == [True] * 10 + [None]
 
 
+async def test_concurrent_commits_that_find_no_script_load_it_once(
+    store: RedisStore, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each SCRIPT LOAD takes a pooled connection: a worker with thousands of commits in
+    # flight on a new server opened a thousand connections when each commit loaded it.
+    client = aioredis.Redis.from_url(redis_url)
+    await client.script_flush()
+    await client.aclose()
+    loads = 0
+    script_load = store._redis.script_load
+
+    def counted(script: str) -> Any:
+        nonlocal loads
+        loads += 1
+        return script_load(script)
+
+    monkeypatch.setattr(store._redis, "script_load", counted)
+    results = await asyncio.gather(
+        *(store.commit(expect={}, ops=[Put(f"{prefix}once{i}", b"y")]) for i in range(200))
+    )
+    assert results == [True] * 200
+    assert loads == 1
+
+
 async def test_an_outage_fails_every_caller_as_retryable(
     private_redis: RedisFactory, prefix: str
 ) -> None:

@@ -53,3 +53,14 @@ def test_the_ingress_refuses_to_run_open_on_kafka(
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     assert main(["ingress"]) == 2
     assert "no API keys" in capsys.readouterr().err
+
+
+def test_the_runtime_settings_reach_the_worker_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentstream.settings import load_settings
+    from agentstream.wiring import runtime_config
+
+    monkeypatch.setenv("AGENTSTREAM_RUNTIME__MAX_IN_FLIGHT", "1000")
+    monkeypatch.setenv("AGENTSTREAM_RUNTIME__MAX_WAITING", "300")
+    config = runtime_config(load_settings(), "agentstream-agent.billing", "agent-worker")
+    assert (config.max_in_flight, config.max_waiting) == (1000, 300)
+    assert config.group_id == "agentstream-agent.billing"

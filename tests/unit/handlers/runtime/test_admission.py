@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from agentstream.handlers.runtime.admission import PacedAdmission
 from agentstream.handlers.runtime.context import Context, Origin
 from agentstream.handlers.runtime.route import Route
@@ -22,14 +23,21 @@ from pydantic import BaseModel
 
 async def _publish_requests(bus: InProcessBus, catalog: Catalog, n: int) -> None:
     """``n`` user requests, each of its own conversation."""
+    await _publish_turns(bus, catalog, [f"c{i}" for i in range(n)])
+
+
+async def _publish_turns(bus: InProcessBus, catalog: Catalog, conversations: list[str]) -> None:
+    """One user request per entry, of that conversation, in this order; the text of each
+    is ``<conversation>:<its turn>``."""
     topic = catalog.name(Topic.USER_REQUEST)
     records = []
-    for i in range(n):
+    for i, conversation in enumerate(conversations):
+        turn = conversations[:i].count(conversation)
         event = UserRequest(
             source="test",
             request_id=f"r{i}",
-            conversation_id=f"c{i}",
-            data=UserRequestData(text="hi"),
+            conversation_id=conversation,
+            data=UserRequestData(text=f"{conversation}:{turn}"),
         )
         key, value, headers = encode(event)
         records.append(OutgoingRecord(topic, value, key, tuple(headers)))
@@ -45,7 +53,12 @@ async def test_a_backlog_is_started_at_the_paced_rate_not_at_once() -> None:
     admission = PacedAdmission(10, pace=1.5, initial_hold_s=1.0)
     started: list[float] = []
     admission.offer([_record(i) for i in range(6)])
-    task = asyncio.create_task(admission.run(lambda: 0, lambda r: started.append(time.monotonic())))
+
+    def start(record: Record) -> bool:
+        started.append(time.monotonic())
+        return True
+
+    task = asyncio.create_task(admission.run(lambda: 0, start))
     try:
         while len(started) < 6:
             await asyncio.sleep(0.01)
@@ -62,9 +75,10 @@ async def test_fast_handlers_are_not_held_back_and_the_budget_is_kept() -> None:
     assert admission.hold_s < 0.01
     in_flight = 0
 
-    def start_one(record: Record) -> None:
+    def start_one(record: Record) -> bool:
         nonlocal in_flight
         in_flight += 1
+        return True
 
     admission.offer([_record(i) for i in range(10)])
     task = asyncio.create_task(admission.run(lambda: in_flight, start_one))
@@ -222,6 +236,260 @@ async def test_fast_handlers_do_not_make_the_worker_pause_after_every_fetch(
         # Only while the hold-time estimate still starts at 1 s (the first fetches start
         # slowly); pausing after every fetch was 19 pauses here.
         assert pauses <= 5, pauses
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+
+
+async def test_a_record_waiting_in_its_lane_holds_no_running_slot() -> None:
+    # Budget 2, two conversations of 3 turns, all of "a" fetched first. Before, a's second
+    # turn took the second slot and waited in its lane: one handler ran. Now both
+    # conversations run while the later turns wait, in order, without a slot.
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    catalog = Catalog(prefix="lane.", partitions=1)
+    await ensure_topics(bus, catalog, create=True)
+    running: set[str] = set()
+    both = 0
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        nonlocal both
+        running.add(event.conversation_id)
+        both = max(both, len(running))
+        await release.wait()
+        order.append(event.data.text)
+        running.discard(event.conversation_id)
+        return []
+
+    config = RuntimeConfig(group_id="g", source="test", max_in_flight=2, commit_interval_s=0.05)
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    await _publish_turns(bus, catalog, ["a", "a", "a", "b", "b", "b"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while (len(running) < 2 or worker.waiting < 4) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert running == {"a", "b"}
+        assert (worker.running, worker.waiting, worker.in_flight) == (2, 4, 6)
+        release.set()
+        while len(order) < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert [t for t in order if t[0] == "a"] == ["a:0", "a:1", "a:2"]
+        assert [t for t in order if t[0] == "b"] == ["b:0", "b:1", "b:2"]
+        assert both == 2
+        # Committed up to the lowest unfinished offset: all six are done.
+        while (
+            worker._offsets
+            and any(o.committed != 6 for o in worker._offsets.values())
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.02)
+        assert [o.committed for o in worker._offsets.values()] == [6]
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+
+
+async def test_waiting_records_are_bounded_and_fetching_pauses_when_they_fill_up() -> None:
+    # One conversation of 60 turns, budget 1, at most 3 waiting: the fourth waiting record
+    # stays in the backlog, the backlog fills, and the consumer is paused; nothing is
+    # fetched beyond that. Released, every turn runs, in order.
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    catalog = Catalog(prefix="wait.", partitions=1)
+    await ensure_topics(bus, catalog, create=True)
+    order: list[str] = []
+    peak_waiting = 0
+    release = asyncio.Event()
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        await release.wait()
+        order.append(event.data.text)
+        return []
+
+    config = RuntimeConfig(
+        group_id="g", source="test", max_in_flight=1, max_waiting=3, commit_interval_s=0.05
+    )
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    await _publish_turns(bus, catalog, ["solo"] * 60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while worker.waiting < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for _ in range(15):
+            await asyncio.sleep(0.02)
+            peak_waiting = max(peak_waiting, worker.waiting)
+        assert (worker.running, peak_waiting) == (1, 3)
+        assert worker._consumer is not None
+        assert worker._consumer.paused()
+        # The backlog (16 at least, half the budget otherwise) and nothing more.
+        assert worker.held <= 1 + 3 + 16
+        release.set()
+        while len(order) < 60 and time.monotonic() < deadline + 10:
+            peak_waiting = max(peak_waiting, worker.waiting)
+            await asyncio.sleep(0.005)
+        assert order == [f"solo:{i}" for i in range(60)]
+        assert peak_waiting == 3
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+
+
+async def test_a_ready_lane_is_started_before_the_backlog_and_at_the_pace() -> None:
+    admission = PacedAdmission(2, max_waiting=5, initial_hold_s=1.0)
+    for _ in range(200):
+        admission.finished(0.001)  # fast: no pacing in the way
+    running = 0
+    started: list[str] = []
+
+    def start(record: Record) -> bool:
+        nonlocal running
+        if record.offset % 2:  # odd offsets: queued behind a running record of their key
+            started.append(f"queued {record.offset}")
+            return False
+        running += 1
+        started.append(f"started {record.offset}")
+        return True
+
+    def resume(key: bytes) -> bool:
+        nonlocal running
+        running += 1
+        started.append(f"resumed {key.decode()}")
+        return True
+
+    admission.offer([_record(i) for i in range(6)])
+    task = asyncio.create_task(admission.run(lambda: running, start, resume, lambda: 0))
+    try:
+        await asyncio.sleep(0.05)
+        # Queued records take no slot: the budget goes to records that run.
+        assert started == ["started 0", "queued 1", "started 2"]
+        admission.ready(b"x")
+        running -= 1
+        admission.finished(0.001)
+        await asyncio.sleep(0.05)
+        assert started[3:] == ["resumed x"]  # before the backlog's next record
+        assert len(admission) == 3
+    finally:
+        task.cancel()
+
+
+async def test_at_shutdown_records_waiting_in_their_lane_are_drained_and_committed() -> None:
+    # The admission starts a lane's next record; it keeps running while the worker drains,
+    # so records that waited in their lane when the stop came are handled, not dropped.
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    catalog = Catalog(prefix="drain.", partitions=1)
+    await ensure_topics(bus, catalog, create=True)
+    order: list[str] = []
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        await asyncio.sleep(0.1)
+        order.append(event.data.text)
+        return []
+
+    config = RuntimeConfig(group_id="g", source="test", max_in_flight=1, commit_interval_s=0.05)
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    await _publish_turns(bus, catalog, ["a", "a", "a"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while worker.waiting < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert (worker.running, worker.waiting) == (1, 2)
+        stop.set()
+        await task
+        assert order == ["a:0", "a:1", "a:2"]
+        assert [o.committed for o in worker._offsets.values()] == [3]
+    finally:
+        stop.set()
+        await task
+        await bus.stop()
+
+
+@pytest.mark.parametrize("max_waiting", [None, 30])
+async def test_with_turns_queued_the_whole_budget_runs_and_the_waiting_stay_bounded(
+    max_waiting: int | None,
+) -> None:
+    # 150 conversations of 3 turns, each conversation's turns fetched together (the worst
+    # case), budget 50, a slow handler. Before ADR 24 a queued turn held a slot: at most
+    # 26 of the 50 ran at once (450 records in 4.5 s against 2.65 s now). Now the budget
+    # runs in full while later turns wait, and the waiting records never exceed
+    # max_waiting (twice the budget by default): what the worker holds stays bounded.
+    budget, conversations, turns = 50, 150, 3
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    catalog = Catalog(prefix="full.", partitions=1)
+    await ensure_topics(bus, catalog, create=True)
+    running = peak_running = 0
+    order: dict[str, list[str]] = {}
+
+    async def handler(event: Any, ctx: Context) -> list[Any]:
+        nonlocal running, peak_running
+        running += 1
+        peak_running = max(peak_running, running)
+        await asyncio.sleep(0.2)
+        running -= 1
+        order.setdefault(event.conversation_id, []).append(event.data.text)
+        return []
+
+    config = RuntimeConfig(
+        group_id="g",
+        source="test",
+        max_in_flight=budget,
+        max_waiting=max_waiting,
+        commit_interval_s=0.05,
+    )
+    worker = Worker(
+        bus, InProcessStore(), catalog, [Route(Topic.USER_REQUEST, handler, "h")], config
+    )
+    limit = max_waiting if max_waiting is not None else 2 * budget
+    peak_waiting = peak_held = 0
+    submit = worker._lanes.submit
+
+    def counted(key: bytes, item: Any) -> bool:
+        nonlocal peak_waiting, peak_held
+        runs = submit(key, item)
+        peak_waiting = max(peak_waiting, worker.waiting)
+        peak_held = max(peak_held, worker.held)
+        return runs
+
+    worker._lanes.submit = counted  # type: ignore[method-assign]
+    await _publish_turns(
+        bus, catalog, [f"c{i}" for i in range(conversations) for _ in range(turns)]
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        deadline = time.monotonic() + 30
+        while sum(map(len, order.values())) < conversations * turns:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert all(o == [f"{c}:{t}" for t in range(turns)] for c, o in order.items())
+        assert peak_waiting <= limit
+        # Running + waiting + the backlog (max(16, budget / 2)) and nothing more.
+        assert peak_held <= budget + limit + max(16, budget // 2)
+        if max_waiting is None:
+            assert peak_running == budget
+        else:
+            # 30 waiting are 15 conversations' later turns: 15 run, then 16 once the
+            # first of them is ready and leaves room.
+            assert peak_waiting == limit
+            assert limit // (turns - 1) <= peak_running <= budget
     finally:
         stop.set()
         await task

@@ -81,6 +81,82 @@ async def test_lanes_abandon_cancels_matching_and_keeps_the_rest() -> None:
     assert done == [3]
 
 
+async def test_a_lane_with_on_ready_waits_to_be_resumed_and_counts_its_items() -> None:
+    ran: list[int] = []
+    ready: list[bytes] = []
+
+    async def run(item: int) -> None:
+        await asyncio.sleep(0.01)
+        ran.append(item)
+
+    lanes: Lanes[int] = Lanes(run, on_ready=ready.append)
+    assert lanes.submit(b"k", 1) is True  # an idle lane: runs now
+    assert lanes.submit(b"k", 2) is False  # waits, holding no running slot
+    assert lanes.submit(b"j", 3) is True
+    assert (lanes.running, lanes.waiting, lanes.busy(b"k")) == (2, 1, True)
+    while len(ran) < 2:
+        await asyncio.sleep(0.01)
+    # Done with 1: the lane does not go on by itself, it says it is ready.
+    assert (ready, lanes.running, lanes.waiting) == ([b"k"], 0, 1)
+    assert lanes.resume(b"k") is True
+    assert lanes.resume(b"k") is False  # runs already
+    assert (lanes.running, lanes.waiting) == (1, 0)
+    while len(lanes):
+        await asyncio.sleep(0.01)
+    assert ran == [1, 3, 2]
+    assert (lanes.running, lanes.waiting, lanes.busy(b"k")) == (0, 0, False)
+
+
+async def test_abandoning_a_ready_lane_leaves_nothing_to_resume() -> None:
+    ready: list[bytes] = []
+
+    async def run(item: int) -> None:
+        return None
+
+    lanes: Lanes[int] = Lanes(run, on_ready=ready.append)
+    lanes.submit(b"k", 1)
+    lanes.submit(b"k", 2)
+    while not ready:
+        await asyncio.sleep(0.01)
+    assert await lanes.abandon(lambda i: i == 2) == [2]
+    assert (len(lanes), lanes.waiting, lanes.resume(b"k")) == (0, 0, False)
+
+
+async def test_an_item_begun_while_abandon_waits_queues_behind_the_requeued_ones() -> None:
+    # A lane runs "a" (revoked) with "b" (another partition) queued. While abandon waits
+    # for "a" to wind down, the admission begins "c" of the same key, which runs at once:
+    # "b" must go after it in its lane, not run beside it in a lane of its own.
+    running: set[str] = set()
+    both: list[set[str]] = []
+    ran: list[str] = []
+    ready: list[bytes] = []
+    lanes: Lanes[str] = Lanes(lambda item: run(item), on_ready=ready.append)
+
+    async def run(item: str) -> None:
+        running.add(item)
+        if len(running) > 1:
+            both.append(set(running))
+        try:
+            await asyncio.sleep(0.05 if item != "a" else 10)
+            ran.append(item)
+        except asyncio.CancelledError:
+            lanes.submit(b"k", "c")  # begun during the cancellation's wind-down
+            raise
+        finally:
+            running.discard(item)
+
+    lanes.submit(b"k", "a")
+    lanes.submit(b"k", "b")
+    await asyncio.sleep(0.01)
+    assert await lanes.abandon(lambda item: item == "a") == ["a"]
+    while len(ran) < 2:
+        if ready:
+            lanes.resume(ready.pop(0))
+        await asyncio.sleep(0.01)
+    assert (ran, both) == (["c", "b"], [])
+    assert (lanes.running, lanes.waiting, len(lanes)) == (0, 0, 0)
+
+
 def test_retry_verdicts() -> None:
     policy = RetryPolicy(in_place_attempts=3, max_attempts=6)
     transient = RetryableError("503")
