@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Literal
 
 from agentstream.handlers.agent.events import Correlation, ids_from_raw, response_event
 from agentstream.handlers.runtime.context import Context
@@ -41,18 +41,30 @@ from agentstream.schemas import (
 from agentstream.topics import Inbox, LogicalTopic, Topic
 from pydantic import BaseModel, Field
 
-__all__ = ["ConversationRoute", "RouterHandlers", "turn_task"]
+__all__ = ["ConversationRoute", "Refusal", "RouterHandlers", "turn_task"]
 
 log = logging.getLogger(__name__)
 
 SOURCE = "router"
 
 
+class Refusal(BaseModel):
+    """A request that could not be read (its record did not decode or validate), waiting in
+    its conversation's queue for its ``rejected`` answer, so that the answer does not
+    overtake the turns before it."""
+
+    refusal: Literal[True] = True
+    request_id: str
+    conversation_id: str
+    tenant: str
+    reason: str
+
+
 class ConversationRoute(BaseModel):
     """The router's state of one conversation."""
 
     active: str | None = Field(None, description="The request whose answer is awaited.")
-    queue: list[UserRequest] = Field(default_factory=list)
+    queue: list[UserRequest | Refusal] = Field(default_factory=list)
     last_agent: str | None = Field(None, description="Who answered the last turn.")
 
 
@@ -160,6 +172,10 @@ class RouterHandlers:
         out: list[Envelope[Any]] = []
         while conv.queue:
             request = conv.queue.pop(0)
+            if isinstance(request, Refusal):
+                ids = {k: getattr(request, k) for k in ("request_id", "conversation_id", "tenant")}
+                out.append(_rejected(ids, request.reason))
+                continue
             wanted = request.data.agent
             if wanted is not None and wanted not in self.agents:
                 known = ", ".join(sorted(self.agents))
@@ -178,9 +194,31 @@ class RouterHandlers:
         self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
     ) -> list[Envelope[Any]]:
         """A request that cannot be routed (undecodable, invalid) is answered ``rejected``
-        from the correlation ids it has; without them, the dead letter is all there is."""
+        from the correlation ids it has, in its turn: while an earlier turn of its
+        conversation is unanswered, the refusal waits in the queue. Without ids, the dead
+        letter is all there is."""
         reason = f"{type(error).__name__}: {error}"
         if isinstance(event, UserRequest):
-            return [_rejected(event, reason)]
-        ids = ids_from_raw(raw) if event is None else None
-        return [] if ids is None else [_rejected(ids, reason)]
+            ids = {
+                "request_id": event.request_id,
+                "conversation_id": event.conversation_id,
+                "tenant": event.tenant,
+            }
+        elif event is None and (found := ids_from_raw(raw)) is not None:
+            ids = found
+        else:
+            return []
+        conv_key = ctx.key("route", ids["conversation_id"])
+        conv = await ctx.load(conv_key, ConversationRoute)
+        if conv is None or conv.active is None:
+            return [_rejected(event if isinstance(event, UserRequest) else ids, reason)]
+        conv.queue.append(
+            Refusal(
+                request_id=ids["request_id"],
+                conversation_id=ids["conversation_id"],
+                tenant=ids["tenant"],
+                reason=reason,
+            )
+        )
+        ctx.save(conv_key, conv, self.ttl_s)
+        return []

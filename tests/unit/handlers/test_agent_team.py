@@ -30,6 +30,7 @@ from agentstream.schemas import (
     AgentResponseData,
     AgentTask,
     ConfigError,
+    SchemaError,
     ToolCall,
     ToolResult,
     UserRequest,
@@ -456,3 +457,37 @@ async def test_a_sub_run_ends_by_its_callers_deadline(handling: Handling) -> Non
     (late,) = await handling.handle(agents["math"].on_event, sub)
     assert isinstance(late, ToolResult)
     assert (late.data.ok, late.data.error_class) == (False, "SubRunTimedOut")
+
+
+async def test_an_unreadable_request_is_rejected_in_its_turn(handling: Handling) -> None:
+    router = RouterHandlers(["triage"], "triage", ttl_s=60)
+    (first,) = await handling.handle(router.on_user_request, request("r1"))
+    assert first.request_id == "r1"
+    raw = b'{"request_id": "r2", "conversation_id": "c1", "tenant": "acme", "data": 42}'
+    # The record of r2 did not decode while r1 runs: its answer waits for r1's.
+    held = await handling.run(
+        lambda ctx: router.on_dead_letter(None, raw, SchemaError("bad record"), ctx)
+    )
+    assert held == []
+    assert await handling.handle(router.on_user_request, request("r3")) == []
+
+    rejected, third = await handling.handle(router.on_agent_response, response("r1", "triage"))
+    assert isinstance(rejected, AgentResponse)
+    assert (rejected.request_id, rejected.id, rejected.data.status) == (
+        "r2",
+        derive_id("r2", "response"),
+        "rejected",
+    )
+    assert "bad record" in (rejected.data.error or "")
+    assert isinstance(third, AgentTask)
+    assert third.request_id == "r3"
+    # In an idle conversation the refusal is answered at once.
+    (at_once,) = await handling.run(
+        lambda ctx: router.on_dead_letter(
+            None,
+            b'{"request_id": "x9", "conversation_id": "c9", "data": 1}',
+            SchemaError("bad"),
+            ctx,
+        )
+    )
+    assert (at_once.request_id, at_once.tenant) == ("x9", "default")
