@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from agentstream.agents.memory import MEMORY_TOOLS, memory_tool_specs
 from agentstream.agents.models.base import ToolSpec
 from agentstream.agents.tools import ToolRegistry, builtin_registry
-from agentstream.schemas import AGENT_NAME_PATTERN, ConfigError
+from agentstream.schemas import AGENT_NAME_PATTERN, DEFAULT_AGENT, ConfigError
 from pydantic import BaseModel, JsonValue, ValidationError
 
 __all__ = [
@@ -64,8 +64,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The one agent of the built-in default app.
-DEFAULT_AGENT = "assistant"
 
 #: What an agent's system prompt says before the JSON Schema of its output type.
 OUTPUT_SCHEMA_MARK = "Answer with only a JSON object matching this JSON Schema:"

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Collection
 from typing import Any, Literal
 
-from agentstream.handlers.agent.events import Correlation, ids_from_raw, response_event
+from agentstream.handlers.agent.events import Correlated, ids_from_raw, response_event
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.route import Route
 from agentstream.schemas import (
@@ -57,6 +57,7 @@ class Refusal(BaseModel):
     request_id: str
     conversation_id: str
     tenant: str
+    traceparent: str | None = None
     reason: str
 
 
@@ -69,7 +70,7 @@ class ConversationRoute(BaseModel):
 
 
 class _Routed(BaseModel):
-    agent: str | None = None
+    """The mark of a request the router has taken (its presence is all that counts)."""
 
 
 def turn_task(request: UserRequest, agent: str) -> AgentTask:
@@ -90,11 +91,10 @@ def turn_task(request: UserRequest, agent: str) -> AgentTask:
     )
 
 
-def _rejected(request: UserRequest | dict[str, str], reason: str) -> AgentResponse:
+def _rejected(request: Correlated, reason: str) -> AgentResponse:
     """The ``rejected`` answer of a request the router cannot forward: the same id as any
     answer of that request (:func:`response_event`)."""
-    origin = request if isinstance(request, UserRequest) else Correlation(**request)
-    return response_event(origin, AgentResponseData(status="rejected", error=reason), SOURCE)
+    return response_event(request, AgentResponseData(status="rejected", error=reason), SOURCE)
 
 
 class RouterHandlers:
@@ -134,7 +134,7 @@ class RouterHandlers:
             log.info("request %s already routed; duplicate ignored", event.request_id)
             return []
         conv = await ctx.load(conv_key, ConversationRoute) or ConversationRoute()
-        ctx.save(routed_key, _Routed(agent=event.data.agent), self.ttl_s)
+        ctx.save(routed_key, _Routed(), self.ttl_s)
         if conv.active is not None:
             # Queued even when it will be refused: its answer must not overtake the turns
             # before it.
@@ -173,8 +173,7 @@ class RouterHandlers:
         while conv.queue:
             request = conv.queue.pop(0)
             if isinstance(request, Refusal):
-                ids = {k: getattr(request, k) for k in ("request_id", "conversation_id", "tenant")}
-                out.append(_rejected(ids, request.reason))
+                out.append(_rejected(request, request.reason))
                 continue
             wanted = request.data.agent
             if wanted is not None and wanted not in self.agents:
@@ -199,26 +198,26 @@ class RouterHandlers:
         letter is all there is."""
         reason = f"{type(error).__name__}: {error}"
         if isinstance(event, UserRequest):
-            ids = {
-                "request_id": event.request_id,
-                "conversation_id": event.conversation_id,
-                "tenant": event.tenant,
-            }
-        elif event is None and (found := ids_from_raw(raw)) is not None:
-            ids = found
-        else:
-            return []
-        conv_key = ctx.key("route", ids["conversation_id"])
-        conv = await ctx.load(conv_key, ConversationRoute)
-        if conv is None or conv.active is None:
-            return [_rejected(event if isinstance(event, UserRequest) else ids, reason)]
-        conv.queue.append(
-            Refusal(
+            refusal = Refusal(
+                request_id=event.request_id,
+                conversation_id=event.conversation_id,
+                tenant=event.tenant,
+                traceparent=event.traceparent,
+                reason=reason,
+            )
+        elif event is None and (ids := ids_from_raw(raw)) is not None:
+            refusal = Refusal(
                 request_id=ids["request_id"],
                 conversation_id=ids["conversation_id"],
                 tenant=ids["tenant"],
                 reason=reason,
             )
-        )
+        else:
+            return []
+        conv_key = ctx.key("route", refusal.conversation_id)
+        conv = await ctx.load(conv_key, ConversationRoute)
+        if conv is None or conv.active is None:
+            return [_rejected(refusal, reason)]
+        conv.queue.append(refusal)
         ctx.save(conv_key, conv, self.ttl_s)
         return []

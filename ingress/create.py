@@ -44,7 +44,7 @@ from agentstream.ingress.models import AcceptedResponse, RequestView
 from agentstream.ingress.observe import IngressMetrics, RouteMetrics
 from agentstream.ingress.records import RequestRecord
 from agentstream.ingress.requests import Claim, ClaimConflict, RequestRepository
-from agentstream.schemas import PermanentError, RetryableError, UserRequest, encode
+from agentstream.schemas import DEFAULT_AGENT, PermanentError, RetryableError, UserRequest, encode
 from agentstream.topics import Bus, OutgoingRecord, RecordMetadata
 from agentstream.topics.deadline import accept_by_header, acked_in_time
 from starlette.requests import ClientDisconnect
@@ -113,7 +113,7 @@ class CreateEndpoint:
         request_topic: str,
         metrics: IngressMetrics,
         route: BaseRoute | None = None,
-        agents: Iterable[str] = ("assistant",),
+        agents: Iterable[str] = (DEFAULT_AGENT,),
     ) -> None:
         self.opts = opts
         #: The declared agents a request may name.

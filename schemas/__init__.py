@@ -20,6 +20,7 @@ from agentstream.schemas.errors import (
 from agentstream.schemas.events import (
     AGENT_NAME_PATTERN,
     ALL_TENANTS,
+    DEFAULT_AGENT,
     EVENT_TYPES,
     LATENCY_BOUNDS_MS,
     TERMINAL_STATUSES,
@@ -49,6 +50,7 @@ from agentstream.schemas.events import (
 __all__ = [
     "AGENT_NAME_PATTERN",
     "ALL_TENANTS",
+    "DEFAULT_AGENT",
     "EVENT_TYPES",
     "LATENCY_BOUNDS_MS",
     "TERMINAL_STATUSES",

@@ -19,6 +19,7 @@ from pydantic import Field, JsonValue, field_validator
 __all__ = [
     "AGENT_NAME_PATTERN",
     "ALL_TENANTS",
+    "DEFAULT_AGENT",
     "EVENT_TYPES",
     "LATENCY_BOUNDS_MS",
     "TERMINAL_STATUSES",
@@ -52,6 +53,9 @@ _TEXT_MAX = 1_000_000
 #: What an agent name may be: it is part of topic names (``agent.<name>``), consumer group
 #: ids and metric labels, so it is short, lower case and plain.
 AGENT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+
+#: The one agent of the built-in app (a deployment that declares none).
+DEFAULT_AGENT = "assistant"
 
 AgentName = Annotated[
     str,

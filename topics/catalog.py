@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from agentstream.schemas import (
+    DEFAULT_AGENT,
     AgentResponse,
     AgentStats,
     AgentTask,
@@ -132,7 +133,7 @@ class Catalog:
     retention_ms: int = _WEEK_MS
     dlq_retention_ms: int = 4 * _WEEK_MS
     #: The declared agents, each with its input topic (default: the built-in app's one).
-    agents: tuple[str, ...] = ("assistant",)
+    agents: tuple[str, ...] = (DEFAULT_AGENT,)
 
     def name(self, topic: LogicalTopic, kind: Kind = Kind.MAIN) -> str:
         return f"{self.prefix}{topic.value}{kind.value}"

@@ -12,9 +12,8 @@ is answered from the correlation ids in its raw bytes, when it has them
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from agentstream.agents import MEMORY_TOOLS, RunState, ToolInvocation, response_data
 from agentstream.schemas import (
@@ -35,7 +34,7 @@ from agentstream.schemas import (
 
 __all__ = [
     "SOURCE",
-    "Correlation",
+    "Correlated",
     "call_for",
     "handoff_task",
     "ids_from_raw",
@@ -98,18 +97,21 @@ def response_for(state: RunState) -> AgentResponse:
     return response_event(state, response_data(state))
 
 
-@dataclass(frozen=True, slots=True)
-class Correlation:
-    """The ids an answer needs, when no event or run carries them (an undecodable record)."""
+class Correlated(Protocol):
+    """What an answer is built from: a request's ids (an event, a run, a refusal)."""
 
-    request_id: str
-    conversation_id: str
-    tenant: str
-    traceparent: str | None = None
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def conversation_id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def traceparent(self) -> str | None: ...
 
 
 def response_event(
-    origin: RunState | Envelope[Any] | Correlation,
+    origin: Correlated,
     data: AgentResponseData,
     source: str = SOURCE,
 ) -> AgentResponse:
