@@ -36,15 +36,16 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agentstream.schemas import AgentResponse, SchemaError, decode
-from agentstream.topics import Catalog, Inbox, Kind, Record, Topic
+from agentstream.topics import Catalog, Inbox, Kind, LogicalTopic, Record, Topic
 
 from tests.workload import Turn, check
 
-__all__ = ["TERMINAL", "ChaosReport", "Reader", "verify"]
+__all__ = ["TERMINAL", "ChaosReport", "Reader", "copies_of", "verify"]
 
 TERMINAL = frozenset({"completed", "failed", "timed_out", "rejected"})
 #: Topics whose events are deduplicated by id downstream; checked for conflicts and copies.
@@ -225,10 +226,10 @@ async def verify(
                 continue
             if turn.expect not in (event.data.text or ""):
                 report.wrong.append(f"{turn.text!r} -> {event.data.text!r} (want {turn.expect})")
-    inboxes = tuple(Inbox(agent) for agent in catalog.agents)
-    for topic in (*SIDE_TOPICS, *inboxes):
+    side: tuple[LogicalTopic, ...] = (*SIDE_TOPICS, *(Inbox(a) for a in catalog.agents))
+    for topic in side:
         records = await reader.read(catalog.name(topic), read_committed=True)
-        conflicts, copies = _copies(records)
+        conflicts, copies = copies_of(records)
         report.side_conflicts[topic.value] = conflicts
         report.side_duplicates[topic.value] = copies
         report.copy_samples += _copy_samples(topic.value, records)
@@ -245,7 +246,7 @@ def _decode(record: Record) -> Any:
         return None
 
 
-def _copies(records: list[Record]) -> tuple[list[str], int]:
+def copies_of(records: Sequence[Record]) -> tuple[list[str], int]:
     """Event ids whose events differ (ignoring ``time``) and copies beyond the first."""
     seen: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:

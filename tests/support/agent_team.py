@@ -34,7 +34,7 @@ from agentstream.schemas import (
 from agentstream.topics import Catalog, Kind, Record
 
 from tests.chaos.cluster import Cluster
-from tests.chaos.invariants import Reader
+from tests.chaos.invariants import Reader, copies_of
 from tests.workload import Turn
 
 __all__ = [
@@ -337,15 +337,9 @@ async def check_team(
     results_of_call: dict[tuple[str, str], set[str]] = defaultdict(set)
     for agent in catalog.agents:
         records = await reader.read(catalog.inbox(agent), read_committed=True)
-        bodies: dict[str, list[dict[str, Any]]] = defaultdict(list)
         started: set[str] = set()
         for record in records:
             event = _decode(record)
-            if event is None:
-                continue
-            body = event.model_dump(mode="json")
-            body.pop("time", None)
-            bodies[event.id].append(body)
             if isinstance(event, AgentTask) and event.data.kind == "subrun":
                 parent = event.data.parent
                 call = parent.call_id if parent is not None else "?"
@@ -357,10 +351,7 @@ async def check_team(
                 )
                 results_of_call[(event.request_id, event.data.call_id)].add(content)
         topic = catalog.inbox(agent)
-        report.inbox_conflicts[topic] = [
-            i for i, b in bodies.items() if any(x != b[0] for x in b[1:])
-        ]
-        report.inbox_copies[topic] = sum(len(b) - 1 for b in bodies.values())
+        report.inbox_conflicts[topic], report.inbox_copies[topic] = copies_of(records)
         dlq = catalog.inbox(agent, Kind.DLQ)
         report.inbox_dead_letters[topic] = len(await reader.read(dlq, read_committed=True))
         if started:
