@@ -287,6 +287,8 @@ class App:
     ) -> None:
         self.name = name
         self.tools = tools if tools is not None else builtin_registry()
+        #: The ``AGENTSTREAM_TOOLS_MODULE`` s whose tools were added to :attr:`tools`.
+        self.tool_modules: set[str] = set()
         self._agents: dict[str, Agent] = {}
         self._default = default.name if isinstance(default, Agent) else default
 

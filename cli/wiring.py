@@ -178,7 +178,8 @@ def build_app(settings: Settings, *, tools: ToolRegistry | None = None) -> App:
     if settings.app is None:
         return default_app(settings.agent.system_prompt, tools=tools or tool_registry(settings))
     app = load_app(settings.app)
-    if settings.tools_module and not getattr(app, "_tools_module_loaded", False):
-        _register_tools_module(settings.tools_module, app.tools)
-        app._tools_module_loaded = True  # type: ignore[attr-defined]
+    module = settings.tools_module
+    if module and module not in app.tool_modules:  # the app is its module's one object
+        _register_tools_module(module, app.tools)
+        app.tool_modules.add(module)
     return app
