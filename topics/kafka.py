@@ -64,6 +64,7 @@ __all__ = ["KafkaBus", "KafkaConsumer", "KafkaTransactions"]
 
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
+_INVALID_TOPIC = 17
 _TOPIC_AUTHORIZATION_FAILED = 29
 _CLUSTER_AUTHORIZATION_FAILED = 31
 
@@ -145,9 +146,14 @@ class KafkaBus:
         if not unknown:
             return
         async with self._topic_lock:
-            existing = await self.describe_topics(unknown)
+            existing, leaderless = await self._describe(unknown)
             self._known_topics.update(existing)
         for name in unknown:
+            if name in leaderless:
+                # It exists, but its partitions have no leader this instant: a broker the
+                # controller fenced (paused past broker.session.timeout.ms, restarting)
+                # comes back leaderless for a moment. That passes; a missing topic does not.
+                raise RetryableError(f"topic {name!r} has no leader yet; retrying")
             if name not in existing:
                 raise missing(name)
 
@@ -186,9 +192,11 @@ class KafkaBus:
             raise RecordTooLarge(
                 f"a record for {records[0].topic!r} exceeds the broker's size limit: {exc}"
             ) from exc
-        except UnknownTopicOrPartitionError:
+        except UnknownTopicOrPartitionError as exc:
+            # Missing, or only unknown to a broker catching up: ask again, which tells.
             self._known_topics.difference_update(r.topic for r in records)
-            raise missing(records[0].topic) from None
+            await self.require_topics(r.topic for r in records)
+            raise RetryableError(f"publish failed: {exc!r}") from exc
         except NOT_AUTHORIZED as exc:
             topics = ", ".join(sorted({r.topic for r in records}))
             raise not_authorized(self.config, f"write to topic {topics}", exc) from exc
@@ -275,8 +283,14 @@ class KafkaBus:
         raise RetryableError(f"topics {list(names)} not visible in metadata after {timeout_s}s")
 
     async def describe_topics(self, names: Sequence[str]) -> dict[str, TopicDescription]:
+        """The usable topics among ``names`` (each partition has a leader)."""
+        return (await self._describe(names))[0]
+
+    async def _describe(self, names: Sequence[str]) -> tuple[dict[str, TopicDescription], set[str]]:
+        """The usable topics among ``names``, and those that exist but are not usable this
+        instant (a partition without a leader: just created, or a fenced broker's)."""
         if not names:
-            return {}
+            return {}, set()
         try:
             raw = await asyncio.wait_for(
                 self.admin.describe_topics(list(names)), self.config.request_timeout_ms / 1000
@@ -284,18 +298,24 @@ class KafkaBus:
         except (TimeoutError, *TRANSIENT) as exc:
             raise RetryableError(f"cannot reach Kafka to describe topics: {exc!r}") from exc
         found: dict[str, TopicDescription] = {}
+        leaderless: set[str] = set()
         for topic in raw:
-            if topic["error_code"] == _TOPIC_AUTHORIZATION_FAILED:
+            code = topic["error_code"]
+            if code == _TOPIC_AUTHORIZATION_FAILED:
                 raise not_authorized(self.config, f"describe topic {topic['topic']!r}")
-            if topic["error_code"] != 0 or not topic["partitions"]:
+            if code in (_UNKNOWN_TOPIC, _INVALID_TOPIC):
+                continue
+            if code != 0 or not topic["partitions"]:
+                leaderless.add(topic["topic"])  # e.g. LEADER_NOT_AVAILABLE
                 continue
             if any(p["leader"] < 0 for p in topic["partitions"]):
-                continue  # just created: not usable until every partition has a leader
+                leaderless.add(topic["topic"])
+                continue
             replicas = max(len(p["replicas"]) for p in topic["partitions"])
             found[topic["topic"]] = TopicDescription(
                 topic["topic"], len(topic["partitions"]), replicas
             )
-        return found
+        return found, leaderless
 
     async def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
         """The effective configs (``retention.ms`` and the like, defaults included) of each

@@ -200,6 +200,13 @@ class RuntimeMetrics(MetricsPart):
         self.duplicates = counter(
             r, "agentstream_duplicates_dropped", "Events already handled (dedup by id)", ["handler"]
         )
+        self.unsettled = counter(
+            r,
+            "agentstream_unsettled",
+            "Processing attempts that failed around the event (a publish refused, a bug); "
+            "the event is processed again in place",
+            ["handler"],
+        )
 
 
 def events_produced(registry: CollectorRegistry) -> Counter:

@@ -402,18 +402,11 @@ class Worker:
             if item.job is not None:
                 await self._processor.run_job(item.job)
             elif item.record is not None and item.route is not None:
-                await self._processor.process(item.record, item.route)
+                await self._process(item.record, item.route)
         except asyncio.CancelledError:
             raise
         except Lost:
             return  # not ours any more: its offset must not count as done here
-        except Exception:
-            # Processor.process handles every failure of the event itself; this is a bug or an
-            # infrastructure failure while dead-lettering. The offset stays uncommitted.
-            log.exception("unhandled failure while processing; the event will be redelivered")
-            if item.record is not None:
-                self._stall(item.record.tp)
-                return
         finally:
             if item.job is not None:
                 self._jobs_held -= 1
@@ -425,10 +418,32 @@ class Worker:
             # The hold of a running slot: a wait in the lane before it held none.
             self._admission.finished(time.monotonic() - began)
 
-    def _stall(self, tp: TopicPartition) -> None:
-        # Leaving the offset in flight blocks commits past it; the record is redelivered
-        # after the next rebalance or restart. Better than committing past a lost event.
-        log.error("partition %s stalls behind an event that could not be settled", tp)
+    async def _process(self, record: Record, route: Route) -> None:
+        """Process ``record`` until it is settled. ``Processor.process`` handles every
+        failure of the event itself (retries, the retry topic, dead letters); what escapes
+        it is a failure around the event: a publish the broker refused for a reason not
+        known to pass, a bug. Processing is idempotent (the outbox), so the record is
+        processed again in place, with backoff, its offset uncommitted and its lane held
+        meanwhile (order kept); a revoke or shutdown cancels the wait. Leaving it for a
+        redelivery instead waited for a rebalance that may never come: its conversation
+        stood still, and its answer with it."""
+        for attempt in range(1, 1_000_000):
+            try:
+                await self._processor.process(record, route)
+                return
+            except (asyncio.CancelledError, Lost):
+                raise
+            except Exception as exc:
+                self.metrics.unsettled.labels(route.name).inc()
+                log.exception(
+                    "%s[%d]@%d could not be settled (attempt %d); processing it again",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    attempt,
+                )
+                await asyncio.sleep(self._backoff(exc, attempt))
+        raise AssertionError("unreachable")
 
     # -- store outages ------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ async def test_redis_restart_under_load(
         1
         for name in c.procs
         for entry in c.log_entries(name)
-        if "stalls behind an event" in str(entry.get("message", ""))
+        if "could not be settled" in str(entry.get("message", ""))
     )
     record_result("redis-restart", report, timeline, {"partition_stalls_logged": stalled})
     assert report.ok, report.describe() + c.tails()
