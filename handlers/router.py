@@ -6,7 +6,8 @@ agent reads only its own input topic ``agent.<name>`` (ADR 23). The router group
 
 - forwards a request to its agent's input topic as a ``turn`` task when no earlier turn of
   the conversation is still unanswered, otherwise queues it, in arrival order;
-- on the terminal ``agent_response`` of the turn in progress, forwards the next queued one.
+- on the terminal ``agent_response`` of the turn in progress, forwards the next queued one
+  (also when that answer's record cannot be read: its dead letter ends the turn).
 
 So the turns of one conversation run one after another in the order of their requests on the
 ``user_request`` partition, whichever agents answer them. The agent of a turn is the one the
@@ -122,6 +123,7 @@ class RouterHandlers:
                 Topic.AGENT_RESPONSE,
                 self.on_agent_response,
                 "router.agent_response",
+                on_dead_letter=self.on_answer_dead_letter,
                 publishes=self.publishes,
             ),
         ]
@@ -157,11 +159,40 @@ class RouterHandlers:
             return []  # nothing changes: no write
         if answered_by is not None:
             conv.last_agent = answered_by
+        return self._release(event.conversation_id, conv, ctx)
+
+    async def on_answer_dead_letter(
+        self, event: Envelope[Any] | None, raw: bytes | None, error: BaseException, ctx: Context
+    ) -> list[Envelope[Any]]:
+        """An answer the router could not handle (its record did not decode: a newer
+        agent's, say) still ends its turn: the conversation's next turn starts, so no later
+        request waits for an answer the router will never read. Its ids come from the
+        event or, undecoded, from its raw bytes."""
+        if isinstance(event, AgentResponse):
+            request_id, conversation_id = event.request_id, event.conversation_id
+        elif event is None and (ids := ids_from_raw(raw)) is not None:
+            request_id, conversation_id = ids["request_id"], ids["conversation_id"]
+        else:
+            return []
+        conv = await ctx.load(ctx.key("route", conversation_id), ConversationRoute)
+        if conv is None or conv.active != request_id:
+            return []
+        log.warning(
+            "answer of %s could not be read (%s); the conversation's next turn starts",
+            request_id,
+            error,
+        )
+        return self._release(conversation_id, conv, ctx)
+
+    def _release(
+        self, conversation_id: str, conv: ConversationRoute, ctx: Context
+    ) -> list[Envelope[Any]]:
+        """The active turn is answered: start the next queued one, if any."""
         conv.active = None
         if not conv.queue:
-            ctx.save(conv_key, conv, self.ttl_s)
+            ctx.save(ctx.key("route", conversation_id), conv, self.ttl_s)
             return []
-        return self._next(event.conversation_id, conv, ctx)
+        return self._next(conversation_id, conv, ctx)
 
     def _next(
         self, conversation_id: str, conv: ConversationRoute, ctx: Context

@@ -491,3 +491,28 @@ async def test_an_unreadable_request_is_rejected_in_its_turn(handling: Handling)
         )
     )
     assert (at_once.request_id, at_once.tenant) == ("x9", "default")
+
+
+async def test_an_answer_the_router_cannot_read_still_ends_its_turn(handling: Handling) -> None:
+    router = RouterHandlers(["triage"], "triage", ttl_s=60)
+    await handling.handle(router.on_user_request, request("r1"))
+    assert await handling.handle(router.on_user_request, request("r2")) == []
+    # An answer of another turn, unreadable, changes nothing.
+    stray = b'{"request_id": "r0", "conversation_id": "c1", "data": {"status": 7}}'
+    assert (
+        await handling.run(
+            lambda ctx: router.on_answer_dead_letter(None, stray, SchemaError("bad"), ctx)
+        )
+        == []
+    )
+    # r1's answer did not decode (a newer agent's record, say): r2 starts all the same.
+    raw = b'{"request_id": "r1", "conversation_id": "c1", "data": {"status": 7}}'
+    (second,) = await handling.run(
+        lambda ctx: router.on_answer_dead_letter(None, raw, SchemaError("bad record"), ctx)
+    )
+    assert isinstance(second, AgentTask)
+    assert second.request_id == "r2"
+    assert await handling.handle(router.on_agent_response, response("r2", "triage")) == []
+    state = await handling.load(ConversationRoute, "route", "c1")
+    assert state is not None
+    assert (state.active, state.queue) == (None, [])
