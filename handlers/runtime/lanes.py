@@ -30,6 +30,9 @@ class _Lane(Generic[ItemT]):
     queue: deque[ItemT] = field(default_factory=deque)
     current: ItemT | None = None
     task: asyncio.Task[None] | None = None
+    #: Whether ``task`` began to run. A task cancelled before its first step never runs
+    #: its body, ``finally`` included: :meth:`Lanes.abandon` settles its count instead.
+    entered: bool = False
 
 
 class Lanes(Generic[ItemT]):
@@ -77,11 +80,13 @@ class Lanes(Generic[ItemT]):
 
     def _start(self, key: bytes, lane: _Lane[ItemT], item: ItemT) -> None:
         lane.current = item
+        lane.entered = False
         self.running += 1
         # A constant name: formatting the key cost 2 % of a busy worker's CPU.
         lane.task = asyncio.create_task(self._drain(key, lane), name="lane")
 
     async def _drain(self, key: bytes, lane: _Lane[ItemT]) -> None:
+        lane.entered = True
         try:
             while True:
                 assert lane.current is not None
@@ -111,7 +116,7 @@ class Lanes(Generic[ItemT]):
         """Drop queued items matching ``predicate`` and cancel lanes running one; return the
         dropped items. Used on revoke after the drain deadline, and at shutdown."""
         dropped: list[ItemT] = []
-        cancelled: list[asyncio.Task[None]] = []
+        cancelled: list[tuple[_Lane[ItemT], asyncio.Task[None]]] = []
         requeue: list[tuple[bytes, deque[ItemT]]] = []
         for key, lane in list(self._lanes.items()):
             kept = deque(i for i in lane.queue if not predicate(i))
@@ -121,15 +126,19 @@ class Lanes(Generic[ItemT]):
             if lane.current is not None and predicate(lane.current) and lane.task is not None:
                 dropped.append(lane.current)
                 lane.task.cancel()
-                cancelled.append(lane.task)
+                cancelled.append((lane, lane.task))
                 # The lane's other queued items (other partitions) go on once it is gone.
                 requeue.append((key, lane.queue))
                 del self._lanes[key]
             elif lane.task is None and not lane.queue:
                 del self._lanes[key]  # a ready lane left with nothing to run
-        for task in cancelled:
+        for lane, task in cancelled:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if not lane.entered:
+                # Started and cancelled in one turn of the loop (a revoke right after a
+                # start): its ``finally`` never ran, its slot would be held for ever.
+                self.running -= 1
         for key, rest in requeue:
             if not rest:
                 continue

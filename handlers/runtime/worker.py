@@ -91,6 +91,9 @@ class _Item:
     record: Record | None = None
     job: Job | None = None
     started: float = 0.0
+    #: Whether its run began (a lane cancelled in the same turn of the loop as its start
+    #: never runs it: nothing of ``_run_item`` ran, its ``finally`` included).
+    entered: bool = False
 
     @property
     def tp(self) -> TopicPartition | None:
@@ -397,6 +400,7 @@ class Worker:
         return self._lanes.submit(_key(record), item)
 
     async def _run_item(self, item: _Item) -> None:
+        item.entered = True
         began = time.monotonic()
         try:
             if item.job is not None:
@@ -525,9 +529,8 @@ class Worker:
         )
         if dropped:
             log.warning("abandoned %d in-flight item(s) of revoked partitions", len(dropped))
-        self._jobs_held -= sum(
-            1 for item in dropped if item.job is not None and item.record is None
-        )
+        # A job whose run began counted itself out (``_run_item``'s finally).
+        self._jobs_held -= sum(1 for item in dropped if item.job is not None and not item.entered)
         await self._commit(revoked)
         async with self._ownership:
             await self._delivery.release(revoked)

@@ -272,3 +272,24 @@ def test_a_validation_error_is_permanent() -> None:
     assert policy.verdict(caught.value, 1) is Verdict.DEAD_LETTER
     assert not is_permanent(RetryableError("503"))
     assert not is_permanent(ValueError("bug"))
+
+
+async def test_a_lane_abandoned_before_it_began_frees_its_running_slot() -> None:
+    # A revoke in the same turn of the loop as a start cancels the lane's task before its
+    # first step: the task's body never runs, its ``finally`` included. Its running slot
+    # was held for ever before, and a worker's budget shrank with every such revoke until
+    # nothing could start.
+    ran: list[int] = []
+
+    async def run(item: int) -> None:
+        ran.append(item)
+
+    for on_ready in (None, [].append):
+        lanes: Lanes[int] = Lanes(run, on_ready=on_ready)
+        lanes.submit(b"k", 1)
+        lanes.submit(b"k", 2)
+        lanes.submit(b"j", 3)
+        assert lanes.running == 2
+        assert sorted(await lanes.abandon(lambda i: True)) == [1, 2, 3]
+        assert (lanes.running, lanes.waiting, len(lanes)) == (0, 0, 0)
+        assert ran == []

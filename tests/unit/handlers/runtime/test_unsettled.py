@@ -8,6 +8,9 @@ right after a broker freeze, a fenced broker described every topic without a lea
 moment, the bus took that for "topic missing" and the memory worker's publishes failed for
 good. Now the record is processed again, in place, with backoff: its lane (its
 conversation) waits, nothing overtakes it, and the offset is committed once it is settled.
+
+Also here: work abandoned on a revoke is counted out once (a job running then counted
+itself out and was counted out again by the revoke).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.retries import RetryPolicy
-from agentstream.handlers.runtime.route import Route
+from agentstream.handlers.runtime.route import Job, Route
 from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
 from agentstream.handlers.stores.base import InProcessStore
 from agentstream.schemas import (
@@ -32,7 +35,7 @@ from agentstream.schemas import (
     decode,
     encode,
 )
-from agentstream.topics import Catalog, OutgoingRecord, Topic
+from agentstream.topics import Catalog, OutgoingRecord, Topic, TopicPartition
 from agentstream.topics.bus import RecordMetadata
 from agentstream.topics.memory import InProcessBus
 from agentstream.wiring import ensure_topics
@@ -115,3 +118,32 @@ async def test_a_record_that_could_not_be_settled_is_processed_again_in_place() 
         stop.set()
         await task
         await bus.stop()
+
+
+async def test_jobs_abandoned_on_a_revoke_are_counted_out_once() -> None:
+    # A job running when its partition is revoked counts itself out as its run ends; the
+    # revoke counted it out a second time, and the worker's in-flight count went below
+    # what it held. A job cancelled before it began is counted out by the revoke alone.
+    bus = InProcessBus(default_partitions=1)
+    await bus.start()
+    await ensure_topics(bus, CATALOG, create=True)
+    config = RuntimeConfig(group_id="g", source="test", drain_timeout_s=0.05)
+    worker = Worker(
+        bus, InProcessStore(), CATALOG, [Route(Topic.USER_REQUEST, answer, "h")], config
+    )
+    hold = asyncio.Event()
+
+    async def slow(ctx: Context) -> list[Envelope[Any]]:
+        await hold.wait()
+        return []
+
+    def job(key: bytes) -> Job:
+        return Job(key=key, partition=0, mark_id=key.decode(), name="sweep", run=slow)
+
+    worker.submit_job(job(b"k1"))
+    await asyncio.sleep(0.05)  # k1 runs
+    worker.submit_job(job(b"k2"))  # k2 starts, and is revoked in the same turn of the loop
+    assert worker._jobs_held == 2
+    await worker._on_revoke({TopicPartition(CATALOG.name(Topic.USER_REQUEST), 0)})
+    assert (worker._jobs_held, worker.running) == (0, 0)
+    await bus.stop()
