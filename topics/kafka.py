@@ -359,9 +359,10 @@ class KafkaBus:
         read_committed: bool = True,
         idle_ms: int = 500,
     ) -> list[Record]:
+        await self.require_topics([topic])
         described = await self.describe_topics([topic])
         if topic not in described:
-            raise missing(topic)
+            raise RetryableError(f"topic {topic!r} has no leader yet; retrying")
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",

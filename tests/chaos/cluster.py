@@ -18,12 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from agentstream.agents import DEFAULT_AGENT
-from agentstream.schemas import Envelope, RetryableError, TopicMissing, encode
+from agentstream.schemas import Envelope, RetryableError, encode
 from agentstream.settings import Settings, TopicSettings
 from agentstream.topics import Catalog, KafkaConfig, OutgoingRecord, Record, Topic
 from agentstream.wiring import build_bus, ensure_topics
@@ -241,7 +242,30 @@ class Cluster:
         return "\n".join(line[:width] for line in text[-lines:])
 
     def tails(self, lines: int = 15) -> str:
-        return "".join(f"\n--- {n} ---\n{self.tail(n, lines)}" for n in self.procs)
+        """Each process's last lines, after the errors any of them logged (a failed run's
+        cause is often an error minutes before the end)."""
+        errors = self.errors()
+        head = f"\n--- errors logged ---\n{errors}" if errors else ""
+        return head + "".join(f"\n--- {n} ---\n{self.tail(n, lines)}" for n in self.procs)
+
+    def errors(self, most: int = 12) -> str:
+        """The distinct ERROR entries of every process and incarnation, with the last line
+        of their exception and how often each came."""
+        seen: Counter[tuple[str, str, str]] = Counter()
+        first: dict[tuple[str, str, str], str] = {}
+        for name, files in self.log_files.items():
+            for incarnation in range(len(files)):
+                for entry in self.log_entries(name, incarnation):
+                    if entry.get("level") not in ("ERROR", "CRITICAL"):
+                        continue
+                    exc = str(entry.get("exc", "")).strip().splitlines()
+                    what = (name, str(entry.get("message", ""))[:160], exc[-1][:300] if exc else "")
+                    seen[what] += 1
+                    first.setdefault(what, str(entry.get("time", "")))
+        return "\n".join(
+            f"{first[w]} {w[0]} x{n}: {w[1]}" + (f" | {w[2]}" if w[2] else "")
+            for w, n in seen.most_common(most)
+        )
 
     # -- traffic -------------------------------------------------------------------------
 
@@ -268,12 +292,12 @@ class Cluster:
 
     async def read(self, topic: str, *, read_committed: bool = True) -> list[Record]:
         """Every record of ``topic``, waiting out a broker that just came back: for a moment
-        its partitions have no leader, which the bus reports as a missing topic."""
+        its partitions have no leader (a ``RetryableError``)."""
         deadline = time.monotonic() + 30
         while True:
             try:
                 return await self.bus.read(topic, read_committed=read_committed)
-            except (TopicMissing, RetryableError):
+            except RetryableError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
