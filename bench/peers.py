@@ -196,7 +196,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         "events_per_s": median(lambda x: x["events_per_s"]),
         "cpu_ms_per_1000": {
             part: median(lambda x, part=part: x["cpu_ms_per_1000"].get(part))
-            for part in ("worker", "broker", "redis")
+            for part in ("worker", "broker", "redis", "worker0", "worker1")
         },
         "order_held": all(x["out_of_order"] == 0 for x in rounds),
         "out_of_order": [x["out_of_order"] for x in rounds],

@@ -156,6 +156,7 @@ async def drain(
         published = time.monotonic() - published
         started = time.time()
         before = {"worker": _cpu(pids()), **{k: _cpu([p] if p else []) for k, p in watch.items()}}
+        each_before = [_cpu([p]) for p in pids()]
         deadline = time.monotonic() + timeout_s
         killed = False
         worker_cpu_before_kill = 0.0
@@ -180,6 +181,10 @@ async def drain(
                     for m in messages:
                         outputs.add(m.headers, m.timestamp)
         after = {"worker": _cpu(pids()), **{k: _cpu([p] if p else []) for k, p in watch.items()}}
+        if not killed:
+            # Per process of a stage of several (the router, the agent): what each cost.
+            for i, (b, a) in enumerate(zip(each_before, (_cpu([p]) for p in pids()), strict=True)):
+                before[f"worker{i}"], after[f"worker{i}"] = b, a
     finally:
         await consumer.stop()
     if kill_at is None and outputs.wanted:
