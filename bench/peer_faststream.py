@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agentstream.handlers.agent.events import response_for  # noqa: E402
-from agentstream.schemas import Usage, UserRequest, encode_headers  # noqa: E402
+from agentstream.handlers.agent.events import response_event  # noqa: E402
+from agentstream.schemas import AgentResponseData, UserRequest, encode_headers  # noqa: E402
 from faststream import FastStream  # noqa: E402
 from faststream.kafka import KafkaBroker  # noqa: E402
 from faststream.middlewares import AckPolicy  # noqa: E402
@@ -82,7 +82,7 @@ def build_app(
         max_workers=max_workers,
     )
     async def answer(event: UserRequest) -> None:
-        reply = response_for(event, "completed", "ok", None, Usage(), steps=1, tools=[])
+        reply = response_event(event, AgentResponseData(status="completed", text="ok", steps=1))
         headers = {name: value.decode() for name, value in encode_headers(reply)}
         await publisher.publish(reply, key=reply.key, headers=headers)
 

@@ -38,8 +38,8 @@ def build_app(
 ) -> Any:
     """The faust app: one agent of ``concurrency`` instances (see the module docstring)."""
     import faust
-    from agentstream.handlers.agent.events import response_for
-    from agentstream.schemas import Usage, UserRequest, encode
+    from agentstream.handlers.agent.events import response_event
+    from agentstream.schemas import AgentResponseData, UserRequest, encode
 
     app = faust.App(
         group,
@@ -58,7 +58,9 @@ def build_app(
     async def answer(stream: Any) -> None:
         async for event in stream.events():
             request = UserRequest.model_validate_json(event.value)
-            reply = response_for(request, "completed", "ok", None, Usage(), steps=1, tools=[])
+            reply = response_event(
+                request, AgentResponseData(status="completed", text="ok", steps=1)
+            )
             key, value, headers = encode(reply)
             await answers.send(key=key, value=value, headers=headers)
 

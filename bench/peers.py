@@ -103,7 +103,9 @@ async def run(args: argparse.Namespace, svc: dict[str, Any], logs: Path) -> dict
             stages[name] = stage
             rows[name] = {"stage": name, "what": _what(name, args), "rounds": []}
         for name, stage in list(stages.items()):
-            warm = make_events(args.warmup, min(args.keys, args.warmup), f"w{name}", args.size)
+            warm = make_events(
+                args.warmup, min(args.keys, args.warmup), f"w{name}", args.size, stage.task_for
+            )
             try:
                 await _drain(args, bootstrap, producer, stage, warm, watch, hold=False)
             except BenchError as exc:
@@ -112,7 +114,7 @@ async def run(args: argparse.Namespace, svc: dict[str, Any], logs: Path) -> dict
             line = []
             for name, stage in list(stages.items()):
                 events = make_events(
-                    args.events, args.keys, f"r{r}{uuid.uuid4().hex[:6]}", args.size
+                    args.events, args.keys, f"r{r}{uuid.uuid4().hex[:6]}", args.size, stage.task_for
                 )
                 try:
                     got = await _drain(args, bootstrap, producer, stage, events, watch)
@@ -124,7 +126,9 @@ async def run(args: argparse.Namespace, svc: dict[str, Any], logs: Path) -> dict
             print(f"round {r + 1}: " + ", ".join(line), flush=True)
         if args.kill_at > 0:
             for name, stage in stages.items():
-                events = make_events(args.events, args.keys, f"k{uuid.uuid4().hex[:6]}", args.size)
+                events = make_events(
+                    args.events, args.keys, f"k{uuid.uuid4().hex[:6]}", args.size, stage.task_for
+                )
                 got = await _drain(
                     args, bootstrap, producer, stage, events, watch, kill_at=args.kill_at
                 )
@@ -192,7 +196,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
         "events_per_s": median(lambda x: x["events_per_s"]),
         "cpu_ms_per_1000": {
             part: median(lambda x, part=part: x["cpu_ms_per_1000"].get(part))
-            for part in ("worker", "broker", "redis")
+            for part in ("worker", "broker", "redis", "worker0", "worker1")
         },
         "order_held": all(x["out_of_order"] == 0 for x in rounds),
         "out_of_order": [x["out_of_order"] for x in rounds],

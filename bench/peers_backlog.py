@@ -1,7 +1,8 @@
 """The events of ``bench/peers.py`` and one backlog drained by one stage.
 
-Events are agentstream ``user_request`` envelopes of a fixed size (1 KiB by default, padded
-in ``data.metadata``), over a number of keys (conversations), each carrying its per-key
+Events are agentstream ``user_request`` envelopes (or, for a stage that starts at an agent's
+input topic, the router's ``turn`` tasks wrapping them) of a fixed size (1 KiB by default,
+padded in ``data.metadata``), over a number of keys (conversations), each carrying its per-key
 sequence number (``metadata.seq``). A stage's outputs are matched to its inputs by the
 ``ce_requestid`` header every stage's answer carries, so per-key order is checked on the
 output topic: within a partition, the first output of each event of one key must come in
@@ -39,10 +40,18 @@ class Event:
     headers: tuple[tuple[str, bytes], ...]
 
 
-def make_events(n: int, keys: int, tag: str, size: int = 1024) -> list[Event]:
+def make_events(
+    n: int, keys: int, tag: str, size: int = 1024, task_for: str | None = None
+) -> list[Event]:
     """``n`` chat requests over ``keys`` conversations, interleaved (turn 0 of every
-    conversation, then turn 1, ...), each value padded to ``size`` bytes."""
-    from agentstream.schemas import UserRequest, UserRequestData, encode
+    conversation, then turn 1, ...), each value padded to ``size`` bytes. With
+    ``task_for``, each request is wrapped as the router forwards it to that agent (a
+    ``turn`` task, :func:`agentstream.handlers.router.turn_task`), padded the same way."""
+    from agentstream.handlers.router import turn_task
+    from agentstream.schemas import Envelope, UserRequest, UserRequestData, encode
+
+    def wrapped(request: UserRequest) -> Envelope[Any]:
+        return request if task_for is None else turn_task(request, task_for)
 
     events = []
     for i in range(n):
@@ -59,12 +68,12 @@ def make_events(n: int, keys: int, tag: str, size: int = 1024) -> list[Event]:
             conversation_id=f"{tag}-c{conv}",
             data=data,
         )
-        _, value, _ = encode(request)
+        _, value, _ = encode(wrapped(request))
         metadata["pad"] = "x" * max(0, size - len(value))
         request = request.model_copy(
             update={"data": data.model_copy(update={"metadata": metadata})}
         )
-        key, value, headers = encode(request)
+        key, value, headers = encode(wrapped(request))
         events.append(Event(request.request_id, key, seq, value, tuple(headers)))
     return events
 
@@ -147,6 +156,7 @@ async def drain(
         published = time.monotonic() - published
         started = time.time()
         before = {"worker": _cpu(pids()), **{k: _cpu([p] if p else []) for k, p in watch.items()}}
+        each_before = [_cpu([p]) for p in pids()]
         deadline = time.monotonic() + timeout_s
         killed = False
         worker_cpu_before_kill = 0.0
@@ -171,6 +181,10 @@ async def drain(
                     for m in messages:
                         outputs.add(m.headers, m.timestamp)
         after = {"worker": _cpu(pids()), **{k: _cpu([p] if p else []) for k, p in watch.items()}}
+        if not killed:
+            # Per process of a stage of several (the router, the agent): what each cost.
+            for i, (b, a) in enumerate(zip(each_before, (_cpu([p]) for p in pids()), strict=True)):
+                before[f"worker{i}"], after[f"worker{i}"] = b, a
     finally:
         await consumer.stop()
     if kill_at is None and outputs.wanted:

@@ -19,6 +19,12 @@ turns before it), as is one whose record does not decode.
 A request already routed (``routed:<request_id>``) is a duplicate and changes nothing, so a
 replay or a second publish of a request cannot block its conversation behind a turn that
 will never be answered.
+
+The conversation's state is read and written on every request and every answer, while a
+queued turn is needed once, when it is forwarded: queued turns are kept as their JSON text
+and parsed only then. Validating every queued request on every read made a conversation
+with a backlog of turns cost the router time in proportion to that backlog, twice per turn
+(bench/README.md, 2026-12-08).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from agentstream.schemas import (
     derive_id,
 )
 from agentstream.topics import Inbox, LogicalTopic, Topic
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 __all__ = ["ConversationRoute", "Refusal", "RouterHandlers", "turn_task"]
 
@@ -66,8 +72,32 @@ class ConversationRoute(BaseModel):
     """The router's state of one conversation."""
 
     active: str | None = Field(None, description="The request whose answer is awaited.")
-    queue: list[UserRequest | Refusal] = Field(default_factory=list)
+    queued: list[str] = Field(
+        default_factory=list,
+        description="The later turns in arrival order, each the JSON text of a UserRequest "
+        "or a Refusal, parsed when its turn comes (see the module docstring).",
+    )
+    queue: list[UserRequest | Refusal] = Field(
+        default_factory=list,
+        description="Turns queued by a router of before 2026-12-08 (they come before "
+        "``queued``); read, never added to.",
+    )
     last_agent: str | None = Field(None, description="Who answered the last turn.")
+
+    def push(self, turn: UserRequest | Refusal) -> None:
+        """Queue ``turn`` behind the others."""
+        self.queued.append(turn.model_dump_json())
+
+    def pop(self) -> UserRequest | Refusal | None:
+        """The first queued turn, taken out of the queue (None when there is none)."""
+        if self.queue:
+            return self.queue.pop(0)
+        if self.queued:
+            return _QUEUED.validate_json(self.queued.pop(0))
+        return None
+
+
+_QUEUED: TypeAdapter[UserRequest | Refusal] = TypeAdapter(UserRequest | Refusal)
 
 
 class _Routed(BaseModel):
@@ -140,11 +170,10 @@ class RouterHandlers:
         if conv.active is not None:
             # Queued even when it will be refused: its answer must not overtake the turns
             # before it.
-            conv.queue.append(event)
+            conv.push(event)
             ctx.save(conv_key, conv, self.ttl_s)
             return []
-        conv.queue.insert(0, event)
-        return self._next(event.conversation_id, conv, ctx)
+        return self._next(event.conversation_id, conv, ctx, event)
 
     async def on_agent_response(self, event: AgentResponse, ctx: Context) -> list[Envelope[Any]]:
         conv_key = ctx.key("route", event.conversation_id)
@@ -189,20 +218,21 @@ class RouterHandlers:
     ) -> list[Envelope[Any]]:
         """The active turn is answered: start the next queued one, if any."""
         conv.active = None
-        if not conv.queue:
-            ctx.save(ctx.key("route", conversation_id), conv, self.ttl_s)
-            return []
         return self._next(conversation_id, conv, ctx)
 
     def _next(
-        self, conversation_id: str, conv: ConversationRoute, ctx: Context
+        self,
+        conversation_id: str,
+        conv: ConversationRoute,
+        ctx: Context,
+        first: UserRequest | None = None,
     ) -> list[Envelope[Any]]:
-        """Start the first queued request: the answers of the ones naming an undeclared
-        agent (``rejected``), then the forward of the first one that names none or a
-        declared one (it becomes the active turn)."""
+        """Start the first queued request (``first``, then the queue's): the answers of the
+        ones naming an undeclared agent (``rejected``), then the forward of the first one
+        that names none or a declared one (it becomes the active turn)."""
         out: list[Envelope[Any]] = []
-        while conv.queue:
-            request = conv.queue.pop(0)
+        while (request := first or conv.pop()) is not None:
+            first = None
             if isinstance(request, Refusal):
                 out.append(_rejected(request, request.reason))
                 continue
@@ -249,6 +279,6 @@ class RouterHandlers:
         conv = await ctx.load(conv_key, ConversationRoute)
         if conv is None or conv.active is None:
             return [_rejected(refusal, reason)]
-        conv.queue.append(refusal)
+        conv.push(refusal)
         ctx.save(conv_key, conv, self.ttl_s)
         return []

@@ -24,12 +24,14 @@ from agentstream.agents import (
 from agentstream.handlers.agent.metrics import AgentMetrics
 from agentstream.handlers.agent.routes import AgentConfig, AgentHandlers
 from agentstream.handlers.router import ConversationRoute, RouterHandlers, turn_task
+from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.tool import tool_result
 from agentstream.schemas import (
     AgentResponse,
     AgentResponseData,
     AgentTask,
     ConfigError,
+    Envelope,
     SchemaError,
     ToolCall,
     ToolResult,
@@ -151,7 +153,26 @@ async def test_the_router_runs_a_conversations_turns_one_at_a_time(handling: Han
     assert await handling.handle(router.on_agent_response, response("r3", "billing")) == []
     state = await handling.load(ConversationRoute, "route", "c1")
     assert state is not None
-    assert (state.active, state.queue, state.last_agent) == (None, [], "billing")
+    assert (state.active, state.queued, state.last_agent) == (None, [], "billing")
+
+
+async def test_the_router_serves_turns_queued_by_a_router_of_before_in_order(
+    handling: Handling,
+) -> None:
+    """A state written before queued turns were kept as text (``queue``) still serves its
+    turns first, then the ones queued since."""
+    router = RouterHandlers(["triage"], "triage", ttl_s=60)
+    old = ConversationRoute(active="r1", queue=[request("r2"), request("r3")])
+    await handling.run(lambda ctx: _saved(ctx, ctx.key("route", "c1"), old))
+    assert await handling.handle(router.on_user_request, request("r4")) == []
+    for answered, following in (("r1", "r2"), ("r2", "r3"), ("r3", "r4")):
+        (task,) = await handling.handle(router.on_agent_response, response(answered, None))
+        assert (task.request_id, task.data.agent) == (following, "triage")
+
+
+async def _saved(ctx: Context, key: str, value: BaseModel) -> list[Envelope[Any]]:
+    ctx.save(key, value)
+    return []
 
 
 async def test_the_router_rejects_an_unknown_agent_without_holding_the_conversation(
@@ -515,4 +536,4 @@ async def test_an_answer_the_router_cannot_read_still_ends_its_turn(handling: Ha
     assert await handling.handle(router.on_agent_response, response("r2", "triage")) == []
     state = await handling.load(ConversationRoute, "route", "c1")
     assert state is not None
-    assert (state.active, state.queue) == (None, [])
+    assert (state.active, state.queue, state.queued) == (None, [], [])
