@@ -1,7 +1,8 @@
 """A running handler holds what it needs, not its decoded event (issue 17: thousands of
 handlers await a model at once in one worker). The runtime hands the event to the handler
 and keeps only the record's bytes, decoding them again, to an equal event, for another
-attempt; the agent's handlers drop their task before the model call."""
+attempt; the agent's handlers drop their task before the model call; a prefetched state's
+bytes are let go once parsed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any
 
 import pytest
 from agentstream.agents import Message, ToolSpec
+from agentstream.handlers.agent.routes import ConversationState
 from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.retries import RetryPolicy
 from agentstream.handlers.runtime.route import Route
 from agentstream.handlers.runtime.worker import RuntimeConfig, Worker
-from agentstream.handlers.stores.base import InProcessStore
+from agentstream.handlers.stores.base import InProcessStore, Put
 from agentstream.schemas import (
     AgentResponse,
     Envelope,
@@ -94,3 +96,22 @@ async def test_the_agent_holds_no_task_while_its_model_runs() -> None:
     outputs = await Handling().run(lambda ctx: handlers.on_event(handed.pop(), ctx))
     assert during == [True]
     assert [type(e) for e in outputs] == [AgentResponse]
+
+
+async def test_a_prefetched_value_is_let_go_once_loaded_and_the_commit_still_checks_it() -> None:
+    store = InProcessStore()
+    handling = Handling(store=store)
+    assert await store.commit(expect={}, ops=[Put("test:k", b'{"history": [], "active": "a"}')])
+    ctx = handling.context()
+    await ctx.prefetch("test:k")
+    first = await ctx.load("test:k", ConversationState)
+    assert first is not None
+    assert first.active == "a"
+    assert not ctx._prefetched  # parsed once, the bytes not held beside the state
+    # Changed meanwhile: a second load reads it again, and the commit checks the version
+    # the handler first read.
+    assert await store.commit(expect={}, ops=[Put("test:k", b'{"history": [], "active": "b"}')])
+    again = await ctx.load("test:k", ConversationState)
+    assert again is not None
+    assert again.active == "b"
+    assert not await store.commit(expect=ctx.reads, ops=ctx.ops)
