@@ -65,7 +65,16 @@ def summarise(prefix: str, since: float) -> dict[str, Any]:
         for k in ("in_flight", "running", "waiting", "backlog", "model_in_flight", "lag_s", "cpu")
         if all(k in r for r in busy)
     }
-    return {**means, "backlog_empty_samples": sum(r["backlog"] == 0 for r in busy), "ms": phases}
+    # Resident memory when the most model calls were in flight at once: what holding that
+    # many running handlers costs, apart from the run's transients (issue 17).
+    top = max(busy, key=lambda r: (r["model_in_flight"], -r["t"]))
+    memory = {"max_model_in_flight": top["model_in_flight"], "rss_mb_then": top.get("rss_mb")}
+    return {
+        **means,
+        **memory,
+        "backlog_empty_samples": sum(r["backlog"] == 0 for r in busy),
+        "ms": phases,
+    }
 
 
 async def main() -> None:

@@ -39,7 +39,9 @@ _EXTENSIONS = (
 _SERVICES = frozenset({"up", "worker", "ingress"})
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; the commands of :data:`_EXTENSIONS` are left out when
+    ``argv`` names a built-in command (their imports are a tenth of a worker's start)."""
     p = argparse.ArgumentParser(
         prog="agentstream",
         description="A Kafka event-driven pipeline for LLM agents.",
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     memory = sub.add_parser("memory", help="long-term memory")
     memory.add_argument("action", choices=["rebuild"])
 
-    for name in _EXTENSIONS:
+    for name in _EXTENSIONS if _command_of(argv) not in _BUILTIN else ():
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -100,8 +102,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The command ``argv`` names (its first word that is not an option or the value of
+    ``--config``), None when there is none or help comes first (it lists every command)."""
+    words = iter(argv or ())
+    for word in words:
+        if word in ("-h", "--help"):
+            return None
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
     from agentstream.logs import configure_logging
 
     try:
@@ -343,6 +360,8 @@ _COMMANDS: dict[str, Command] = {
     "send": _cmd_send,
     "memory": _cmd_memory,
 }
+#: The commands of this module, which need none of :data:`_EXTENSIONS` to parse.
+_BUILTIN = frozenset(_COMMANDS)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -66,11 +66,14 @@ async def ensure_topics(bus: Bus, catalog: Catalog, *, create: bool) -> None:
     fail (``ConfigError``) when a topic's partition count is not the catalog's, since one
     member must own a conversation in every topic (ADR 20)."""
     specs = list(catalog.specs())
-    if create:
-        created = await bus.create_topics([s.description() for s in specs])
+    # One describe when every topic is there (a worker's every start but the first).
+    existing = await bus.describe_topics([s.name for s in specs])
+    absent = [s for s in specs if s.name not in existing]
+    if create and absent:
+        created = await bus.create_topics([s.description() for s in absent])
         if created:
             log.info("created topics: %s", ", ".join(created))
-    existing = await bus.describe_topics([s.name for s in specs])
+        existing.update(await bus.describe_topics([s.name for s in absent]))
     missing = [s.name for s in specs if s.name not in existing]
     if missing:
         raise ConfigError(

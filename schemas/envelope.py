@@ -79,9 +79,13 @@ def _wire_schema(schema: dict[str, Any]) -> None:
 
 
 class Payload(BaseModel):
-    """Base of every ``data`` payload. Unknown fields are kept, never an error."""
+    """Base of every ``data`` payload. Unknown fields are kept, never an error.
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    Validators and serializers are built on a model's first use (``defer_build``), not at
+    import: a worker uses a few of the event types, and building all of them was a sixth
+    of its start (issue 17)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
 
 PayloadT = TypeVar("PayloadT", bound=Payload)
@@ -95,7 +99,9 @@ class Envelope(BaseModel, Generic[PayloadT]):
     :mod:`agentstream.schemas.events`.
     """
 
-    model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra=_wire_schema)
+    model_config = ConfigDict(
+        extra="allow", frozen=True, json_schema_extra=_wire_schema, defer_build=True
+    )
 
     TYPE: ClassVar[str] = ""
 

@@ -315,6 +315,8 @@ class KafkaBus:
             found[topic["topic"]] = TopicDescription(
                 topic["topic"], len(topic["partitions"]), replicas
             )
+        # Seen to exist: joining a group on them (require_topics) asks the broker no more.
+        self._known_topics.update(found)
         return found, leaderless
 
     async def topic_configs(self, names: Sequence[str]) -> dict[str, dict[str, str]]:

@@ -3,9 +3,10 @@
 On the worker's ``PYTHONPATH`` (the driver puts it there) and with ``BENCH_TRACE`` set, it
 wraps ``agentstream.handlers.runtime.worker.Worker.run`` with a task that writes one JSON line every
 ``BENCH_TRACE_TICK_S`` (0.1 s): records in flight, backlog, model calls in flight, the
-loop's lag, the CPU share of the last tick, and the cumulative count and seconds of each
-phase of a record's hold (lane wait, ``Processor.process``, ``_decide``, the state read, the
-model call, the commit, the delivery). With ``BENCH_TRACEMALLOC=N`` it also traces Python
+resident memory (``rss_mb``), the loop's lag, the CPU share of the last tick, and the
+cumulative count and seconds of each phase of a record's hold (lane wait,
+``Processor.process``, ``_decide``, the state read, the model call, the commit, the
+delivery). With ``BENCH_TRACEMALLOC=N`` it also traces Python
 allocations (``tracemalloc``, one frame; the worker runs slower) and, the first time N
 model calls are in flight at once, writes ``<BENCH_TRACE>.<pid>.memory.txt``: the memory
 allocated since the worker started, by source line, largest first, and per model call in
@@ -95,6 +96,7 @@ def _install() -> None:
                         "backlog": len(self._admission),
                         "hold_s": round(self._admission.hold_s, 4),
                         "model_in_flight": model["in_flight"],
+                        "rss_mb": _rss_mb(),
                         "phases": {k: [int(v[0]), round(v[1], 4)] for k, v in phases.items()},
                     }
                     out.write(json.dumps(line) + "\n")
@@ -111,6 +113,12 @@ def _install() -> None:
             task.cancel()
 
     runtime.Worker.run = traced_run  # type: ignore[method-assign]
+
+
+def _rss_mb() -> float:
+    """The process's resident memory now, MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
 
 
 def _write_memory(

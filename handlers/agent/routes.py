@@ -29,6 +29,7 @@ model is not called again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,30 +180,27 @@ class AgentHandlers:
 
     # -- events -------------------------------------------------------------------------
 
-    async def on_event(self, event: Envelope[Any], ctx: Context) -> list[Envelope[Any]]:
+    # While a handler awaits its model (thousands of them at once in one worker, ADR 24),
+    # it holds its run state, not its event: ``on_event`` is a plain function (no frame of
+    # its own), and each handler drops its event once it has what the run needs. The decoded
+    # event was a sixth of a running handler's memory (issue 17).
+
+    def on_event(self, event: Envelope[Any], ctx: Context) -> Awaitable[list[Envelope[Any]]]:
         if isinstance(event, ToolResult):
-            return await self.on_tool_result(event, ctx)
+            return self.on_tool_result(event, ctx)
         if isinstance(event, AgentTask):
             if event.data.agent != self.name:
                 log.warning("task for agent %s on %s's topic ignored", event.data.agent, self.name)
-                return []
+                return _nothing()
             if event.data.kind == "turn":
-                return await self.on_turn(event, ctx)
+                return self.on_turn(event, ctx)
             if event.data.kind == "handoff":
-                return await self.on_handoff(event, ctx)
-            return await self.on_subrun(event, ctx)
+                return self.on_handoff(event, ctx)
+            return self.on_subrun(event, ctx)
         raise SchemaError(f"{event.type} does not belong on agent.{self.name}")
 
-    async def on_turn(self, task: AgentTask, ctx: Context) -> list[Envelope[Any]]:
-        request = _request_of(task)
-        run_key = ctx.key("run", request.request_id)
-        conv_key = ctx.key("conv", request.conversation_id)
-        await ctx.prefetch(run_key, conv_key)
-        if await ctx.load(run_key, RunState) is not None:
-            log.info("request %s already started; duplicate turn ignored", request.request_id)
-            return []
-        conv = await ctx.load(conv_key, ConversationState) or ConversationState()
-        return await self._start(request, conv, ctx)
+    def on_turn(self, task: AgentTask, ctx: Context) -> Awaitable[list[Envelope[Any]]]:
+        return self._start(_request_of(task), None, ctx)
 
     async def on_handoff(self, task: AgentTask, ctx: Context) -> list[Envelope[Any]]:
         run_key = ctx.key("run", task.request_id)
@@ -227,6 +225,7 @@ class AgentHandlers:
         )
         state = state.model_copy(update={"partition": ctx.origin.partition})
         self._index_deadline(state, ctx)
+        del task, conv
         return await self._step(state, ctx)
 
     async def on_subrun(self, task: AgentTask, ctx: Context) -> list[Envelope[Any]]:
@@ -261,6 +260,7 @@ class AgentHandlers:
             chain=d.chain,
             deadline_at_most=d.deadline,
         )
+        del task, d, request
         rejected = await self._guard_input(state, ctx)
         if rejected is not None:
             return await self._finish(rejected, ctx)
@@ -288,6 +288,7 @@ class AgentHandlers:
         ctx.save(run_key, state, self.config.run_ttl_s)
         if not complete:
             return []
+        del event, d
         return await self._step(state, ctx)
 
     async def on_dead_letter(
@@ -375,8 +376,18 @@ class AgentHandlers:
         )
 
     async def _start(
-        self, request: UserRequest, conv: ConversationState, ctx: Context
+        self, request: UserRequest, conv: ConversationState | None, ctx: Context
     ) -> list[Envelope[Any]]:
+        """Start the run of ``request``: a turn from the router (``conv`` None: read here,
+        a duplicate turn ignored), or a request left waiting in ``conv``."""
+        conv_key = ctx.key("conv", request.conversation_id)
+        if conv is None:
+            run_key = ctx.key("run", request.request_id)
+            await ctx.prefetch(run_key, conv_key)
+            if await ctx.load(run_key, RunState) is not None:
+                log.info("request %s already started; duplicate turn ignored", request.request_id)
+                return []
+            conv = await ctx.load(conv_key, ConversationState) or ConversationState()
         context = RunContext(
             agent=self.name,
             request_id=request.request_id,
@@ -399,7 +410,8 @@ class AgentHandlers:
             state = state.model_copy(update={"requested_model": self.agent.model})
         conv.active = request.request_id
         conv.waiting = [w for w in conv.waiting if w.request_id != request.request_id]
-        ctx.save(ctx.key("conv", request.conversation_id), conv, self.config.run_ttl_s)
+        ctx.save(conv_key, conv, self.config.run_ttl_s)
+        del request, context
         rejected = await self._guard_input(state, ctx)
         if rejected is not None:
             return await self._finish(rejected, ctx)
@@ -584,6 +596,10 @@ class AgentHandlers:
         # then): a crash between this commit and the publish leaves it for the next sweep,
         # whose job replays the recorded answer instead of losing it.
         return await self._finish(state, ctx, keep_deadline=True)
+
+
+async def _nothing() -> list[Envelope[Any]]:
+    return []
 
 
 def _request_of(task: AgentTask) -> UserRequest:

@@ -116,7 +116,10 @@ class Context:
             if staged is None or isinstance(staged, model):
                 return staged
             return model.model_validate_json(staged.model_dump_json())
-        current = self._prefetched.get(key) or await self.store.get(key)
+        # A prefetched value is parsed once, then let go: a handler holds its parsed state
+        # while it awaits a model, not the bytes too (issue 17). Loaded again, the key is read
+        # again; the version first read is the one the commit checks.
+        current = self._prefetched.pop(key, None) or await self.store.get(key)
         self.reads.setdefault(key, current.version)
         return None if current.value is None else model.model_validate_json(current.value)
 

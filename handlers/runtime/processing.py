@@ -22,10 +22,12 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from agentstream.handlers.runtime.addressing import addressee
 from agentstream.handlers.runtime.claims import ClaimCheck
+from agentstream.handlers.runtime.context import Context
 from agentstream.handlers.runtime.dead_letters import DeadLetters
 from agentstream.handlers.runtime.delivery import Delivery, Fenced
 from agentstream.handlers.runtime.log_fields import log_fields
@@ -34,7 +36,7 @@ from agentstream.handlers.runtime.outbox import CommitConflict, Outbox
 from agentstream.handlers.runtime.parking import Parking, UntilDone, attempt_of, wait_until_due
 from agentstream.handlers.runtime.retries import RetryPolicy, Verdict
 from agentstream.handlers.runtime.route import Job, Route
-from agentstream.schemas import SchemaError, decode
+from agentstream.schemas import Envelope, SchemaError, decode
 from agentstream.topics import Catalog, Kind, OutgoingRecord, Record, TopicPartition
 from agentstream.topics.deadline import landed_late
 
@@ -122,31 +124,29 @@ class Processor:
             await wait_until_due(record)
         try:
             resolved = await self._until_done(lambda: self.claims.resolve(record))
-            event = decode(
-                resolved.value,
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-            )
+            event = _decode(resolved, record)
         except SchemaError as exc:
             await self.dead_letters.dead_letter(record, route, exc, attempt + 1, None, out)
             return "dead_letter", None
-        parked = event.id if from_retry else None
+        event_id = event.id
+        parked = event_id if from_retry else None
         if not from_retry and await self._until_done(lambda: self.parking.is_parked(route, record)):
             await self.parking.to_retry(record, route, event, attempt, 0.0, out)
             return "parked", None
+        # The handler takes the decoded event; this frame keeps only the record's bytes while
+        # the handler runs (thousands of handlers await a model at once, ADR 24), and decodes
+        # them again, to the same event, for another attempt or a failure's bookkeeping.
+        handed = [event]
+        del event
+
+        def handle(ctx: Context) -> Awaitable[Sequence[Envelope[Any]]]:
+            return route.handler(handed.pop() if handed else _decode(resolved, record), ctx)
+
         conflicts = 0
         while True:
             attempt += 1
             try:
-                await self.outbox.settle(
-                    event.id,
-                    route.name,
-                    record,
-                    attempt,
-                    lambda ctx: route.handler(event, ctx),
-                    out,
-                )
+                await self.outbox.settle(event_id, route.name, record, attempt, handle, out)
                 return "ok", parked
             except Exception as exc:
                 if isinstance(exc, CommitConflict) and conflicts < _MAX_CONFLICTS:
@@ -156,6 +156,7 @@ class Processor:
                     attempt -= 1
                     await asyncio.sleep(random.uniform(0, 0.005 * conflicts))
                     continue
+                event = _decode(resolved, record)
                 verdict = self.retry.verdict(exc, attempt)
                 if verdict is Verdict.RETRY_IN_PLACE or (
                     verdict is Verdict.RETRY_LATER and not self.use_retry_topic
@@ -250,3 +251,11 @@ class Processor:
             if job.delivered is not None:
                 await self._until_done(job.delivered)
             return
+
+
+def _decode(resolved: Record, record: Record) -> Envelope[Any]:
+    """The event in ``resolved`` (``record`` with a claim-checked payload fetched back),
+    errors naming where ``record`` is."""
+    return decode(
+        resolved.value, topic=record.topic, partition=record.partition, offset=record.offset
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from agentstream.schemas.errors import ConfigError
 from agentstream.topics import Catalog, Topic, TopicDescription
@@ -69,4 +71,21 @@ async def test_ensure_topics_refuses_a_mismatch_on_the_in_process_bus_too() -> N
         await ensure_topics(bus, CATALOG, create=True)
     await bus.create_topics([s.description() for s in Catalog(prefix="q.").specs()])
     await ensure_topics(bus, Catalog(prefix="q."), create=False)
+    await bus.stop()
+
+
+async def test_ensure_topics_describes_once_when_every_topic_is_there() -> None:
+    bus = InProcessBus()
+    await bus.start()
+    await ensure_topics(bus, CATALOG, create=True)
+    calls: list[list[str]] = []
+    describe = bus.describe_topics
+
+    async def counted(names: Sequence[str]) -> dict[str, TopicDescription]:
+        calls.append(list(names))
+        return await describe(names)
+
+    bus.describe_topics = counted  # type: ignore[method-assign]
+    await ensure_topics(bus, CATALOG, create=True)
+    assert len(calls) == 1
     await bus.stop()
