@@ -146,8 +146,7 @@ class KafkaBus:
         if not unknown:
             return
         async with self._topic_lock:
-            existing, leaderless = await self._describe(unknown)
-            self._known_topics.update(existing)
+            existing, leaderless = await self._describe(unknown)  # known from now on
         for name in unknown:
             if name in leaderless:
                 # It exists, but its partitions have no leader this instant: a broker the
@@ -361,10 +360,11 @@ class KafkaBus:
         read_committed: bool = True,
         idle_ms: int = 500,
     ) -> list[Record]:
-        await self.require_topics([topic])
-        described = await self.describe_topics([topic])
-        if topic not in described:
+        described, leaderless = await self._describe([topic])
+        if topic in leaderless:
             raise RetryableError(f"topic {topic!r} has no leader yet; retrying")
+        if topic not in described:
+            raise missing(topic)
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",

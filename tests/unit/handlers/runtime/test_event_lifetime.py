@@ -9,10 +9,9 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from agentstream.agents import Message, ToolSpec
 from agentstream.handlers.agent.routes import ConversationState
 from agentstream.handlers.runtime.context import Context
@@ -36,15 +35,6 @@ from tests.support.scripted_model import FunctionModel
 from tests.unit.handlers.test_agent import agent, turn, user_request
 
 CATALOG = Catalog(prefix="life.", partitions=1)
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[InProcessBus]:
-    bus = InProcessBus()
-    await bus.start()
-    await bus.create_topics([spec.description() for spec in CATALOG.specs()])
-    yield bus
-    await bus.stop()
 
 
 def _record() -> Record:

@@ -10,7 +10,6 @@ Lambda handler), on the in-process bus and store.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -46,15 +45,6 @@ class Recorder:
         if self.error is not None:
             raise self.error
         return []
-
-
-@pytest.fixture
-async def bus() -> AsyncIterator[InProcessBus]:
-    bus = InProcessBus()
-    await bus.start()
-    await bus.create_topics([spec.description() for spec in CATALOG.specs()])
-    yield bus
-    await bus.stop()
 
 
 def _worker(bus: InProcessBus, route: Route, **retry: Any) -> Worker:
